@@ -24,11 +24,16 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// Connects to `addr`: a Unix socket path (also `uds://path`) or `host:port`.
+    /// Connects to `addr`: a Unix socket path (also LiteSpeed's `uds://path`,
+    /// meaning `/path`) or `host:port`.
     pub fn connect(addr: &str) -> io::Result<Stream> {
-        let path = addr.strip_prefix("uds://").unwrap_or(addr);
-        if path.starts_with('/') || path.starts_with('.') || Path::new(path).exists() {
+        if let Some(rest) = addr.strip_prefix("uds://") {
+            // LiteSpeed's notation: `uds://tmp/x.sock` names `/tmp/x.sock`.
+            let path = format!("/{}", rest.trim_start_matches('/'));
             return UnixStream::connect(path).map(Stream::Unix);
+        }
+        if addr.starts_with('/') || addr.starts_with('.') || Path::new(addr).exists() {
+            return UnixStream::connect(addr).map(Stream::Unix);
         }
         let addr = addr.replacen('*', "127.0.0.1", 1);
         let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
@@ -314,7 +319,11 @@ pub struct Spawned {
 impl Spawned {
     /// Runs `argv` with a fresh listening socket on fd 0 and extra `env`.
     /// Stdout and stderr are inherited unless `stderr` names a file.
-    pub fn start(argv: &[String], env: &[(String, String)], stderr: Option<&Path>) -> io::Result<Spawned> {
+    pub fn start(
+        argv: &[String],
+        env: &[(String, String)],
+        stderr: Option<&Path>,
+    ) -> io::Result<Spawned> {
         use std::os::unix::net::UnixListener;
         let (program, args) = argv
             .split_first()
@@ -329,18 +338,31 @@ impl Spawned {
         ));
         std::fs::create_dir(&dir)?;
         let socket = dir.join("app.sock");
-        let listener = UnixListener::bind(&socket)?;
-        let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)));
-        for (k, v) in env {
-            cmd.env(k, v);
+        let start = || -> io::Result<Child> {
+            let listener = UnixListener::bind(&socket)?;
+            let mut cmd = Command::new(program);
+            cmd.args(args)
+                .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)));
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            if let Some(path) = stderr {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                cmd.stderr(f);
+            }
+            cmd.spawn()
+        };
+        match start() {
+            Ok(child) => Ok(Spawned { child, socket, dir }),
+            Err(e) => {
+                // No Spawned exists to clean up in Drop: remove the directory here.
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
         }
-        if let Some(path) = stderr {
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            cmd.stderr(f);
-        }
-        let child = cmd.spawn()?;
-        Ok(Spawned { child, socket, dir })
     }
 
     /// The socket path as a string for [`Client::connect`].

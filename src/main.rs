@@ -1,1 +1,178 @@
-fn main() {}
+//! lswsgi: serves Python WSGI applications to LiteSpeed Web Server over LSAPI.
+//!
+//! Start-up order matters: the log destination first (so every later message
+//! lands there), then process hygiene (signals, core limit, stdout folded into
+//! stderr, the socket moved off fd 0, LSAPI_* scrubbed), then Python, then
+//! the serve loop.
+
+mod config;
+mod conn;
+mod listen;
+mod sys;
+mod worker;
+mod wsgi;
+
+use lswsgi::lsapi;
+
+use config::Config;
+use std::process::ExitCode;
+use sys::FdKind;
+
+const USAGE: &str = "\
+usage: lswsgi [-m FILE[:CALLABLE]] [-a ADDR]
+       lswsgi -h | -v
+
+Serves Python WSGI applications to LiteSpeed Web Server over LSAPI.
+LiteSpeed starts it with the LSAPI socket as file descriptor 0.
+
+  -m FILE[:CALLABLE]  load this WSGI script (or dotted module) before serving
+                      and use it for every request; CALLABLE defaults to
+                      WSGICallableObject or 'application'
+  -a ADDR             listen on ADDR instead of fd 0: /path or uds://path
+                      (Unix socket), host:port, *:port, [ipv6]:port
+  -h, --help          show this help and exit
+  -v, --version       show the version and the embedded Python and exit
+
+Without -m, each request names its script in SCRIPT_FILENAME.
+Configuration comes from LSAPI_* environment variables (see README.md).
+";
+
+/// Command-line options.
+struct Args {
+    preload: Option<String>,
+    address: Option<String>,
+}
+
+enum Cli {
+    Run(Args),
+    Exit(ExitCode),
+}
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Cli, String> {
+    let mut out = Args {
+        preload: None,
+        address: None,
+    };
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("option {name} needs a value"))
+        };
+        match a.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(Cli::Exit(ExitCode::SUCCESS));
+            }
+            "-v" | "--version" => {
+                let (pyver, pyexe) = wsgi::interp::build_python();
+                println!("lswsgi version {}", env!("CARGO_PKG_VERSION"));
+                println!("Python {pyver} ({pyexe})");
+                return Ok(Cli::Exit(ExitCode::SUCCESS));
+            }
+            "-m" => out.preload = Some(value("-m")?),
+            "-a" => out.address = Some(value("-a")?),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Cli::Run(out))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Cli::Run(a)) => a,
+        Ok(Cli::Exit(code)) => return code,
+        Err(e) => {
+            eprintln!("lswsgi: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = Config::from_env();
+    if let Some(path) = &cfg.stderr_log {
+        if let Err(e) = sys::redirect_stderr(path) {
+            error!("cannot use {path} as the log file: {e}; logging to stderr");
+        }
+    }
+    sys::fold_stdout_into_stderr();
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    sys::limit_core_dumps(cfg.allow_core_dump);
+    sys::install_signal_handlers();
+
+    // The socket to serve: -a ADDR, or what LiteSpeed passed as fd 0.
+    let (fd, kind) = match &args.address {
+        Some(a) => match listen::parse_address(a)
+            .and_then(|addr| listen::bind(&addr).map_err(|e| format!("cannot listen on {a}: {e}")))
+        {
+            Ok(fd) => (fd, FdKind::Listener),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => match sys::fd_kind(0) {
+            FdKind::Other => {
+                error!(
+                    "file descriptor 0 is not a socket; LiteSpeed starts lswsgi with its LSAPI \
+                     socket there (use -a ADDR to listen on an address instead)"
+                );
+                return ExitCode::from(2);
+            }
+            kind => match sys::move_off_stdin(0) {
+                Ok(fd) => (fd, kind),
+                Err(e) => {
+                    error!("cannot move the LSAPI socket off fd 0: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        },
+    };
+
+    // Application code must not see the worker's own settings.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LSAPI_") {
+            std::env::remove_var(&k);
+        }
+    }
+    if let Ok(root) = std::env::var("WSGI_ROOT") {
+        if !root.is_empty() {
+            if let Err(e) = std::env::set_current_dir(&root) {
+                error!("cannot change to WSGI_ROOT {root}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    if let Err(e) = wsgi::init_python() {
+        error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    wsgi::init_context(cfg.stderr_log.is_some());
+    let rt = match wsgi::Runtime::new(wsgi::Options {
+        preload: args.preload,
+        multiprocess: cfg.process_group(),
+    }) {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot set up the Python runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let mut w = worker::Worker::new(&cfg, rt);
+    let why = match kind {
+        FdKind::Listener => {
+            let why = w.serve_listener(fd);
+            worker::close_listener(fd);
+            why
+        }
+        _ => w.serve_connection(fd),
+    };
+    worker::log_exit(&why, w.requests);
+    drop(w);
+    wsgi::finalize();
+    let _ = lsapi::MAX_PACKET_LEN;
+    ExitCode::SUCCESS
+}

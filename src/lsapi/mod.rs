@@ -282,10 +282,16 @@ impl fmt::Display for Error {
             Error::PacketTooLarge(l) => write!(f, "request packet of {l} bytes exceeds 65535"),
             Error::NotBeginRequest(t) => write!(f, "packet type {t} where BEGIN_REQUEST expected"),
             Error::FixedFieldsTruncated(l) => {
-                write!(f, "request packet of {l} bytes is shorter than its 44-byte head")
+                write!(
+                    f,
+                    "request packet of {l} bytes is shorter than its 44-byte head"
+                )
             }
             Error::LengthMismatch { declared, actual } => {
-                write!(f, "packet declares {declared} bytes but {actual} were given")
+                write!(
+                    f,
+                    "packet declares {declared} bytes but {actual} were given"
+                )
             }
             Error::NegativeHeaderLen(v) => write!(f, "negative httpHeaderLen {v}"),
             Error::BadBodyLength(v) => write!(f, "invalid reqBodyLen {v}"),
@@ -302,9 +308,14 @@ impl fmt::Display for Error {
             Error::EnvListNotTerminated(list) => {
                 write!(f, "{list} list lacks its 4-byte zero terminator")
             }
-            Error::HeaderIndexTruncated => f.write_str("known-header index runs past the packet end"),
+            Error::HeaderIndexTruncated => {
+                f.write_str("known-header index runs past the packet end")
+            }
             Error::KnownHeaderOutOfRange(slot) => {
-                write!(f, "known header slot {slot} points outside the header block")
+                write!(
+                    f,
+                    "known header slot {slot} points outside the header block"
+                )
             }
             Error::UnknownTableTruncated => {
                 f.write_str("unknown-header table runs past the packet end")

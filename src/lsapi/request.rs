@@ -86,7 +86,11 @@ impl<'a> Request<'a> {
         if req_body_len < 0 && req_body_len != -2 {
             return Err(Error::BadBodyLength(req_body_len));
         }
-        let cnt_unknown = count(field(6), "cntUnknownHeaders", MAX_PACKET_LEN / UNKNOWN_ENTRY_LEN)?;
+        let cnt_unknown = count(
+            field(6),
+            "cntUnknownHeaders",
+            MAX_PACKET_LEN / UNKNOWN_ENTRY_LEN,
+        )?;
         let cnt_env = count(field(7), "cntEnv", MAX_ENV_COUNT)?;
         let cnt_special = count(field(8), "cntSpecialEnv", MAX_ENV_COUNT)?;
 

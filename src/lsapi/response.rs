@@ -37,7 +37,10 @@ impl fmt::Display for HeaderError {
             HeaderError::BadValueByte(b) => write!(f, "header value contains byte 0x{b:02x}"),
             HeaderError::TooMany => write!(f, "more than {MAX_RESP_HEADERS} response headers"),
             HeaderError::TooLarge => {
-                write!(f, "response headers exceed the {MAX_PACKET_LEN}-byte packet limit")
+                write!(
+                    f,
+                    "response headers exceed the {MAX_PACKET_LEN}-byte packet limit"
+                )
             }
         }
     }
@@ -137,8 +140,11 @@ impl ResponseHead {
     pub fn finish(&mut self, status: u16) {
         let order = ByteOrder::NATIVE;
         let len = self.total_len();
-        self.prefix[..HEADER_LEN]
-            .copy_from_slice(&PacketHeader::encode(PacketType::RespHeader, order, len));
+        self.prefix[..HEADER_LEN].copy_from_slice(&PacketHeader::encode(
+            PacketType::RespHeader,
+            order,
+            len,
+        ));
         self.prefix[8..12].copy_from_slice(&order.put_i32(self.count as i32));
         self.prefix[12..16].copy_from_slice(&order.put_i32(i32::from(status)));
     }
@@ -158,14 +164,22 @@ impl ResponseHead {
 #[inline]
 pub fn stream_header(payload: usize) -> [u8; HEADER_LEN] {
     debug_assert!(payload <= MAX_STREAM_PAYLOAD);
-    PacketHeader::encode(PacketType::RespStream, ByteOrder::NATIVE, HEADER_LEN + payload)
+    PacketHeader::encode(
+        PacketType::RespStream,
+        ByteOrder::NATIVE,
+        HEADER_LEN + payload,
+    )
 }
 
 /// Header of a STDERR_STREAM packet carrying `payload` bytes (≤ 16384).
 #[inline]
 pub fn stderr_header(payload: usize) -> [u8; HEADER_LEN] {
     debug_assert!(payload <= MAX_STREAM_PAYLOAD);
-    PacketHeader::encode(PacketType::StderrStream, ByteOrder::NATIVE, HEADER_LEN + payload)
+    PacketHeader::encode(
+        PacketType::StderrStream,
+        ByteOrder::NATIVE,
+        HEADER_LEN + payload,
+    )
 }
 
 /// An empty packet of the given type (RESP_END, CONN_CLOSE, REQ_RECEIVED, …).

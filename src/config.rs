@@ -1,0 +1,261 @@
+//! Process environment → typed configuration, read once at start-up.
+//!
+//! Pure: [`Config::from_lookup`] takes a lookup function, so tests need no real
+//! environment. Defaults, units and limits follow LiteSpeed's lsapilib; a value
+//! that does not parse keeps the default and produces a warning for the log.
+
+/// Free-memory threshold for LSAPI_AVOID_FORK=1, in bytes (1 GiB).
+pub const AVOID_FORK_DEFAULT: u64 = 1 << 30;
+/// Smallest accepted AVOID_FORK threshold, in bytes (10 MiB).
+pub const AVOID_FORK_MIN: u64 = 10 << 20;
+/// Largest LSAPI_CHILDREN.
+pub const MAX_CHILDREN: u32 = 10000;
+
+/// Everything the LSAPI_* (and LS_STDERR_LOG) variables configure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// LSAPI_CHILDREN: > 1 selects ProcessGroup mode with up to this many children.
+    pub children: u32,
+    /// LSAPI_AVOID_FORK: `Some(bytes)` when children keep the listener while free
+    /// memory stays above this threshold; `None` when off.
+    pub avoid_fork: Option<u64>,
+    /// LSAPI_EXTRA_CHILDREN: children allowed above `children` while some are stuck.
+    pub extra_children: u32,
+    /// LSAPI_MAX_REQS: requests one process serves before it exits.
+    pub max_reqs: u64,
+    /// LSAPI_MAX_IDLE, seconds: an idle child (or Worker-mode process) exits.
+    pub max_idle: u64,
+    /// LSAPI_MAX_IDLE_CHILDREN: idle children beyond this are told to exit.
+    pub max_idle_children: u32,
+    /// LSAPI_MAX_PROCESS_TIME, seconds: a request running longer is killed.
+    pub max_process_time: u64,
+    /// LSAPI_PGRP_MAX_IDLE, seconds: the parent exits after this long without
+    /// children; `None` = never.
+    pub pgrp_max_idle: Option<u64>,
+    /// LSAPI_PPID_NO_CHECK set: do not exit when the starting process dies.
+    pub ppid_no_check: bool,
+    /// LSAPI_ALLOW_CORE_DUMP set: keep RLIMIT_CORE.
+    pub allow_core_dump: bool,
+    /// LSAPI_KEEP_LISTEN: 0 close after first accept, 1 keep a while, 2 until idle.
+    pub keep_listen: u8,
+    /// LSAPI_ACCEPT_NOTIFY: send REQ_RECEIVED right after accept.
+    pub accept_notify: bool,
+    /// LSAPI_SLOW_REQ_MSECS: log requests slower than this (0 = off), milliseconds.
+    pub slow_req_msecs: u64,
+    /// LSAPI_MAX_BUSY_WORKER: with this many children busy, finished children
+    /// send CONN_CLOSE and drop their connection.
+    pub max_busy_worker: u32,
+    /// LSAPI_STDERR_LOG or LS_STDERR_LOG: append stderr (and stdout) to this file.
+    pub stderr_log: Option<String>,
+    /// LSAPI_SECRET: path of the suEXEC shared secret file.
+    pub secret_file: Option<String>,
+    /// LSAPI_DEFAULT_UID.
+    pub default_uid: Option<u32>,
+    /// LSAPI_DEFAULT_GID.
+    pub default_gid: Option<u32>,
+    /// Problems found while reading the variables, for the log.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Reads the real process environment.
+    pub fn from_env() -> Config {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `get` (a variable's value, if set).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Config {
+        let warnings = std::cell::RefCell::new(Vec::new());
+        let num = |key: &str, default: u64, max: u64| -> u64 {
+            match get(key) {
+                None => default,
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n <= max => n,
+                    Ok(n) => {
+                        warnings
+                            .borrow_mut()
+                            .push(format!("{key}={n} is above {max}; using {max}"));
+                        max
+                    }
+                    Err(_) => {
+                        warnings
+                            .borrow_mut()
+                            .push(format!("{key}={v:?} is not a number; using {default}"));
+                        default
+                    }
+                },
+            }
+        };
+        let children = num("LSAPI_CHILDREN", 0, MAX_CHILDREN as u64) as u32;
+        let max_reqs = num("LSAPI_MAX_REQS", 10000, u64::MAX);
+        let max_idle = num("LSAPI_MAX_IDLE", 300, u64::MAX);
+        let max_process_time = num("LSAPI_MAX_PROCESS_TIME", 3600, u64::MAX);
+        let keep_listen = num("LSAPI_KEEP_LISTEN", 1, 2) as u8;
+        let accept_notify = num("LSAPI_ACCEPT_NOTIFY", 0, 1) == 1;
+        let slow_req_msecs = num("LSAPI_SLOW_REQ_MSECS", 0, u64::MAX);
+        let pgrp_max_idle = get("LSAPI_PGRP_MAX_IDLE")
+            .is_some()
+            .then(|| num("LSAPI_PGRP_MAX_IDLE", u64::MAX, u64::MAX));
+        let default_uid = get("LSAPI_DEFAULT_UID")
+            .is_some()
+            .then(|| num("LSAPI_DEFAULT_UID", 0, u32::MAX as u64) as u32);
+        let default_gid = get("LSAPI_DEFAULT_GID")
+            .is_some()
+            .then(|| num("LSAPI_DEFAULT_GID", 0, u32::MAX as u64) as u32);
+
+        let avoid_fork = match get("LSAPI_AVOID_FORK") {
+            None => None,
+            Some(v) => match parse_size(&v) {
+                Some(0) => None,
+                Some(1) => Some(AVOID_FORK_DEFAULT),
+                Some(n) => Some(n.max(AVOID_FORK_MIN)),
+                None => {
+                    warnings
+                        .borrow_mut()
+                        .push(format!("LSAPI_AVOID_FORK={v:?} is not a size; off"));
+                    None
+                }
+            },
+        };
+        let forking = avoid_fork.is_some();
+        let extra_default = if forking { 0 } else { children as u64 / 3 };
+        let extra_children = num("LSAPI_EXTRA_CHILDREN", extra_default, MAX_CHILDREN as u64) as u32;
+        let idle_default = if forking {
+            children as u64 + 1
+        } else {
+            (children as u64 / 3).max(1)
+        };
+        let max_idle_children =
+            num("LSAPI_MAX_IDLE_CHILDREN", idle_default, MAX_CHILDREN as u64) as u32;
+        let max_busy_worker = num(
+            "LSAPI_MAX_BUSY_WORKER",
+            children as u64 / 2 + 1,
+            MAX_CHILDREN as u64,
+        ) as u32;
+
+        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
+        Config {
+            children,
+            avoid_fork,
+            extra_children,
+            max_reqs: max_reqs.max(1),
+            max_idle,
+            max_idle_children,
+            max_process_time,
+            pgrp_max_idle,
+            ppid_no_check: get("LSAPI_PPID_NO_CHECK").is_some(),
+            allow_core_dump: get("LSAPI_ALLOW_CORE_DUMP").is_some(),
+            keep_listen,
+            accept_notify,
+            slow_req_msecs,
+            max_busy_worker,
+            stderr_log: nonempty("LSAPI_STDERR_LOG").or_else(|| nonempty("LS_STDERR_LOG")),
+            secret_file: nonempty("LSAPI_SECRET"),
+            default_uid,
+            default_gid,
+            warnings: warnings.into_inner(),
+        }
+    }
+
+    /// Whether this configuration selects ProcessGroup mode.
+    pub fn process_group(&self) -> bool {
+        self.children > 1
+    }
+}
+
+/// Parses a byte size: plain digits, or digits with a `K`, `M` or `G` suffix
+/// (binary units, case-insensitive, an optional trailing `B`).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let v = v.strip_suffix(['b', 'B']).unwrap_or(v);
+    let (digits, shift) = match v.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&v[..i], 10),
+        Some((i, 'm' | 'M')) => (&v[..i], 20),
+        Some((i, 'g' | 'G')) => (&v[..i], 30),
+        _ => (v, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_reference() {
+        let c = config(&[]);
+        assert_eq!(c.children, 0);
+        assert!(!c.process_group());
+        assert_eq!(c.max_reqs, 10000);
+        assert_eq!(c.max_idle, 300);
+        assert_eq!(c.max_process_time, 3600);
+        assert_eq!(c.pgrp_max_idle, None);
+        assert_eq!(c.keep_listen, 1);
+        assert_eq!(c.avoid_fork, None);
+        assert!(!c.ppid_no_check && !c.allow_core_dump && !c.accept_notify);
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn derived_defaults_follow_children() {
+        let c = config(&[("LSAPI_CHILDREN", "9")]);
+        assert!(c.process_group());
+        assert_eq!(c.extra_children, 3);
+        assert_eq!(c.max_idle_children, 3);
+        assert_eq!(c.max_busy_worker, 5);
+        let c = config(&[("LSAPI_CHILDREN", "2")]);
+        assert_eq!(c.max_idle_children, 1);
+        let c = config(&[("LSAPI_CHILDREN", "9"), ("LSAPI_AVOID_FORK", "1")]);
+        assert_eq!(c.avoid_fork, Some(AVOID_FORK_DEFAULT));
+        assert_eq!(c.extra_children, 0);
+        assert_eq!(c.max_idle_children, 10);
+    }
+
+    #[test]
+    fn avoid_fork_sizes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("64k"), Some(64 << 10));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1GB"), Some(1 << 30));
+        assert_eq!(parse_size("x"), None);
+        let c = config(&[("LSAPI_AVOID_FORK", "1M")]);
+        assert_eq!(c.avoid_fork, Some(AVOID_FORK_MIN));
+        let c = config(&[("LSAPI_AVOID_FORK", "0")]);
+        assert_eq!(c.avoid_fork, None);
+    }
+
+    #[test]
+    fn bad_values_keep_defaults_and_warn() {
+        let c = config(&[("LSAPI_MAX_REQS", "lots"), ("LSAPI_CHILDREN", "20000")]);
+        assert_eq!(c.max_reqs, 10000);
+        assert_eq!(c.children, MAX_CHILDREN);
+        assert_eq!(c.warnings.len(), 2);
+    }
+
+    #[test]
+    fn stderr_log_and_flags() {
+        let c = config(&[
+            ("LS_STDERR_LOG", "/tmp/b.log"),
+            ("LSAPI_PPID_NO_CHECK", "1"),
+            ("LSAPI_PGRP_MAX_IDLE", "30"),
+        ]);
+        assert_eq!(c.stderr_log.as_deref(), Some("/tmp/b.log"));
+        assert!(c.ppid_no_check);
+        assert_eq!(c.pgrp_max_idle, Some(30));
+        let c = config(&[
+            ("LSAPI_STDERR_LOG", "/tmp/a.log"),
+            ("LS_STDERR_LOG", "/tmp/b.log"),
+        ]);
+        assert_eq!(c.stderr_log.as_deref(), Some("/tmp/a.log"));
+    }
+}

@@ -1,0 +1,513 @@
+//! One LSAPI connection: reading request packets and bodies from the server,
+//! and writing framed responses back.
+//!
+//! Buffers are allocated once per process and reused: the read buffer never
+//! grows past [`READ_BUF_LEN`] (one maximal request packet plus read-ahead),
+//! and the response scratch vectors keep their capacity across requests.
+//!
+//! Bytes in `buf[start..end]` are received but not yet consumed; after a
+//! request packet they begin with its body, and anything past the body belongs
+//! to the next packet. The body reader never consumes beyond `body_left`.
+
+use crate::lsapi::response::{empty_packet, stderr_header, stream_header};
+use crate::lsapi::{
+    Error as WireError, PacketHeader, PacketType, ResponseHead, HEADER_LEN, MAX_PACKET_LEN,
+    MAX_STREAM_PAYLOAD,
+};
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Read buffer size: a maximal request packet plus 16 KiB of read-ahead.
+pub const READ_BUF_LEN: usize = MAX_PACKET_LEN + 1 + 16 * 1024;
+/// How long a started request (packet or body) or a response write may stall
+/// before the connection is dropped.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest iovec count per writev (the kernel's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+static REQ_RECEIVED: [u8; HEADER_LEN] = [b'L', b'S', 7, 0, 8, 0, 0, 0];
+
+/// Why a connection must be dropped.
+#[derive(Debug)]
+pub enum ConnError {
+    /// The server sent bytes that break the protocol.
+    Protocol(WireError),
+    /// A packet of a type not allowed here.
+    UnexpectedPacket(u8),
+    /// The server closed the connection in the middle of a packet or body.
+    Truncated(&'static str),
+    /// A read or write failed (includes time-outs).
+    Io(io::Error),
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnError::Protocol(e) => write!(f, "protocol error: {e}"),
+            ConnError::UnexpectedPacket(t) => write!(f, "unexpected packet type {t}"),
+            ConnError::Truncated(what) => write!(f, "connection closed in the middle of {what}"),
+            ConnError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                write!(f, "timed out after {}s", IO_TIMEOUT.as_secs())
+            }
+            ConnError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        ConnError::Io(e)
+    }
+}
+
+impl From<WireError> for ConnError {
+    fn from(e: WireError) -> Self {
+        ConnError::Protocol(e)
+    }
+}
+
+/// One piece of an outgoing writev.
+#[derive(Clone, Copy)]
+enum Part {
+    /// A packet header held in `Conn::frames`.
+    Frame(usize),
+    /// Borrowed bytes that stay alive until the flush.
+    Bytes(*const u8, usize),
+}
+
+/// A connection to the server and its per-process buffers.
+pub struct Conn {
+    fd: RawFd,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    body_left: u64,
+    ack_pending: bool,
+    broken: bool,
+    /// The response header being built for the current request.
+    pub head: ResponseHead,
+    frames: Vec<[u8; HEADER_LEN]>,
+    parts: Vec<Part>,
+    iov: Vec<libc::iovec>,
+}
+
+impl Conn {
+    /// Buffers for a process; attach a socket with [`Conn::attach`].
+    pub fn new() -> Conn {
+        Conn {
+            fd: -1,
+            buf: vec![0u8; READ_BUF_LEN].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            body_left: 0,
+            ack_pending: false,
+            broken: false,
+            head: ResponseHead::new(),
+            frames: Vec::with_capacity(64),
+            parts: Vec::with_capacity(64),
+            iov: Vec::with_capacity(64),
+        }
+    }
+
+    /// Starts serving connection `fd` (blocking). Send and receive time-outs
+    /// bound every stall once a request is under way.
+    pub fn attach(&mut self, fd: RawFd) {
+        self.fd = fd;
+        self.start = 0;
+        self.end = 0;
+        self.body_left = 0;
+        self.ack_pending = false;
+        self.broken = false;
+        let tv = libc::timeval {
+            tv_sec: IO_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+            // SAFETY: tv is a live timeval; failure (not a socket) is harmless.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+
+    /// The connection's descriptor.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Whether received bytes are waiting (the next packet has begun).
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Marks the connection unusable: it is closed after the current request.
+    pub fn set_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether a write failed or the protocol broke on this connection.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Reads into `buf[end..]`, at most `max` bytes. 0 means end of stream.
+    fn fill(&mut self, max: usize) -> io::Result<usize> {
+        let room = (self.buf.len() - self.end).min(max);
+        loop {
+            // SAFETY: the destination is the unused tail of our own buffer.
+            let n = unsafe { libc::read(self.fd, self.buf[self.end..].as_mut_ptr().cast(), room) };
+            if n >= 0 {
+                self.end += n as usize;
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Moves unconsumed bytes to the front when fewer than `need` bytes of room
+    /// remain after `start`.
+    fn make_room(&mut self, need: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start + need > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// Reads the next BEGIN_REQUEST packet. Returns its range in the buffer
+    /// (see [`Conn::packet`]), or `None` when the server closed the connection
+    /// cleanly between requests. An ABORT_REQUEST between requests is skipped.
+    /// Afterwards the body of `body_len` bytes is ready for [`Conn::read_body`].
+    pub fn read_request(&mut self) -> Result<Option<(usize, usize)>, ConnError> {
+        loop {
+            self.make_room(MAX_PACKET_LEN);
+            while self.end - self.start < HEADER_LEN {
+                if self.fill(usize::MAX)? == 0 {
+                    if self.start == self.end {
+                        return Ok(None);
+                    }
+                    return Err(ConnError::Truncated("a packet header"));
+                }
+            }
+            let head: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+                .try_into()
+                .expect("8 bytes");
+            let h = PacketHeader::decode(&head)?;
+            if h.kind == PacketType::AbortRequest as u8 && h.len == HEADER_LEN {
+                self.start += HEADER_LEN;
+                continue;
+            }
+            if h.kind != PacketType::BeginRequest as u8 {
+                return Err(ConnError::UnexpectedPacket(h.kind));
+            }
+            if h.len > MAX_PACKET_LEN {
+                return Err(WireError::PacketTooLarge(h.len).into());
+            }
+            while self.end - self.start < h.len {
+                if self.fill(usize::MAX)? == 0 {
+                    return Err(ConnError::Truncated("a request packet"));
+                }
+            }
+            let range = (self.start, self.start + h.len);
+            self.start += h.len;
+            return Ok(Some(range));
+        }
+    }
+
+    /// The bytes of a packet returned by [`Conn::read_request`]; valid until the
+    /// body is read.
+    pub fn packet(&self, range: (usize, usize)) -> &[u8] {
+        &self.buf[range.0..range.1]
+    }
+
+    /// Sets the body length of the request just read.
+    pub fn begin_body(&mut self, len: u64) {
+        self.body_left = len;
+    }
+
+    /// Body bytes not yet read by the application.
+    pub fn body_left(&self) -> u64 {
+        self.body_left
+    }
+
+    /// Asks for REQ_RECEIVED to go out with the next write (or before the next
+    /// blocking body read), saving a system call per request.
+    pub fn ack_later(&mut self) {
+        self.ack_pending = true;
+    }
+
+    /// Sends a pending REQ_RECEIVED now.
+    pub fn flush_ack(&mut self) -> io::Result<()> {
+        if self.ack_pending {
+            self.ack_pending = false;
+            self.write_parts_raw(&[Part::Bytes(REQ_RECEIVED.as_ptr(), HEADER_LEN)])?;
+        }
+        Ok(())
+    }
+
+    /// Buffered body bytes, refilling from the socket when none are buffered.
+    /// Empty only at the end of the body.
+    pub fn fill_body(&mut self) -> Result<&[u8], ConnError> {
+        if self.body_left == 0 {
+            return Ok(&[]);
+        }
+        if self.start == self.end {
+            self.flush_ack()?;
+            self.start = 0;
+            self.end = 0;
+            let want = self.body_left.min(self.buf.len() as u64) as usize;
+            if self.fill(want)? == 0 {
+                self.broken = true;
+                return Err(ConnError::Truncated("a request body"));
+            }
+        }
+        let avail = ((self.end - self.start) as u64).min(self.body_left) as usize;
+        Ok(&self.buf[self.start..self.start + avail])
+    }
+
+    /// Marks `n` bytes returned by [`Conn::fill_body`] as read.
+    pub fn consume_body(&mut self, n: usize) {
+        debug_assert!(n as u64 <= self.body_left && self.start + n <= self.end);
+        self.start += n;
+        self.body_left -= n as u64;
+    }
+
+    /// Reads up to `dst.len()` body bytes: buffered ones first, then straight
+    /// from the socket into `dst` (no intermediate copy for large reads).
+    /// Returns 0 only at the end of the body.
+    pub fn read_body(&mut self, dst: &mut [u8]) -> Result<usize, ConnError> {
+        if self.body_left == 0 || dst.is_empty() {
+            return Ok(0);
+        }
+        if self.start < self.end {
+            let n = (self.end - self.start)
+                .min(dst.len())
+                .min(self.body_left.min(usize::MAX as u64) as usize);
+            dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+            self.consume_body(n);
+            return Ok(n);
+        }
+        self.flush_ack()?;
+        let want = (dst.len() as u64).min(self.body_left) as usize;
+        loop {
+            // SAFETY: dst is a live mutable slice of at least `want` bytes.
+            let n = unsafe { libc::read(self.fd, dst.as_mut_ptr().cast(), want) };
+            if n > 0 {
+                self.body_left -= n as u64;
+                return Ok(n as usize);
+            }
+            if n == 0 {
+                self.broken = true;
+                return Err(ConnError::Truncated("a request body"));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.broken = true;
+                return Err(e.into());
+            }
+        }
+    }
+
+    /// Discards the unread rest of the body so the next packet can be read.
+    pub fn drain_body(&mut self) -> Result<(), ConnError> {
+        while self.body_left > 0 {
+            let n = self.fill_body()?.len();
+            self.consume_body(n);
+        }
+        Ok(())
+    }
+
+    /// Starts collecting one writev: a pending REQ_RECEIVED goes first.
+    pub fn begin_write(&mut self) {
+        self.frames.clear();
+        self.parts.clear();
+        if self.ack_pending {
+            self.ack_pending = false;
+            self.parts
+                .push(Part::Bytes(REQ_RECEIVED.as_ptr(), HEADER_LEN));
+        }
+    }
+
+    /// Adds the RESP_HEADER packet in `self.head` (after `head.finish`).
+    pub fn push_head(&mut self) {
+        let (p, s) = (self.head.prefix(), self.head.strings());
+        self.parts.push(Part::Bytes(p.as_ptr(), p.len()));
+        if !s.is_empty() {
+            self.parts.push(Part::Bytes(s.as_ptr(), s.len()));
+        }
+    }
+
+    /// Adds `data` as RESP_STREAM packets of at most 16 KiB payload.
+    ///
+    /// # Safety
+    /// `data` must stay alive and unchanged until the next [`Conn::flush`].
+    pub unsafe fn push_body(&mut self, data: &[u8]) {
+        self.push_stream(data, stream_header)
+    }
+
+    /// Adds `data` as STDERR_STREAM packets.
+    ///
+    /// # Safety
+    /// As for [`Conn::push_body`].
+    pub unsafe fn push_stderr(&mut self, data: &[u8]) {
+        self.push_stream(data, stderr_header)
+    }
+
+    fn push_stream(&mut self, data: &[u8], header: fn(usize) -> [u8; HEADER_LEN]) {
+        for chunk in data.chunks(MAX_STREAM_PAYLOAD) {
+            self.frames.push(header(chunk.len()));
+            self.parts.push(Part::Frame(self.frames.len() - 1));
+            self.parts.push(Part::Bytes(chunk.as_ptr(), chunk.len()));
+        }
+    }
+
+    /// Adds an empty packet (RESP_END, CONN_CLOSE).
+    pub fn push_packet(&mut self, kind: PacketType) {
+        self.frames.push(empty_packet(kind));
+        self.parts.push(Part::Frame(self.frames.len() - 1));
+    }
+
+    /// Writes everything collected since [`Conn::begin_write`], in as few
+    /// writev calls as IOV_MAX allows. A failure marks the connection broken.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let parts = std::mem::take(&mut self.parts);
+        let r = self.write_parts_raw(&parts);
+        self.parts = parts;
+        self.parts.clear();
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    fn write_parts_raw(&mut self, parts: &[Part]) -> io::Result<()> {
+        self.iov.clear();
+        for p in parts {
+            let (base, len) = match *p {
+                Part::Frame(i) => (self.frames[i].as_ptr(), HEADER_LEN),
+                Part::Bytes(ptr, len) => (ptr, len),
+            };
+            if len > 0 {
+                self.iov.push(libc::iovec {
+                    iov_base: base as *mut libc::c_void,
+                    iov_len: len,
+                });
+            }
+        }
+        let mut at = 0;
+        while at < self.iov.len() {
+            let batch = (self.iov.len() - at).min(IOV_MAX);
+            // SAFETY: each iovec points at bytes the caller keeps alive until
+            // this flush returns (push_body's contract, our own buffers).
+            let n = unsafe { libc::writev(self.fd, self.iov[at..].as_ptr(), batch as i32) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            // Skip fully written iovecs, trim a partly written one.
+            let mut n = n as usize;
+            while n > 0 {
+                let v = &mut self.iov[at];
+                if n >= v.iov_len {
+                    n -= v.iov_len;
+                    at += 1;
+                } else {
+                    // SAFETY: advancing within the same buffer.
+                    v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) }.cast();
+                    v.iov_len -= n;
+                    n = 0;
+                }
+            }
+            while at < self.iov.len() && self.iov[at].iov_len == 0 {
+                at += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `len` bytes of `file` from `offset` as RESP_STREAM packets using
+    /// sendfile(2), so file contents never pass through user space. Returns
+    /// the bytes sent (less than `len` if the file ended early).
+    pub fn send_file(&mut self, file: RawFd, mut offset: i64, len: u64) -> io::Result<u64> {
+        let mut sent = 0u64;
+        while sent < len {
+            let chunk = (len - sent).min(MAX_STREAM_PAYLOAD as u64) as usize;
+            // Announce the chunk only once we know the file still has it.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: st is a live local.
+            if unsafe { libc::fstat(file, &mut st) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let chunk = chunk.min((st.st_size - offset).max(0) as usize);
+            if chunk == 0 {
+                break;
+            }
+            self.begin_write();
+            self.frames.push(stream_header(chunk));
+            self.parts.push(Part::Frame(0));
+            self.flush()?;
+            let mut left = chunk;
+            while left > 0 {
+                // SAFETY: offset is a live local; descriptors are integers.
+                let n = unsafe { libc::sendfile(self.fd, file, &mut offset, left) };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    self.broken = true;
+                    return Err(e);
+                }
+                if n == 0 {
+                    // The file shrank under us: the packet promised bytes we
+                    // cannot deliver, so the stream is no longer well-formed.
+                    self.broken = true;
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while being sent",
+                    ));
+                }
+                left -= n as usize;
+            }
+            sent += chunk as u64;
+        }
+        Ok(sent)
+    }
+
+    /// Writes `text` to the server's error log as STDERR_STREAM packets.
+    pub fn write_stderr(&mut self, text: &[u8]) -> io::Result<()> {
+        self.begin_write();
+        // SAFETY: text outlives the flush below.
+        unsafe { self.push_stderr(text) };
+        self.flush()
+    }
+
+    /// Detaches and closes the connection.
+    pub fn close(&mut self) {
+        if self.fd >= 0 {
+            crate::sys::close(self.fd);
+            self.fd = -1;
+        }
+        self.start = 0;
+        self.end = 0;
+        self.body_left = 0;
+        self.ack_pending = false;
+    }
+}

@@ -1,0 +1,599 @@
+//! Starting the embedded interpreter, the per-interpreter state (request
+//! types, interned environ keys, the support module, loaded scripts) and
+//! finding the application for a request.
+
+use super::objects::{self, create_types, Types};
+use super::py::{self, ffi, intern, Obj};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::path::Path;
+use std::ptr;
+
+/// Python the worker was built against (from build.rs).
+const BUILD_EXECUTABLE: &str = env!("LSWSGI_PYTHON_EXECUTABLE");
+const BUILD_VERSION: &str = env!("LSWSGI_PYTHON_VERSION");
+const BUILD_STDLIB: &str = env!("LSWSGI_PYTHON_STDLIB");
+
+/// What `lswsgi -v` reports about the embedded Python.
+pub fn build_python() -> (&'static str, &'static str) {
+    (BUILD_VERSION, BUILD_EXECUTABLE)
+}
+
+/// Where other installations of the same Python version keep their standard
+/// library (prefix, stdlib), tried in order when the build prefix is
+/// unreadable (e.g. a Python under a private home directory).
+fn fallback_prefixes() -> Vec<String> {
+    let v = BUILD_VERSION;
+    let nodot = v.replace('.', "");
+    vec![
+        "/usr/local".into(),
+        "/usr".into(),
+        format!("/opt/alt/python{nodot}"),
+        format!("/opt/cpanel/ea-python{nodot}/root/usr"),
+    ]
+}
+
+fn readable(path: &str) -> bool {
+    CString::new(path)
+        .map(|c| unsafe { libc::access(c.as_ptr(), libc::R_OK) } == 0)
+        .unwrap_or(false)
+}
+
+/// Chooses the interpreter's program name and (when needed) home so it runs
+/// with the standard library of the Python it was built against, whatever
+/// PATH holds. Returns `(program_name, home)`.
+fn choose_paths() -> Result<(String, Option<String>), String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(bin) = env("LS_PYTHONBIN") {
+        if bin.contains('/') && !Path::new(&bin).exists() {
+            return Err(format!("LS_PYTHONBIN={bin} does not exist"));
+        }
+        return Ok((bin, None));
+    }
+    if env("PYTHONHOME").is_some() {
+        return Ok((BUILD_EXECUTABLE.into(), None));
+    }
+    if readable(&format!("{BUILD_STDLIB}/os.py")) {
+        return Ok((BUILD_EXECUTABLE.into(), None));
+    }
+    let v = BUILD_VERSION;
+    for prefix in fallback_prefixes() {
+        let stdlib = format!("{prefix}/lib/python{v}");
+        if readable(&format!("{stdlib}/os.py"))
+            && Path::new(&format!("{stdlib}/lib-dynload")).is_dir()
+        {
+            crate::warn!(
+                "cannot read the standard library at {BUILD_STDLIB}; using Python {v} from {prefix}"
+            );
+            return Ok((format!("{prefix}/bin/python{v}"), Some(prefix)));
+        }
+    }
+    Err(format!(
+        "cannot read the Python {v} standard library at {BUILD_STDLIB} (this worker was built \
+         against {BUILD_EXECUTABLE}) and found no other Python {v} installation; set PYTHONHOME \
+         or LS_PYTHONBIN to a readable Python {v}"
+    ))
+}
+
+unsafe fn status_error(what: &str, st: ffi::PyStatus) -> Result<(), String> {
+    if ffi::PyStatus_Exception(st) == 0 {
+        return Ok(());
+    }
+    let msg = |p: *const std::ffi::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    Err(format!("{what}: {} {}", msg(st.func), msg(st.err_msg)))
+}
+
+/// Initialises CPython explicitly: no signal handlers of its own (the worker
+/// owns SIGTERM/SIGINT), unbuffered stdio (so prints reach the log at once),
+/// `sys.argv == ['lswsgi']`, and the program name that makes it find the
+/// right standard library (see [`choose_paths`]).
+pub fn init_python() -> Result<(), String> {
+    let (program, home) = choose_paths()?;
+    // SAFETY: PyConfig is plain data initialised by PyConfig_InitPythonConfig;
+    // strings are copied by PyConfig_SetBytesString.
+    unsafe {
+        let mut config: ffi::PyConfig = std::mem::zeroed();
+        ffi::PyConfig_InitPythonConfig(&mut config);
+        config.install_signal_handlers = 0;
+        config.parse_argv = 0;
+        config.buffered_stdio = 0;
+        let set = |config: &mut ffi::PyConfig, field: *mut *mut libc::wchar_t, v: &str| {
+            let c = CString::new(v).map_err(|_| format!("NUL in {v:?}"))?;
+            status_error(
+                "configuring Python",
+                ffi::PyConfig_SetBytesString(config, field, c.as_ptr()),
+            )
+        };
+        let r = (|| {
+            let pn = ptr::addr_of_mut!(config.program_name);
+            set(&mut config, pn, &program)?;
+            if let Some(h) = &home {
+                let hp = ptr::addr_of_mut!(config.home);
+                set(&mut config, hp, h)?;
+            }
+            let mut argv = [c"lswsgi".as_ptr()];
+            status_error(
+                "configuring Python",
+                ffi::PyConfig_SetBytesArgv(&mut config, 1, argv.as_mut_ptr()),
+            )?;
+            status_error("starting Python", ffi::Py_InitializeFromConfig(&config))
+        })();
+        ffi::PyConfig_Clear(&mut config);
+        r
+    }
+}
+
+/// Interned environ keys, in this order (see [`Interp::env_key`]).
+const KEYS: [&CStr; 50] = [
+    c"REQUEST_METHOD",
+    c"QUERY_STRING",
+    c"SCRIPT_NAME",
+    c"PATH_INFO",
+    c"SCRIPT_FILENAME",
+    c"REQUEST_URI",
+    c"SERVER_NAME",
+    c"SERVER_PORT",
+    c"SERVER_PROTOCOL",
+    c"SERVER_SOFTWARE",
+    c"SERVER_ADDR",
+    c"SERVER_ADMIN",
+    c"REMOTE_ADDR",
+    c"REMOTE_PORT",
+    c"DOCUMENT_ROOT",
+    c"HTTPS",
+    c"GATEWAY_INTERFACE",
+    c"wsgi.version",
+    c"wsgi.url_scheme",
+    c"wsgi.input",
+    c"wsgi.errors",
+    c"wsgi.multithread",
+    c"wsgi.multiprocess",
+    c"wsgi.run_once",
+    c"wsgi.file_wrapper",
+    // The 25 known-header CGI names, in slot order (index 25 + slot).
+    c"HTTP_ACCEPT",
+    c"HTTP_ACCEPT_CHARSET",
+    c"HTTP_ACCEPT_ENCODING",
+    c"HTTP_ACCEPT_LANGUAGE",
+    c"HTTP_AUTHORIZATION",
+    c"HTTP_CONNECTION",
+    c"CONTENT_TYPE",
+    c"CONTENT_LENGTH",
+    c"HTTP_COOKIE",
+    c"HTTP_COOKIE2",
+    c"HTTP_HOST",
+    c"HTTP_PRAGMA",
+    c"HTTP_REFERER",
+    c"HTTP_USER_AGENT",
+    c"HTTP_CACHE_CONTROL",
+    c"HTTP_IF_MODIFIED_SINCE",
+    c"HTTP_IF_MATCH",
+    c"HTTP_IF_NONE_MATCH",
+    c"HTTP_IF_RANGE",
+    c"HTTP_IF_UNMODIFIED_SINCE",
+    c"HTTP_KEEP_ALIVE",
+    c"HTTP_RANGE",
+    c"HTTP_X_FORWARDED_FOR",
+    c"HTTP_VIA",
+    c"HTTP_TRANSFER_ENCODING",
+];
+
+/// Indexes into [`KEYS`].
+#[allow(missing_docs)]
+pub mod key {
+    pub const REQUEST_METHOD: usize = 0;
+    pub const QUERY_STRING: usize = 1;
+    pub const SCRIPT_NAME: usize = 2;
+    pub const PATH_INFO: usize = 3;
+    pub const SERVER_NAME: usize = 6;
+    pub const SERVER_PORT: usize = 7;
+    pub const GATEWAY_INTERFACE: usize = 16;
+    pub const WSGI_VERSION: usize = 17;
+    pub const WSGI_URL_SCHEME: usize = 18;
+    pub const WSGI_INPUT: usize = 19;
+    pub const WSGI_ERRORS: usize = 20;
+    pub const WSGI_MULTITHREAD: usize = 21;
+    pub const WSGI_MULTIPROCESS: usize = 22;
+    pub const WSGI_RUN_ONCE: usize = 23;
+    pub const WSGI_FILE_WRAPPER: usize = 24;
+    pub const HEADER_BASE: usize = 25;
+}
+
+/// A loaded WSGI script.
+struct Script {
+    module: Obj,
+    /// Modification time when loaded (seconds, nanoseconds).
+    mtime: (i64, i64),
+}
+
+/// Everything one Python interpreter needs to serve requests.
+pub struct Interp {
+    pub(super) types: Types,
+    pub(super) keys: Vec<Obj>,
+    pub(super) version: Obj,
+    pub(super) http: Obj,
+    pub(super) https: Obj,
+    pub(super) empty: Obj,
+    pub(super) cgi_1_1: Obj,
+    pub(super) file_wrapper: Obj,
+    pub(super) format_exception: Obj,
+    load_script: Obj,
+    import_module: Obj,
+    /// Request objects kept for reuse while nobody else holds them.
+    pub(super) cached: [Option<Obj>; 3],
+    scripts: HashMap<Vec<u8>, Script>,
+}
+
+static HELPER_SOURCE: &CStr = {
+    const SRC: &str = concat!(include_str!("helper.py"), "\0");
+    match CStr::from_bytes_with_nul(SRC.as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("helper.py contains a NUL byte"),
+    }
+};
+
+unsafe extern "C" fn log_warning(
+    _m: *mut ffi::PyObject,
+    arg: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    crate::warn!("{}", py::to_string(arg));
+    let n = ffi::Py_None();
+    ffi::Py_INCREF(n);
+    n
+}
+
+struct MethodDef(ffi::PyMethodDef);
+// SAFETY: immutable static data (pointers to a static string and a function).
+unsafe impl Sync for MethodDef {}
+
+static LOG_WARNING: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"log_warning".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunction: log_warning,
+    },
+    ml_flags: ffi::METH_O,
+    ml_doc: ptr::null(),
+});
+
+impl Interp {
+    /// Sets up the current interpreter: runs the support module, creates the
+    /// request types, interns the environ keys, restricts signal handlers.
+    pub fn new() -> Result<Interp, String> {
+        // SAFETY: GIL held by the caller (right after init or interpreter switch).
+        unsafe {
+            let fail = |what: &str| {
+                let f = ptr::null_mut();
+                format!("{what}: {}", py::take_exception(f))
+            };
+            let module = Obj::owned(ffi::PyModule_New(c"_lswsgi".as_ptr()))
+                .ok_or_else(|| fail("creating the support module"))?;
+            let dict = ffi::PyModule_GetDict(module.ptr());
+            ffi::PyDict_SetItemString(dict, c"__builtins__".as_ptr(), ffi::PyEval_GetBuiltins());
+            Obj::owned(ffi::PyRun_String(
+                HELPER_SOURCE.as_ptr(),
+                ffi::Py_file_input,
+                dict,
+                dict,
+            ))
+            .ok_or_else(|| fail("running the support module"))?;
+            let get = |name: &CStr| -> Result<Obj, String> {
+                let p = ffi::PyDict_GetItemString(dict, name.as_ptr());
+                if p.is_null() {
+                    Err(format!("support module lacks {name:?}"))
+                } else {
+                    Ok(Obj::borrowed(p))
+                }
+            };
+            let logger = Obj::owned(ffi::PyCFunction_NewEx(
+                ptr::addr_of!(LOG_WARNING.0) as *mut ffi::PyMethodDef,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            ))
+            .ok_or_else(|| fail("creating the log function"))?;
+            Obj::owned(ffi::PyObject_CallOneArg(
+                get(c"restrict_signals")?.ptr(),
+                logger.ptr(),
+            ))
+            .ok_or_else(|| fail("restricting signal handlers"))?;
+
+            let version = Obj::owned(ffi::Py_BuildValue(c"(ii)".as_ptr(), 1, 0))
+                .ok_or_else(|| fail("building wsgi.version"))?;
+            Ok(Interp {
+                types: create_types()?,
+                keys: KEYS.iter().map(|k| intern(k)).collect(),
+                version,
+                http: intern(c"http"),
+                https: intern(c"https"),
+                empty: intern(c""),
+                cgi_1_1: intern(c"CGI/1.1"),
+                file_wrapper: get(c"FileWrapper")?,
+                format_exception: get(c"format_exception")?,
+                load_script: get(c"load_script")?,
+                import_module: get(c"import_module")?,
+                cached: [None, None, None],
+                scripts: HashMap::new(),
+            })
+        }
+    }
+
+    /// The interned key for an env-list name, if it is a common one.
+    #[inline]
+    pub(super) fn env_key(&self, k: &[u8]) -> Option<*mut ffi::PyObject> {
+        let i = match k {
+            b"REQUEST_METHOD" => 0,
+            b"QUERY_STRING" => 1,
+            b"SCRIPT_NAME" => 2,
+            b"PATH_INFO" => 3,
+            b"SCRIPT_FILENAME" => 4,
+            b"REQUEST_URI" => 5,
+            b"SERVER_NAME" => 6,
+            b"SERVER_PORT" => 7,
+            b"SERVER_PROTOCOL" => 8,
+            b"SERVER_SOFTWARE" => 9,
+            b"SERVER_ADDR" => 10,
+            b"SERVER_ADMIN" => 11,
+            b"REMOTE_ADDR" => 12,
+            b"REMOTE_PORT" => 13,
+            b"DOCUMENT_ROOT" => 14,
+            b"HTTPS" => 15,
+            _ => return None,
+        };
+        Some(self.keys[i].ptr())
+    }
+
+    /// Formats the pending Python exception with its traceback and clears it.
+    pub fn take_exception(&self) -> String {
+        // SAFETY: GIL held.
+        unsafe { py::take_exception(self.format_exception.ptr()) }
+    }
+
+    /// A cached request object of `t` (slot `i`) if nothing else holds it,
+    /// rebound to `generation`; otherwise a new one that replaces the cache.
+    pub(super) unsafe fn request_object(
+        &mut self,
+        i: usize,
+        generation: u64,
+    ) -> Option<*mut ffi::PyObject> {
+        if let Some(o) = &self.cached[i] {
+            if ffi::Py_REFCNT(o.ptr()) == 1 {
+                objects::rebind(o.ptr(), generation);
+                ffi::Py_INCREF(o.ptr());
+                return Some(o.ptr());
+            }
+        }
+        let t = [
+            self.types.input,
+            self.types.errors,
+            self.types.start_response,
+        ][i];
+        let o = Obj::owned(objects::new_object(t, generation))?;
+        let p = o.ptr();
+        ffi::Py_INCREF(p);
+        self.cached[i] = Some(o);
+        Some(p)
+    }
+
+    /// Loads (or returns the cached module of) the WSGI script at `path`.
+    /// With `reload`, a script whose file changed since loading is run afresh.
+    pub fn script(&mut self, path: &[u8], reload: bool) -> Result<Obj, String> {
+        let path_str = std::str::from_utf8(path).map_err(|_| {
+            format!(
+                "script path {:?} is not UTF-8",
+                String::from_utf8_lossy(path)
+            )
+        })?;
+        if let Some(s) = self.scripts.get(path) {
+            if !reload || file_mtime(path_str) == Some(s.mtime) {
+                return Ok(s.module.clone());
+            }
+        }
+        let mtime = file_mtime(path_str).ok_or_else(|| {
+            format!("cannot load WSGI script {path_str}: no such file or not readable")
+        })?;
+        let name = format!("_lswsgi_script_{:016x}", fnv1a(path));
+        // SAFETY: GIL held.
+        let module = unsafe {
+            let py_path = Obj::owned(ffi::PyUnicode_DecodeFSDefaultAndSize(
+                path.as_ptr().cast(),
+                path.len() as ffi::Py_ssize_t,
+            ))
+            .ok_or_else(|| self.take_exception())?;
+            let py_name =
+                Obj::owned(py::latin1(name.as_bytes())).ok_or_else(|| self.take_exception())?;
+            let args = Obj::owned(ffi::PyTuple_Pack(2, py_path.ptr(), py_name.ptr()))
+                .ok_or_else(|| self.take_exception())?;
+            Obj::owned(ffi::PyObject_Call(
+                self.load_script.ptr(),
+                args.ptr(),
+                ptr::null_mut(),
+            ))
+            .ok_or_else(|| {
+                format!(
+                    "cannot load WSGI script {path_str}:\n{}",
+                    self.take_exception()
+                )
+            })?
+        };
+        self.scripts.insert(
+            path.to_vec(),
+            Script {
+                module: module.clone(),
+                mtime,
+            },
+        );
+        Ok(module)
+    }
+
+    /// Imports a dotted module name (for `-m package.module`).
+    pub fn import(&mut self, name: &str) -> Result<Obj, String> {
+        // SAFETY: GIL held.
+        unsafe {
+            let n = Obj::owned(py::latin1(name.as_bytes())).ok_or_else(|| self.take_exception())?;
+            Obj::owned(ffi::PyObject_CallOneArg(self.import_module.ptr(), n.ptr()))
+                .ok_or_else(|| format!("cannot import {name}:\n{}", self.take_exception()))
+        }
+    }
+
+    /// The attribute `callable` of `module`, which must be callable.
+    pub fn callable(&self, module: &Obj, callable: &[u8]) -> Result<Obj, String> {
+        let name = String::from_utf8_lossy(callable);
+        // SAFETY: GIL held.
+        unsafe {
+            let attr = Obj::owned(py::latin1(callable)).ok_or_else(|| self.take_exception())?;
+            let app =
+                Obj::owned(ffi::PyObject_GetAttr(module.ptr(), attr.ptr())).ok_or_else(|| {
+                    ffi::PyErr_Clear();
+                    format!(
+                        "WSGI callable {name:?} not found in {}",
+                        py::to_string(module.ptr())
+                    )
+                })?;
+            if ffi::PyCallable_Check(app.ptr()) == 0 {
+                return Err(format!("WSGI callable {name:?} is not callable"));
+            }
+            Ok(app)
+        }
+    }
+}
+
+/// Modification time of a readable file.
+fn file_mtime(path: &str) -> Option<(i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    if !m.is_file() || !readable(path) {
+        return None;
+    }
+    Some((m.mtime(), m.mtime_nsec()))
+}
+
+/// FNV-1a: a stable, dependency-free hash for module names.
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// How the worker was asked to find the application.
+pub struct Options {
+    /// `-m FILE[:CALLABLE]` (or a dotted module name): one application for
+    /// every request, loaded before serving.
+    pub preload: Option<String>,
+    /// ProcessGroup mode: `wsgi.multiprocess` is True.
+    pub multiprocess: bool,
+}
+
+/// The preloaded application (`-m`).
+struct Preload {
+    target: String,
+    callable: Option<String>,
+    module: Option<Obj>,
+}
+
+/// The interpreter state plus how applications are found.
+pub struct Runtime {
+    /// The main interpreter.
+    pub interp: Interp,
+    preload: Option<Preload>,
+    /// ProcessGroup mode.
+    pub multiprocess: bool,
+}
+
+impl Runtime {
+    /// Sets up the main interpreter and loads the `-m` script, if any. A
+    /// script that fails to load is logged and retried on each request, so a
+    /// fixed file brings the site back without a restart.
+    pub fn new(opts: Options) -> Result<Runtime, String> {
+        let interp = Interp::new()?;
+        let preload = opts.preload.map(|spec| {
+            let (target, callable) = split_preload(&spec);
+            Preload {
+                target,
+                callable,
+                module: None,
+            }
+        });
+        let mut rt = Runtime {
+            interp,
+            preload,
+            multiprocess: opts.multiprocess,
+        };
+        if rt.preload.is_some() {
+            if let Err(e) = rt.load_preload() {
+                crate::error!("{e}");
+            }
+        }
+        Ok(rt)
+    }
+
+    /// Whether one application serves every request (`-m`).
+    pub fn preloaded(&self) -> bool {
+        self.preload.is_some()
+    }
+
+    fn load_preload(&mut self) -> Result<Obj, String> {
+        let p = self.preload.as_ref().expect("preload configured");
+        if let Some(m) = &p.module {
+            return Ok(m.clone());
+        }
+        let target = p.target.clone();
+        let module = if Path::new(&target).is_file() {
+            let abs = std::fs::canonicalize(&target)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or(target);
+            self.interp.script(abs.as_bytes(), false)?
+        } else if !target.contains('/') && !target.ends_with(".py") && !target.ends_with(".wsgi") {
+            self.interp.import(&target)?
+        } else {
+            return Err(format!("cannot load WSGI script {target}: no such file"));
+        };
+        self.preload.as_mut().expect("preload").module = Some(module.clone());
+        Ok(module)
+    }
+
+    /// The application for a request: the `-m` one, or the script at
+    /// `script_filename`; `callable` is WSGICallableObject (default
+    /// `application`, unless `-m FILE:CALLABLE` names one).
+    pub fn app(
+        &mut self,
+        script_filename: &[u8],
+        callable: Option<&[u8]>,
+        reload: bool,
+    ) -> Result<Obj, String> {
+        if self.preload.is_some() {
+            let module = self.load_preload()?;
+            let name = self.preload.as_ref().and_then(|p| p.callable.clone());
+            let name = name
+                .as_deref()
+                .map(str::as_bytes)
+                .or(callable)
+                .unwrap_or(b"application");
+            return self.interp.callable(&module, name);
+        }
+        if script_filename.is_empty() {
+            return Err("the request names no SCRIPT_FILENAME and no -m script was given".into());
+        }
+        let module = self.interp.script(script_filename, reload)?;
+        self.interp
+            .callable(&module, callable.unwrap_or(b"application"))
+    }
+}
+
+/// Splits `FILE[:CALLABLE]`.
+fn split_preload(spec: &str) -> (String, Option<String>) {
+    match spec.rsplit_once(':') {
+        Some((file, callable))
+            if !callable.is_empty()
+                && !callable.contains('/')
+                && callable.chars().all(|c| c.is_alphanumeric() || c == '_') =>
+        {
+            (file.to_string(), Some(callable.to_string()))
+        }
+        _ => (spec.to_string(), None),
+    }
+}

@@ -1,0 +1,677 @@
+//! The request objects an application sees: `wsgi.input`, `wsgi.errors`,
+//! `start_response` and the `write` callable it returns.
+//!
+//! They are heap types made with `PyType_FromSpec` once per interpreter (not
+//! pyo3 classes, whose type objects are process-wide statics and so unsound
+//! across sub-interpreters). An instance holds only the generation number of
+//! the request it was made for; every method checks it against the request in
+//! flight ([`super::ctx`]), so an object kept past its request can never touch
+//! another request's connection: stale input and start_response raise, stale
+//! errors write to fd 2.
+
+use super::py::{self, bytes_of, cstr, ffi, raise, str_latin1};
+use super::{ctx, send_body};
+use crate::conn::ConnError;
+use std::ffi::{c_int, c_void};
+use std::ptr;
+
+/// Instance layout shared by all four types.
+#[repr(C)]
+pub struct ReqObject {
+    ob_base: ffi::PyObject,
+    generation: u64,
+}
+
+/// The four type objects of one interpreter (owned by it for its life).
+#[derive(Clone, Copy)]
+pub struct Types {
+    /// `wsgi.input`.
+    pub input: *mut ffi::PyTypeObject,
+    /// `wsgi.errors`.
+    pub errors: *mut ffi::PyTypeObject,
+    /// `start_response`.
+    pub start_response: *mut ffi::PyTypeObject,
+    /// The `write` callable.
+    pub writer: *mut ffi::PyTypeObject,
+}
+
+/// A new instance of `t` bound to request `generation`.
+pub unsafe fn new_object(t: *mut ffi::PyTypeObject, generation: u64) -> *mut ffi::PyObject {
+    let o = ffi::PyType_GenericAlloc(t, 0);
+    if !o.is_null() {
+        (*(o as *mut ReqObject)).generation = generation;
+    }
+    o
+}
+
+/// Rebinds an instance to a new request (used to reuse cached objects that
+/// nobody else holds).
+pub unsafe fn rebind(o: *mut ffi::PyObject, generation: u64) {
+    (*(o as *mut ReqObject)).generation = generation;
+}
+
+unsafe extern "C" fn dealloc(o: *mut ffi::PyObject) {
+    let t = ffi::Py_TYPE(o);
+    ffi::PyObject_Free(o.cast());
+    // Instances of heap types own a reference to their type.
+    ffi::Py_DECREF(t.cast());
+}
+
+/// Whether `o` belongs to the request in flight.
+#[inline]
+unsafe fn is_live(o: *mut ffi::PyObject) -> bool {
+    let c = ctx();
+    c.active && c.generation == (*(o as *mut ReqObject)).generation && c.on_main_thread()
+}
+
+unsafe fn stale(what: &str) -> *mut ffi::PyObject {
+    raise(
+        ffi::PyExc_RuntimeError,
+        &format!("{what} used outside the request it belongs to"),
+    )
+}
+
+unsafe fn conn_error(e: ConnError) -> *mut ffi::PyObject {
+    raise(
+        ffi::PyExc_OSError,
+        &format!("lost the request body from the web server: {e}"),
+    )
+}
+
+/// Optional size argument: absent, None or negative → -1.
+unsafe fn size_arg(args: *mut *mut ffi::PyObject, nargs: ffi::Py_ssize_t) -> Option<isize> {
+    if nargs > 1 {
+        raise(ffi::PyExc_TypeError, "expected at most one argument");
+        return None;
+    }
+    if nargs == 0 || *args == ffi::Py_None() {
+        return Some(-1);
+    }
+    let n = ffi::PyLong_AsSsize_t(*args);
+    if n == -1 && !ffi::PyErr_Occurred().is_null() {
+        return None;
+    }
+    Some(n.max(-1))
+}
+
+// ---- wsgi.input -----------------------------------------------------------
+
+unsafe extern "C" fn input_read(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    let Some(size) = size_arg(args, nargs) else {
+        return ptr::null_mut();
+    };
+    if !is_live(slf) {
+        return stale("wsgi.input");
+    }
+    let conn = &mut *ctx().conn;
+    let left = conn.body_left();
+    let want = if size < 0 {
+        left
+    } else {
+        left.min(size as u64)
+    };
+    if want > isize::MAX as u64 {
+        return raise(
+            ffi::PyExc_MemoryError,
+            "request body too large to read at once",
+        );
+    }
+    let want = want as usize;
+    let b = py::new_bytes(want);
+    if b.is_null() {
+        return b;
+    }
+    let dst = std::slice::from_raw_parts_mut(ffi::PyBytes_AS_STRING(b) as *mut u8, want);
+    let mut got = 0;
+    while got < want {
+        match conn.read_body(&mut dst[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => {
+                ffi::Py_DECREF(b);
+                return conn_error(e);
+            }
+        }
+    }
+    if got < want {
+        return py::shrink_bytes(b, got);
+    }
+    b
+}
+
+/// Reads one line of at most `limit` bytes (`-1`: no limit), newline included.
+unsafe fn read_line(limit: isize) -> *mut ffi::PyObject {
+    let c = ctx();
+    let conn = &mut *c.conn;
+    let limit = if limit < 0 {
+        usize::MAX
+    } else {
+        limit as usize
+    };
+    let line = &mut c.line;
+    line.clear();
+    while line.len() < limit {
+        let avail = match conn.fill_body() {
+            Ok(a) => a,
+            Err(e) => return conn_error(e),
+        };
+        if avail.is_empty() {
+            break;
+        }
+        let window = &avail[..avail.len().min(limit - line.len())];
+        let (take, done) = match memchr::memchr(b'\n', window) {
+            Some(i) => (i + 1, true),
+            None => (window.len(), false),
+        };
+        if done && line.is_empty() {
+            // The whole line is buffered: one copy, straight into the result.
+            let r = ffi::PyBytes_FromStringAndSize(window.as_ptr().cast(), take as ffi::Py_ssize_t);
+            conn.consume_body(take);
+            return r;
+        }
+        line.extend_from_slice(&window[..take]);
+        conn.consume_body(take);
+        if done {
+            break;
+        }
+    }
+    ffi::PyBytes_FromStringAndSize(line.as_ptr().cast(), line.len() as ffi::Py_ssize_t)
+}
+
+unsafe extern "C" fn input_readline(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    let Some(size) = size_arg(args, nargs) else {
+        return ptr::null_mut();
+    };
+    if !is_live(slf) {
+        return stale("wsgi.input");
+    }
+    if size == 0 {
+        return ffi::PyBytes_FromStringAndSize(ptr::null(), 0);
+    }
+    read_line(size)
+}
+
+unsafe extern "C" fn input_readlines(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    let Some(hint) = size_arg(args, nargs) else {
+        return ptr::null_mut();
+    };
+    if !is_live(slf) {
+        return stale("wsgi.input");
+    }
+    let list = ffi::PyList_New(0);
+    if list.is_null() {
+        return list;
+    }
+    let mut total = 0usize;
+    loop {
+        let line = read_line(-1);
+        if line.is_null() {
+            ffi::Py_DECREF(list);
+            return line;
+        }
+        let n = py::bytes_len(line);
+        if n == 0 {
+            ffi::Py_DECREF(line);
+            break;
+        }
+        let r = ffi::PyList_Append(list, line);
+        ffi::Py_DECREF(line);
+        if r < 0 {
+            ffi::Py_DECREF(list);
+            return ptr::null_mut();
+        }
+        total += n;
+        if hint > 0 && total >= hint as usize {
+            break;
+        }
+    }
+    list
+}
+
+unsafe extern "C" fn input_iter(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    ffi::Py_INCREF(slf);
+    slf
+}
+
+unsafe extern "C" fn input_next(slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    if !is_live(slf) {
+        return stale("wsgi.input");
+    }
+    let line = read_line(-1);
+    if !line.is_null() && py::bytes_len(line) == 0 {
+        ffi::Py_DECREF(line);
+        return ptr::null_mut(); // end of iteration, no exception set
+    }
+    line
+}
+
+// ---- wsgi.errors ----------------------------------------------------------
+
+/// Routes error-log text: to the server's log while this object's request
+/// is in flight (and the server should get it), to fd 2 otherwise.
+unsafe fn errors_emit(slf: *mut ffi::PyObject, text: &[u8]) {
+    if text.is_empty() {
+        return;
+    }
+    let c = ctx();
+    if is_live(slf) && !c.errors_to_fd2 {
+        let conn = &mut *c.conn;
+        if conn.write_stderr(text).is_ok() {
+            return;
+        }
+    }
+    crate::sys::write_all_fd(2, text);
+}
+
+/// The bytes to log for a str (UTF-8) or bytes object; NULL-equivalent `None`
+/// with TypeError set otherwise.
+unsafe fn text_arg<'a>(o: *mut ffi::PyObject) -> Option<&'a [u8]> {
+    if ffi::PyBytes_Check(o) != 0 {
+        return Some(bytes_of(o));
+    }
+    if ffi::PyUnicode_Check(o) != 0 {
+        let mut len: ffi::Py_ssize_t = 0;
+        let p = ffi::PyUnicode_AsUTF8AndSize(o, &mut len);
+        if p.is_null() {
+            return None;
+        }
+        return Some(std::slice::from_raw_parts(p as *const u8, len as usize));
+    }
+    raise(ffi::PyExc_TypeError, "wsgi.errors.write() takes a str");
+    None
+}
+
+unsafe extern "C" fn errors_write(
+    slf: *mut ffi::PyObject,
+    arg: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    match text_arg(arg) {
+        Some(t) => {
+            errors_emit(slf, t);
+            ffi::PyLong_FromSsize_t(t.len() as ffi::Py_ssize_t)
+        }
+        None => ptr::null_mut(),
+    }
+}
+
+unsafe extern "C" fn errors_writelines(
+    slf: *mut ffi::PyObject,
+    arg: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let it = ffi::PyObject_GetIter(arg);
+    if it.is_null() {
+        return it;
+    }
+    loop {
+        let item = ffi::PyIter_Next(it);
+        if item.is_null() {
+            break;
+        }
+        let ok = match text_arg(item) {
+            Some(t) => {
+                errors_emit(slf, t);
+                true
+            }
+            None => false,
+        };
+        ffi::Py_DECREF(item);
+        if !ok {
+            break;
+        }
+    }
+    ffi::Py_DECREF(it);
+    if !ffi::PyErr_Occurred().is_null() {
+        return ptr::null_mut();
+    }
+    none()
+}
+
+unsafe extern "C" fn errors_flush(
+    _slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    none()
+}
+
+unsafe fn none() -> *mut ffi::PyObject {
+    let n = ffi::Py_None();
+    ffi::Py_INCREF(n);
+    n
+}
+
+// ---- start_response and write --------------------------------------------
+
+/// Parses `NNN reason`: three digits, a space, a reason without control bytes.
+pub fn parse_status(s: &[u8]) -> Option<u16> {
+    match s {
+        [a, b, c, b' ', reason @ ..]
+            if a.is_ascii_digit()
+                && b.is_ascii_digit()
+                && c.is_ascii_digit()
+                && *a != b'0'
+                && !reason.iter().any(|&x| x < 0x20 || x == 0x7f) =>
+        {
+            Some(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
+        }
+        _ => None,
+    }
+}
+
+/// Validates `headers` (a list of `(str, str)` tuples) into the connection's
+/// response head. On error an exception is set and the head is left empty.
+unsafe fn stage_headers(headers: *mut ffi::PyObject) -> bool {
+    let conn = &mut *ctx().conn;
+    conn.head.clear();
+    let fast = ffi::PySequence_Fast(headers, cstr(c"response headers must be a list"));
+    if fast.is_null() || (ffi::PyList_Check(headers) == 0 && ffi::PyTuple_Check(headers) == 0) {
+        ffi::Py_XDECREF(fast);
+        if fast.is_null() {
+            return false;
+        }
+        raise(ffi::PyExc_TypeError, "response headers must be a list");
+        return false;
+    }
+    let n = ffi::PySequence_Fast_GET_SIZE(fast);
+    let items = ffi::PySequence_Fast_ITEMS(fast);
+    let mut ok = true;
+    for i in 0..n as usize {
+        let item = *items.add(i);
+        if ffi::PyTuple_Check(item) == 0 || ffi::PyTuple_GET_SIZE(item) != 2 {
+            raise(
+                ffi::PyExc_TypeError,
+                &format!("response header {i} is not a (name, value) tuple"),
+            );
+            ok = false;
+            break;
+        }
+        let (name, value) = (
+            ffi::PyTuple_GET_ITEM(item, 0),
+            ffi::PyTuple_GET_ITEM(item, 1),
+        );
+        let (Some(n), Some(v)) = (str_latin1(name), str_latin1(value)) else {
+            raise(
+                ffi::PyExc_TypeError,
+                &format!("response header {i}: name and value must be latin-1 str"),
+            );
+            ok = false;
+            break;
+        };
+        if let Err(e) = conn.head.push(n, v) {
+            raise(
+                ffi::PyExc_ValueError,
+                &format!(
+                    "response header {:?}: {e}",
+                    String::from_utf8_lossy(&n[..n.len().min(64)])
+                ),
+            );
+            ok = false;
+            break;
+        }
+    }
+    ffi::Py_DECREF(fast);
+    if !ok {
+        conn.head.clear();
+    }
+    ok
+}
+
+unsafe extern "C" fn start_response_call(
+    slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let nargs = ffi::PyTuple_GET_SIZE(args);
+    let arg = |i: ffi::Py_ssize_t, name: &std::ffi::CStr| -> *mut ffi::PyObject {
+        if i < nargs {
+            ffi::PyTuple_GET_ITEM(args, i)
+        } else if !kwargs.is_null() {
+            ffi::PyDict_GetItemString(kwargs, name.as_ptr())
+        } else {
+            ptr::null_mut()
+        }
+    };
+    let (status, headers, exc_info) = (arg(0, c"status"), arg(1, c"headers"), arg(2, c"exc_info"));
+    if status.is_null() || headers.is_null() || nargs > 3 {
+        return raise(
+            ffi::PyExc_TypeError,
+            "start_response(status, response_headers, exc_info=None)",
+        );
+    }
+    if !is_live(slf) {
+        return stale("start_response");
+    }
+    let c = ctx();
+    let has_exc = !exc_info.is_null() && exc_info != ffi::Py_None();
+    if has_exc {
+        if c.headers_sent {
+            // PEP 3333: too late to change the response; re-raise the error.
+            if ffi::PyTuple_Check(exc_info) == 0 || ffi::PyTuple_GET_SIZE(exc_info) != 3 {
+                return raise(ffi::PyExc_TypeError, "exc_info must be a 3-tuple");
+            }
+            let (t, v, tb) = (
+                ffi::PyTuple_GET_ITEM(exc_info, 0),
+                ffi::PyTuple_GET_ITEM(exc_info, 1),
+                ffi::PyTuple_GET_ITEM(exc_info, 2),
+            );
+            ffi::Py_INCREF(t);
+            ffi::Py_INCREF(v);
+            ffi::Py_INCREF(tb);
+            ffi::PyErr_Restore(
+                t,
+                v,
+                if tb == ffi::Py_None() {
+                    ffi::Py_DECREF(tb);
+                    ptr::null_mut()
+                } else {
+                    tb
+                },
+            );
+            return ptr::null_mut();
+        }
+    } else if c.status != 0 {
+        return raise(
+            ffi::PyExc_RuntimeError,
+            "start_response called a second time without exc_info",
+        );
+    }
+    let code = match str_latin1(status).and_then(parse_status) {
+        Some(code) => code,
+        None => {
+            return raise(
+                ffi::PyExc_ValueError,
+                &format!(
+                    "invalid status {:?}: expected a str like '200 OK'",
+                    py::to_string(status)
+                ),
+            )
+        }
+    };
+    if !stage_headers(headers) {
+        c.status = 0;
+        return ptr::null_mut();
+    }
+    c.status = code;
+    new_object(c.types.writer, c.generation)
+}
+
+unsafe extern "C" fn write_call(
+    slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    if ffi::PyTuple_GET_SIZE(args) != 1 || !kwargs.is_null() && ffi::PyDict_Size(kwargs) != 0 {
+        return raise(ffi::PyExc_TypeError, "write(data) takes one bytes argument");
+    }
+    let data = ffi::PyTuple_GET_ITEM(args, 0);
+    if ffi::PyBytes_Check(data) == 0 {
+        return raise(ffi::PyExc_TypeError, "write() argument must be bytes");
+    }
+    if !is_live(slf) {
+        return stale("write");
+    }
+    let c = ctx();
+    if c.status == 0 {
+        return raise(
+            ffi::PyExc_RuntimeError,
+            "write() called before start_response",
+        );
+    }
+    let d = bytes_of(data);
+    if !d.is_empty() || !c.headers_sent {
+        if let Err(e) = send_body(c, d) {
+            return raise(
+                ffi::PyExc_OSError,
+                &format!("connection to the web server lost: {e}"),
+            );
+        }
+    }
+    none()
+}
+
+// ---- type creation --------------------------------------------------------
+
+/// A method table entry.
+const fn method(
+    name: &'static std::ffi::CStr,
+    f: ffi::PyMethodDefPointer,
+    flags: c_int,
+) -> ffi::PyMethodDef {
+    ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: f,
+        ml_flags: flags,
+        ml_doc: ptr::null(),
+    }
+}
+
+/// Method tables live for the process (types in any interpreter point at them).
+struct Tables {
+    input: [ffi::PyMethodDef; 4],
+    errors: [ffi::PyMethodDef; 4],
+}
+
+// SAFETY: immutable after construction; only raw pointers to static strings
+// and functions.
+unsafe impl Sync for Tables {}
+
+static TABLES: Tables = Tables {
+    input: [
+        method(
+            c"read",
+            ffi::PyMethodDefPointer {
+                PyCFunctionFast: input_read,
+            },
+            ffi::METH_FASTCALL,
+        ),
+        method(
+            c"readline",
+            ffi::PyMethodDefPointer {
+                PyCFunctionFast: input_readline,
+            },
+            ffi::METH_FASTCALL,
+        ),
+        method(
+            c"readlines",
+            ffi::PyMethodDefPointer {
+                PyCFunctionFast: input_readlines,
+            },
+            ffi::METH_FASTCALL,
+        ),
+        ffi::PyMethodDef::zeroed(),
+    ],
+    errors: [
+        method(
+            c"write",
+            ffi::PyMethodDefPointer {
+                PyCFunction: errors_write,
+            },
+            ffi::METH_O,
+        ),
+        method(
+            c"writelines",
+            ffi::PyMethodDefPointer {
+                PyCFunction: errors_writelines,
+            },
+            ffi::METH_O,
+        ),
+        method(
+            c"flush",
+            ffi::PyMethodDefPointer {
+                PyCFunction: errors_flush,
+            },
+            ffi::METH_NOARGS,
+        ),
+        ffi::PyMethodDef::zeroed(),
+    ],
+};
+
+unsafe fn make_type(
+    name: &'static std::ffi::CStr,
+    extra: &[(c_int, *mut c_void)],
+) -> Result<*mut ffi::PyTypeObject, String> {
+    let mut slots: Vec<ffi::PyType_Slot> = vec![ffi::PyType_Slot {
+        slot: ffi::Py_tp_dealloc,
+        pfunc: dealloc as *mut c_void,
+    }];
+    slots.extend(
+        extra
+            .iter()
+            .map(|&(slot, pfunc)| ffi::PyType_Slot { slot, pfunc }),
+    );
+    slots.push(ffi::PyType_Slot {
+        slot: 0,
+        pfunc: ptr::null_mut(),
+    });
+    let mut spec = ffi::PyType_Spec {
+        name: name.as_ptr(),
+        basicsize: std::mem::size_of::<ReqObject>() as c_int,
+        itemsize: 0,
+        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION) as u32,
+        slots: slots.as_mut_ptr(),
+    };
+    // The spec and slots are copied into the type; only the method tables
+    // (static) are referenced afterwards.
+    let t = ffi::PyType_FromSpec(&mut spec);
+    if t.is_null() {
+        return Err(format!("cannot create type {name:?}"));
+    }
+    Ok(t.cast())
+}
+
+/// Creates the four types in the current interpreter.
+pub unsafe fn create_types() -> Result<Types, String> {
+    Ok(Types {
+        input: make_type(
+            c"lswsgi.Input",
+            &[
+                (ffi::Py_tp_methods, TABLES.input.as_ptr() as *mut c_void),
+                (ffi::Py_tp_iter, input_iter as *mut c_void),
+                (ffi::Py_tp_iternext, input_next as *mut c_void),
+            ],
+        )?,
+        errors: make_type(
+            c"lswsgi.Errors",
+            &[(ffi::Py_tp_methods, TABLES.errors.as_ptr() as *mut c_void)],
+        )?,
+        start_response: make_type(
+            c"lswsgi.StartResponse",
+            &[(ffi::Py_tp_call, start_response_call as *mut c_void)],
+        )?,
+        writer: make_type(
+            c"lswsgi.Write",
+            &[(ffi::Py_tp_call, write_call as *mut c_void)],
+        )?,
+    })
+}
