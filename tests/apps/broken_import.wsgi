@@ -1,0 +1,1 @@
+raise ImportError("this script is broken on purpose")

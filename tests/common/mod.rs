@@ -1,0 +1,183 @@
+//! Shared pieces of the integration tests: starting the real `lswsgi` binary
+//! the way LiteSpeed does, building requests, reading /proc.
+#![allow(dead_code)]
+
+use lswsgi::client::{Client, Response, Spawned};
+use lswsgi::lsapi::build::RequestSpec;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The worker binary under test.
+pub const LSWSGI: &str = env!("CARGO_BIN_EXE_lswsgi");
+
+/// Absolute path of a test application in tests/apps.
+pub fn app(name: &str) -> String {
+    format!("{}/tests/apps/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A unique scratch directory for one test.
+pub fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "lswsgi-test-{tag}-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_ne_bytes(b)
+}
+
+/// A running worker whose stderr goes to a log file the test can read.
+pub struct Worker {
+    pub spawned: Spawned,
+    pub log: PathBuf,
+    _dir: PathBuf,
+}
+
+impl Worker {
+    /// Starts `lswsgi ARGS` with a listening socket on fd 0 and `env`.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Worker {
+        let dir = scratch("worker");
+        let log = dir.join("stderr.log");
+        let mut argv = vec![LSWSGI.to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let spawned = Spawned::start(&argv, &env, Some(&log)).expect("spawn lswsgi");
+        Worker {
+            spawned,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// A new connection, with a 30 s read/write time-out so no test hangs.
+    pub fn connect(&self) -> Client {
+        let mut c = self
+            .spawned
+            .connect(Duration::from_secs(10))
+            .expect("connect to lswsgi");
+        c.stream()
+            .set_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        c
+    }
+
+    /// The worker's pid.
+    pub fn pid(&self) -> u32 {
+        self.spawned.child.id()
+    }
+
+    /// Everything the worker wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the log to contain `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Whether the process is still running (not exited).
+    pub fn alive(&mut self) -> bool {
+        self.spawned.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// A GET request for `uri` served by `script` mounted at `script_name`.
+pub fn get(uri: &str, script: &str, script_name: &str) -> RequestSpec {
+    RequestSpec::new("GET", uri, script, script_name)
+}
+
+/// A request to the suite app mounted at `/suite.wsgi` with path `path`.
+pub fn suite(method: &str, path_and_query: &str) -> RequestSpec {
+    RequestSpec::new(
+        method,
+        &format!("/suite.wsgi{path_and_query}"),
+        &app("suite.wsgi"),
+        "/suite.wsgi",
+    )
+}
+
+/// Calls and asserts a complete (RESP_END-terminated) response.
+pub fn call_ok(c: &mut Client, spec: &RequestSpec, body: &[u8]) -> Response {
+    let r = c.call(spec, body).expect("response");
+    assert_eq!(
+        r.ending,
+        lswsgi::client::Ending::End,
+        "response not ended: status {} body {:?}",
+        r.status,
+        r.text()
+    );
+    r
+}
+
+/// A field of /proc/PID/status in kB (VmRSS, VmHWM, …).
+pub fn status_kb(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Number of open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// SHA-256 hex digest via the system's sha256sum (keeps the tests free of
+/// hashing crates).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(data).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// Whether `path` exists.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
