@@ -32,6 +32,16 @@ fn main() {
     println!("cargo:rustc-env=LSWSGI_PYTHON_PREFIX={prefix}");
     println!("cargo:rustc-env=LSWSGI_PYTHON_VERSION={version}");
     println!("cargo:rustc-env=LSWSGI_PYTHON_STDLIB={stdlib}");
+    // 3.13 replaced _PyObject_LookupAttr with PyObject_GetOptionalAttr.
+    println!("cargo::rustc-check-cfg=cfg(lswsgi_py313)");
+    let minor: u32 = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if version.starts_with("3.") && minor >= 13 {
+        println!("cargo:rustc-cfg=lswsgi_py313");
+    }
     if !libdir.is_empty() {
         println!("cargo:rustc-link-arg-bin=lswsgi=-Wl,-rpath,{libdir}");
     }

@@ -221,12 +221,13 @@ pub struct Interp {
     pub(super) https: Obj,
     pub(super) empty: Obj,
     pub(super) cgi_1_1: Obj,
+    pub(super) close_name: Obj,
     pub(super) file_wrapper: Obj,
     pub(super) format_exception: Obj,
     load_script: Obj,
     import_module: Obj,
     /// Request objects kept for reuse while nobody else holds them.
-    pub(super) cached: [Option<Obj>; 3],
+    pub(super) cached: [Option<Obj>; 4],
     scripts: HashMap<Vec<u8>, Script>,
 }
 
@@ -312,11 +313,12 @@ impl Interp {
                 https: intern(c"https"),
                 empty: intern(c""),
                 cgi_1_1: intern(c"CGI/1.1"),
+                close_name: intern(c"close"),
                 file_wrapper: get(c"FileWrapper")?,
                 format_exception: get(c"format_exception")?,
                 load_script: get(c"load_script")?,
                 import_module: get(c"import_module")?,
-                cached: [None, None, None],
+                cached: [None, None, None, None],
                 scripts: HashMap::new(),
             })
         }
@@ -371,6 +373,7 @@ impl Interp {
             self.types.input,
             self.types.errors,
             self.types.start_response,
+            self.types.writer,
         ][i];
         let o = Obj::owned(objects::new_object(t, generation))?;
         let p = o.ptr();
@@ -495,11 +498,20 @@ struct Preload {
     module: Option<Obj>,
 }
 
+/// The application found for the previous request, reused while the next
+/// one names the same script and callable (and reloading is off).
+struct LastApp {
+    script: Vec<u8>,
+    callable: Vec<u8>,
+    app: Obj,
+}
+
 /// The interpreter state plus how applications are found.
 pub struct Runtime {
     /// The main interpreter.
     pub interp: Interp,
     preload: Option<Preload>,
+    last: Option<LastApp>,
     /// ProcessGroup mode.
     pub multiprocess: bool,
 }
@@ -521,6 +533,7 @@ impl Runtime {
         let mut rt = Runtime {
             interp,
             preload,
+            last: None,
             multiprocess: opts.multiprocess,
         };
         if rt.preload.is_some() {
@@ -560,6 +573,30 @@ impl Runtime {
     /// `script_filename`; `callable` is WSGICallableObject (default
     /// `application`, unless `-m FILE:CALLABLE` names one).
     pub fn app(
+        &mut self,
+        script_filename: &[u8],
+        callable: Option<&[u8]>,
+        reload: bool,
+    ) -> Result<Obj, String> {
+        let callable_key = callable.unwrap_or(b"");
+        if let Some(last) = &self.last {
+            if !reload
+                && last.callable == callable_key
+                && (self.preload.is_some() || last.script == script_filename)
+            {
+                return Ok(last.app.clone());
+            }
+        }
+        let app = self.find_app(script_filename, callable, reload)?;
+        self.last = Some(LastApp {
+            script: script_filename.to_vec(),
+            callable: callable_key.to_vec(),
+            app: app.clone(),
+        });
+        Ok(app)
+    }
+
+    fn find_app(
         &mut self,
         script_filename: &[u8],
         callable: Option<&[u8]>,

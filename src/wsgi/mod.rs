@@ -41,9 +41,18 @@ pub struct Ctx {
     types: Types,
     /// Scratch for wsgi.input.readline lines that span buffer refills.
     line: Vec<u8>,
+    /// The `write` callable for the request in flight (a new reference is
+    /// handed out by start_response).
+    writer: *mut py::ffi::PyObject,
 }
 
 impl Ctx {
+    /// A new reference to this request's `write` callable.
+    unsafe fn writer(&self) -> *mut py::ffi::PyObject {
+        py::ffi::Py_INCREF(self.writer);
+        self.writer
+    }
+
     /// Whether the caller runs on the thread that serves requests.
     #[inline]
     fn on_main_thread(&self) -> bool {
@@ -72,6 +81,7 @@ static CTX: Global = Global(UnsafeCell::new(Ctx {
         writer: std::ptr::null_mut(),
     },
     line: Vec::new(),
+    writer: std::ptr::null_mut(),
 }));
 
 /// The process-wide request context.

@@ -503,7 +503,7 @@ unsafe extern "C" fn start_response_call(
         return ptr::null_mut();
     }
     c.status = code;
-    new_object(c.types.writer, c.generation)
+    c.writer()
 }
 
 unsafe extern "C" fn write_call(

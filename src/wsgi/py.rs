@@ -12,6 +12,31 @@ extern "C" {
     // Exported by libpython but not declared public by pyo3-ffi.
     fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> i32;
     fn _PyDict_NewPresized(minused: ffi::Py_ssize_t) -> *mut ffi::PyObject;
+    #[cfg(not(lswsgi_py313))]
+    fn _PyObject_LookupAttr(
+        o: *mut ffi::PyObject,
+        name: *mut ffi::PyObject,
+        result: *mut *mut ffi::PyObject,
+    ) -> std::ffi::c_int;
+}
+
+/// `getattr(o, name)` without raising AttributeError when it is missing (an
+/// exception costs more than the rest of a small request). `Err` leaves
+/// another exception set.
+#[inline]
+pub unsafe fn lookup_attr(
+    o: *mut ffi::PyObject,
+    name: *mut ffi::PyObject,
+) -> Result<Option<Obj>, ()> {
+    let mut out = ptr::null_mut();
+    #[cfg(not(lswsgi_py313))]
+    let r = _PyObject_LookupAttr(o, name, &mut out);
+    #[cfg(lswsgi_py313)]
+    let r = ffi::PyObject_GetOptionalAttr(o, name, &mut out);
+    match r {
+        r if r < 0 => Err(()),
+        _ => Ok(Obj::owned(out)),
+    }
 }
 
 /// An owned (strong) reference; dropped with Py_DECREF.

@@ -7,7 +7,7 @@
 
 use super::environ;
 use super::interp::Runtime;
-use super::py::{bytes_of, ffi, Obj};
+use super::py::{bytes_of, ffi, lookup_attr, Obj};
 use super::{ctx, log_request_error, send_body, Ctx};
 use crate::conn::{Conn, ConnError};
 
@@ -79,6 +79,7 @@ pub(crate) fn serve(
     }
     c.active = false;
     c.conn = ptr::null_mut();
+    c.writer = ptr::null_mut();
     if conn.is_broken() {
         return Err(ConnError::Truncated("the response (request abandoned)"));
     }
@@ -87,6 +88,15 @@ pub(crate) fn serve(
 
 /// Calls the application and writes whatever it produces.
 unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
+    let Some(writer) = rt
+        .interp
+        .request_object(3, c.generation)
+        .and_then(|p| Obj::owned(p))
+    else {
+        app_failed(rt, c, "cannot create the write callable");
+        return;
+    };
+    c.writer = writer.ptr();
     let Some(start_response) = rt
         .interp
         .request_object(2, c.generation)
@@ -121,12 +131,20 @@ unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
         send_iterable(rt, c, &result)
     };
     // PEP 3333: close() is called whatever happened, once iteration is over.
-    let close = ffi::PyObject_GetAttrString(result.ptr(), c"close".as_ptr());
-    if close.is_null() {
-        ffi::PyErr_Clear();
+    // (Plain lists and tuples have none: skip the lookup.)
+    let close = if rtype == ptr::addr_of_mut!(ffi::PyList_Type)
+        || rtype == ptr::addr_of_mut!(ffi::PyTuple_Type)
+    {
+        None
     } else {
-        let r = ffi::PyObject_CallNoArgs(close);
-        ffi::Py_DECREF(close);
+        lookup_attr(result.ptr(), rt.interp.close_name.ptr()).unwrap_or_else(|()| {
+            ffi::PyErr_Clear();
+            None
+        })
+    };
+    if let Some(close) = close {
+        let r = ffi::PyObject_CallNoArgs(close.ptr());
+        drop(close);
         if r.is_null() {
             if body == Body::Failed {
                 log_request_error(&mut *c.conn, &rt.interp.take_exception());
