@@ -214,6 +214,8 @@ struct Script {
 
 /// Everything one Python interpreter needs to serve requests.
 pub struct Interp {
+    /// This interpreter's thread state (for switching to it).
+    tstate: *mut ffi::PyThreadState,
     pub(super) types: Types,
     pub(super) keys: Vec<Obj>,
     pub(super) version: Obj,
@@ -306,6 +308,7 @@ impl Interp {
             let version = Obj::owned(ffi::Py_BuildValue(c"(ii)".as_ptr(), 1, 0))
                 .ok_or_else(|| fail("building wsgi.version"))?;
             Ok(Interp {
+                tstate: ffi::PyThreadState_Get(),
                 types: create_types()?,
                 keys: KEYS.iter().map(|k| intern(k)).collect(),
                 version,
@@ -499,21 +502,38 @@ struct Preload {
 }
 
 /// The application found for the previous request, reused while the next
-/// one names the same script and callable (and reloading is off).
+/// one names the same group, script and callable (and reloading is off).
 struct LastApp {
+    interp: usize,
     script: Vec<u8>,
     callable: Vec<u8>,
     app: Obj,
 }
 
-/// The interpreter state plus how applications are found.
+/// The interpreters plus how applications are found.
+///
+/// `interps[0]` is the main interpreter; each named WSGIApplicationGroup gets
+/// a sub-interpreter, created on first use and kept for the process's life.
+/// All share the one GIL (CPython 3.11 legacy sub-interpreters), so
+/// switching is a `PyThreadState_Swap`; every Python object stays in the
+/// interpreter that made it, which is why request types, interned keys and
+/// loaded scripts live in each [`Interp`].
 pub struct Runtime {
-    /// The main interpreter.
-    pub interp: Interp,
+    interps: Vec<Interp>,
+    /// Group name of each entry of `interps` (empty for the main one).
+    groups: Vec<Vec<u8>>,
+    current: usize,
     preload: Option<Preload>,
     last: Option<LastApp>,
     /// ProcessGroup mode.
     pub multiprocess: bool,
+}
+
+/// Whether `group` names the main interpreter: empty, `%{GLOBAL}` or `global`.
+fn is_global_group(group: &[u8]) -> bool {
+    group.is_empty()
+        || group.eq_ignore_ascii_case(b"%{GLOBAL}")
+        || group.eq_ignore_ascii_case(b"global")
 }
 
 impl Runtime {
@@ -531,7 +551,9 @@ impl Runtime {
             }
         });
         let mut rt = Runtime {
-            interp,
+            interps: vec![interp],
+            groups: vec![Vec::new()],
+            current: 0,
             preload,
             last: None,
             multiprocess: opts.multiprocess,
@@ -544,9 +566,65 @@ impl Runtime {
         Ok(rt)
     }
 
+    /// The interpreter serving the current request.
+    #[inline]
+    pub fn interp(&mut self) -> &mut Interp {
+        &mut self.interps[self.current]
+    }
+
     /// Whether one application serves every request (`-m`).
     pub fn preloaded(&self) -> bool {
         self.preload.is_some()
+    }
+
+    /// Makes the interpreter of application group `group` current, creating
+    /// it on first use.
+    fn select_group(&mut self, group: &[u8]) -> Result<(), String> {
+        let idx = if is_global_group(group) {
+            0
+        } else if let Some(i) = self.groups.iter().position(|g| g == group) {
+            i
+        } else {
+            self.create_group(group)?
+        };
+        if idx != self.current {
+            // SAFETY: GIL held; both thread states belong to this thread.
+            unsafe { ffi::PyThreadState_Swap(self.interps[idx].tstate) };
+            self.current = idx;
+        }
+        Ok(())
+    }
+
+    /// A new sub-interpreter for `group`. On failure the current interpreter
+    /// is unchanged.
+    fn create_group(&mut self, group: &[u8]) -> Result<usize, String> {
+        let name = String::from_utf8_lossy(group).into_owned();
+        // SAFETY: GIL held. Py_NewInterpreter makes the new thread state
+        // current; the previous one is restored on failure.
+        unsafe {
+            let previous = ffi::PyThreadState_Get();
+            let tstate = ffi::Py_NewInterpreter();
+            if tstate.is_null() {
+                ffi::PyThreadState_Swap(previous);
+                return Err(format!(
+                    "cannot create the interpreter for application group {name:?}"
+                ));
+            }
+            match Interp::new() {
+                Ok(interp) => {
+                    ffi::PyThreadState_Swap(previous);
+                    self.interps.push(interp);
+                    self.groups.push(group.to_vec());
+                    crate::info!("created the interpreter for application group {name:?}");
+                    Ok(self.interps.len() - 1)
+                }
+                Err(e) => {
+                    ffi::Py_EndInterpreter(tstate);
+                    ffi::PyThreadState_Swap(previous);
+                    Err(format!("cannot set up application group {name:?}: {e}"))
+                }
+            }
+        }
     }
 
     fn load_preload(&mut self) -> Result<Obj, String> {
@@ -555,13 +633,14 @@ impl Runtime {
             return Ok(m.clone());
         }
         let target = p.target.clone();
+        let main = &mut self.interps[0];
         let module = if Path::new(&target).is_file() {
             let abs = std::fs::canonicalize(&target)
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or(target);
-            self.interp.script(abs.as_bytes(), false)?
+            main.script(abs.as_bytes(), false)?
         } else if !target.contains('/') && !target.ends_with(".py") && !target.ends_with(".wsgi") {
-            self.interp.import(&target)?
+            main.import(&target)?
         } else {
             return Err(format!("cannot load WSGI script {target}: no such file"));
         };
@@ -569,18 +648,28 @@ impl Runtime {
         Ok(module)
     }
 
-    /// The application for a request: the `-m` one, or the script at
-    /// `script_filename`; `callable` is WSGICallableObject (default
-    /// `application`, unless `-m FILE:CALLABLE` names one).
+    /// The application for a request, with its interpreter made current: the
+    /// `-m` one (always in the main interpreter), or the script at
+    /// `script_filename` in application group `group`. `callable` is
+    /// WSGICallableObject (default `application`, unless `-m FILE:CALLABLE`
+    /// names one).
     pub fn app(
         &mut self,
+        group: &[u8],
         script_filename: &[u8],
         callable: Option<&[u8]>,
         reload: bool,
     ) -> Result<Obj, String> {
+        let group = if self.preload.is_some() {
+            b"".as_slice()
+        } else {
+            group
+        };
+        self.select_group(group)?;
         let callable_key = callable.unwrap_or(b"");
         if let Some(last) = &self.last {
             if !reload
+                && last.interp == self.current
                 && last.callable == callable_key
                 && (self.preload.is_some() || last.script == script_filename)
             {
@@ -589,6 +678,7 @@ impl Runtime {
         }
         let app = self.find_app(script_filename, callable, reload)?;
         self.last = Some(LastApp {
+            interp: self.current,
             script: script_filename.to_vec(),
             callable: callable_key.to_vec(),
             app: app.clone(),
@@ -610,14 +700,35 @@ impl Runtime {
                 .map(str::as_bytes)
                 .or(callable)
                 .unwrap_or(b"application");
-            return self.interp.callable(&module, name);
+            return self.interps[0].callable(&module, name);
         }
         if script_filename.is_empty() {
             return Err("the request names no SCRIPT_FILENAME and no -m script was given".into());
         }
-        let module = self.interp.script(script_filename, reload)?;
-        self.interp
-            .callable(&module, callable.unwrap_or(b"application"))
+        let interp = self.interp();
+        let module = interp.script(script_filename, reload)?;
+        interp.callable(&module, callable.unwrap_or(b"application"))
+    }
+}
+
+impl Drop for Runtime {
+    /// Ends the sub-interpreters (each releasing its objects while current)
+    /// and returns to the main one, so the main interpreter can be finalized.
+    fn drop(&mut self) {
+        self.last = None;
+        // SAFETY: GIL held on the serving thread; each thread state is ended
+        // while current, as Py_EndInterpreter requires.
+        unsafe {
+            while self.interps.len() > 1 {
+                let interp = self.interps.pop().expect("sub-interpreter");
+                let tstate = interp.tstate;
+                ffi::PyThreadState_Swap(tstate);
+                drop(interp);
+                ffi::Py_EndInterpreter(tstate);
+            }
+            ffi::PyThreadState_Swap(self.interps[0].tstate);
+        }
+        self.current = 0;
     }
 }
 

@@ -166,3 +166,96 @@ pub fn finalize() {
         py::ffi::Py_FinalizeEx();
     }
 }
+
+// ---- ProcessGroup support: fork hygiene and child exit -------------------
+
+/// Forks with the interpreter's fork protocol (PyOS_BeforeFork, then
+/// PyOS_AfterFork_Parent or PyOS_AfterFork_Child, which also runs
+/// `os.register_at_fork` hooks). Returns 0 in the child, the child's pid in
+/// the parent. Main thread with the GIL.
+pub fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: main thread holding the GIL, as the PyOS_* fork calls require.
+    unsafe {
+        py::ffi::PyOS_BeforeFork();
+        let pid = libc::fork();
+        if pid == 0 {
+            py::ffi::PyOS_AfterFork_Child();
+            after_fork();
+            return Ok(0);
+        }
+        let err = io::Error::last_os_error();
+        py::ffi::PyOS_AfterFork_Parent();
+        if pid < 0 {
+            return Err(err);
+        }
+        Ok(pid)
+    }
+}
+
+/// Re-derives per-process request state in a freshly forked child: the
+/// thread that serves requests is the one that called fork.
+pub fn after_fork() {
+    // SAFETY: the forked child has only this thread; no request is in flight.
+    unsafe {
+        ctx().main_thread = libc::pthread_self();
+    }
+}
+
+/// Moves every object the garbage collector tracks into its permanent
+/// generation (`gc.freeze()`, Python ≥ 3.7), so collections in forked
+/// children never write to pages shared with the parent. Returns how many
+/// objects were frozen, or `None` where gc.freeze does not exist.
+pub fn gc_freeze() -> Option<usize> {
+    // SAFETY: main thread with the GIL; every reference is owned by an Obj.
+    unsafe {
+        let gc = py::Obj::owned(py::ffi::PyImport_ImportModule(c"gc".as_ptr()))?;
+        let call = |name: &std::ffi::CStr| {
+            let f = py::ffi::PyObject_GetAttrString(gc.ptr(), name.as_ptr());
+            let f = py::Obj::owned(f)?;
+            py::Obj::owned(py::ffi::PyObject_CallNoArgs(f.ptr()))
+        };
+        let frozen = call(c"freeze").and_then(|_| call(c"get_freeze_count"));
+        let n = frozen.map(|n| py::ffi::PyLong_AsSsize_t(n.ptr()));
+        py::ffi::PyErr_Clear();
+        n.map(|n| n.max(0) as usize)
+    }
+}
+
+/// What a normal interpreter exit does that applications rely on — wait for
+/// non-daemon threads, run `atexit` handlers, flush sys.stdout and
+/// sys.stderr — without tearing the interpreter down: in a forked child that
+/// teardown would only copy pages shared with the parent in order to free
+/// them. Call just before `_exit`.
+pub fn run_exit_hooks() {
+    // SAFETY: main thread with the GIL, no request in flight; references are
+    // owned by Obj or borrowed from sys.modules for the duration of a call.
+    unsafe {
+        let call_in = |module: *mut py::ffi::PyObject, name: &std::ffi::CStr| {
+            let f = py::ffi::PyObject_GetAttrString(module, name.as_ptr());
+            if let Some(f) = py::Obj::owned(f) {
+                if py::Obj::owned(py::ffi::PyObject_CallNoArgs(f.ptr())).is_none() {
+                    crate::error!(
+                        "at exit, {name:?} failed: {}",
+                        py::take_exception(std::ptr::null_mut())
+                    );
+                }
+            }
+            py::ffi::PyErr_Clear();
+        };
+        let modules = py::ffi::PyImport_GetModuleDict();
+        let threading = py::ffi::PyDict_GetItemString(modules, c"threading".as_ptr());
+        if !threading.is_null() {
+            call_in(threading, c"_shutdown");
+        }
+        if let Some(atexit) = py::Obj::owned(py::ffi::PyImport_ImportModule(c"atexit".as_ptr())) {
+            call_in(atexit.ptr(), c"_run_exitfuncs");
+        }
+        py::ffi::PyErr_Clear();
+        for stream in [c"stdout", c"stderr"] {
+            let s = py::ffi::PySys_GetObject(stream.as_ptr());
+            if !s.is_null() {
+                call_in(s, c"flush");
+            }
+        }
+    }
+}

@@ -49,17 +49,18 @@ pub(crate) fn serve(
             .env(b"WSGIScriptReloading")
             .is_some_and(|v| v.eq_ignore_ascii_case(b"on"));
         let callable = req.env(b"WSGICallableObject").filter(|v| !v.is_empty());
-        let app = rt.app(req.script_filename(), callable, reload);
+        let group = req.env(b"WSGIApplicationGroup").unwrap_or(b"");
+        let app = rt.app(group, req.script_filename(), callable, reload);
         let (multiprocess, root_mount) = (rt.multiprocess, rt.preloaded());
         // SAFETY: GIL held.
         let environ =
-            unsafe { environ::build(&mut rt.interp, &req, multiprocess, root_mount, generation) };
+            unsafe { environ::build(rt.interp(), &req, multiprocess, root_mount, generation) };
         (environ, app, req.body_len())
     };
     conn.begin_body(body_len);
     conn.ack_later();
     c.conn = conn;
-    c.types = rt.interp.types;
+    c.types = rt.interp().types;
     c.active = true;
     c.status = 0;
     c.headers_sent = false;
@@ -70,7 +71,7 @@ pub(crate) fn serve(
             send_error_page(c);
         }
         (None, _) => {
-            let msg = rt.interp.take_exception();
+            let msg = rt.interp().take_exception();
             log_request_error(conn, &format!("cannot build the WSGI environ:\n{msg}"));
             send_error_page(c);
         }
@@ -89,7 +90,7 @@ pub(crate) fn serve(
 /// Calls the application and writes whatever it produces.
 unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
     let Some(writer) = rt
-        .interp
+        .interp()
         .request_object(3, c.generation)
         .and_then(|p| Obj::owned(p))
     else {
@@ -98,7 +99,7 @@ unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
     };
     c.writer = writer.ptr();
     let Some(start_response) = rt
-        .interp
+        .interp()
         .request_object(2, c.generation)
         .and_then(|p| Obj::owned(p))
     else {
@@ -122,7 +123,7 @@ unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
         || rtype == ptr::addr_of_mut!(ffi::PyTuple_Type)
     {
         send_sequence(rt, c, &result)
-    } else if rtype.cast() == rt.interp.file_wrapper.ptr() {
+    } else if rtype.cast() == rt.interp().file_wrapper.ptr() {
         match send_file_wrapper(c, &result) {
             Some(body) => body,
             None => send_iterable(rt, c, &result),
@@ -137,7 +138,7 @@ unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
     {
         None
     } else {
-        lookup_attr(result.ptr(), rt.interp.close_name.ptr()).unwrap_or_else(|()| {
+        lookup_attr(result.ptr(), rt.interp().close_name.ptr()).unwrap_or_else(|()| {
             ffi::PyErr_Clear();
             None
         })
@@ -147,7 +148,7 @@ unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
         drop(close);
         if r.is_null() {
             if body == Body::Failed {
-                log_request_error(&mut *c.conn, &rt.interp.take_exception());
+                log_request_error(&mut *c.conn, &rt.interp().take_exception());
             } else {
                 app_failed(rt, c, "the response's close() raised an exception");
                 if !c.headers_sent {
@@ -324,7 +325,7 @@ unsafe fn send_file_wrapper(c: &mut Ctx, wrapper: &Obj) -> Option<Body> {
 /// have not gone out, otherwise abandons the response (the connection is
 /// dropped without RESP_END so the server knows the body is incomplete).
 unsafe fn app_failed(rt: &mut Runtime, c: &mut Ctx, what: &str) {
-    let trace = rt.interp.take_exception();
+    let trace = rt.interp().take_exception();
     let conn = &mut *c.conn;
     log_request_error(conn, &format!("{what}:\n{trace}"));
     if c.headers_sent {
