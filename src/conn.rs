@@ -29,6 +29,11 @@ const IOV_MAX: usize = 1024;
 
 static REQ_RECEIVED: [u8; HEADER_LEN] = [b'L', b'S', 7, 0, 8, 0, 0, 0];
 
+/// Fault reasons, as logged when the connection is dropped.
+const BODY_CLOSED: &str = "connection closed in the middle of a request body";
+const BODY_FAILED: &str = "reading the request body failed or timed out";
+const WRITE_FAILED: &str = "writing the response failed: the server went away or stopped reading";
+
 /// Why a connection must be dropped.
 #[derive(Debug)]
 pub enum ConnError {
@@ -40,6 +45,8 @@ pub enum ConnError {
     Truncated(&'static str),
     /// A read or write failed (includes time-outs).
     Io(io::Error),
+    /// The request was abandoned part-way; the reason says why.
+    Abandoned(&'static str),
 }
 
 impl fmt::Display for ConnError {
@@ -52,6 +59,7 @@ impl fmt::Display for ConnError {
                 write!(f, "timed out after {}s", IO_TIMEOUT.as_secs())
             }
             ConnError::Io(e) => write!(f, "{e}"),
+            ConnError::Abandoned(why) => f.write_str(why),
         }
     }
 }
@@ -85,7 +93,10 @@ pub struct Conn {
     end: usize,
     body_left: u64,
     ack_pending: bool,
-    broken: bool,
+    /// Calls of [`Conn::ack_later`] still to ignore on this connection.
+    acks_waived: u64,
+    /// Why the connection became unusable (closed after the current request).
+    fault: Option<&'static str>,
     /// The response header being built for the current request.
     pub head: ResponseHead,
     frames: Vec<[u8; HEADER_LEN]>,
@@ -103,7 +114,8 @@ impl Conn {
             end: 0,
             body_left: 0,
             ack_pending: false,
-            broken: false,
+            acks_waived: 0,
+            fault: None,
             head: ResponseHead::new(),
             frames: Vec::with_capacity(64),
             parts: Vec::with_capacity(64),
@@ -119,7 +131,8 @@ impl Conn {
         self.end = 0;
         self.body_left = 0;
         self.ack_pending = false;
-        self.broken = false;
+        self.acks_waived = 0;
+        self.fault = None;
         let tv = libc::timeval {
             tv_sec: IO_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
@@ -148,14 +161,20 @@ impl Conn {
         self.start < self.end
     }
 
-    /// Marks the connection unusable: it is closed after the current request.
-    pub fn set_broken(&mut self) {
-        self.broken = true;
+    /// Marks the connection unusable for `why`: it is closed after the
+    /// current request. The first reason is kept.
+    pub fn set_broken(&mut self, why: &'static str) {
+        self.fault.get_or_insert(why);
     }
 
     /// Whether a write failed or the protocol broke on this connection.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.fault.is_some()
+    }
+
+    /// Why the connection became unusable, if it did.
+    pub fn fault(&self) -> Option<&'static str> {
+        self.fault
     }
 
     /// Reads into `buf[end..]`, at most `max` bytes. 0 means end of stream.
@@ -247,7 +266,18 @@ impl Conn {
     /// Asks for REQ_RECEIVED to go out with the next write (or before the next
     /// blocking body read), saving a system call per request.
     pub fn ack_later(&mut self) {
+        if self.acks_waived > 0 {
+            self.acks_waived -= 1;
+            return;
+        }
         self.ack_pending = true;
+    }
+
+    /// Skips the REQ_RECEIVED of the next `n` requests on this connection
+    /// (`u64::MAX`: all of them): something already sent stands in for it
+    /// (the `\0PID` notice, or REQ_RECEIVED at accept time).
+    pub fn waive_acks(&mut self, n: u64) {
+        self.acks_waived = n;
     }
 
     /// Sends a pending REQ_RECEIVED now.
@@ -270,9 +300,16 @@ impl Conn {
             self.start = 0;
             self.end = 0;
             let want = self.body_left.min(self.buf.len() as u64) as usize;
-            if self.fill(want)? == 0 {
-                self.broken = true;
-                return Err(ConnError::Truncated("a request body"));
+            match self.fill(want) {
+                Ok(0) => {
+                    self.set_broken(BODY_CLOSED);
+                    return Err(ConnError::Truncated("a request body"));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.set_broken(BODY_FAILED);
+                    return Err(e.into());
+                }
             }
         }
         let avail = ((self.end - self.start) as u64).min(self.body_left) as usize;
@@ -311,12 +348,12 @@ impl Conn {
                 return Ok(n as usize);
             }
             if n == 0 {
-                self.broken = true;
+                self.set_broken(BODY_CLOSED);
                 return Err(ConnError::Truncated("a request body"));
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
-                self.broken = true;
+                self.set_broken(BODY_FAILED);
                 return Err(e.into());
             }
         }
@@ -389,7 +426,7 @@ impl Conn {
         self.parts = parts;
         self.parts.clear();
         if r.is_err() {
-            self.broken = true;
+            self.set_broken(WRITE_FAILED);
         }
         r
     }
@@ -472,13 +509,13 @@ impl Conn {
                     if e.kind() == io::ErrorKind::Interrupted {
                         continue;
                     }
-                    self.broken = true;
+                    self.set_broken(WRITE_FAILED);
                     return Err(e);
                 }
                 if n == 0 {
                     // The file shrank under us: the packet promised bytes we
                     // cannot deliver, so the stream is no longer well-formed.
-                    self.broken = true;
+                    self.set_broken("the file being sent shrank; response abandoned");
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "file shrank while being sent",

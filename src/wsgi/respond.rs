@@ -81,8 +81,8 @@ pub(crate) fn serve(
     c.active = false;
     c.conn = ptr::null_mut();
     c.writer = ptr::null_mut();
-    if conn.is_broken() {
-        return Err(ConnError::Truncated("the response (request abandoned)"));
+    if let Some(why) = conn.fault() {
+        return Err(ConnError::Abandoned(why));
     }
     conn.drain_body()
 }
@@ -329,7 +329,7 @@ unsafe fn app_failed(rt: &mut Runtime, c: &mut Ctx, what: &str) {
     let conn = &mut *c.conn;
     log_request_error(conn, &format!("{what}:\n{trace}"));
     if c.headers_sent {
-        conn.set_broken();
+        conn.set_broken("the application failed after the response headers were sent");
     } else {
         send_error_page(c);
     }
