@@ -7,7 +7,6 @@ iterating.
 import os
 import signal as _signal
 import sys
-import traceback as _traceback
 
 
 class FileWrapper:
@@ -57,7 +56,11 @@ def import_module(name):
 
 
 def format_exception(exc):
-    return "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+    # Imported on first use: traceback pulls in several modules a healthy
+    # worker never needs.
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 _RESERVED = frozenset(
