@@ -14,6 +14,8 @@ mod common;
 use common::*;
 use lswsgi::client::{Client, Response};
 use lswsgi::lsapi::build::RequestSpec;
+use lswsgi::lsapi::{PacketHeader, HEADER_LEN};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -657,6 +659,43 @@ fn streaming(fw: Fw, mode: Mode, load: Load) {
         assert_eq!(r.text(), expect);
         assert_eq!(r.packets.iter().filter(|&&t| t == 4).count(), n);
     }
+
+    // Blocks leave as they are produced: the application holds its second
+    // block until the client has received the first.
+    let dir = scratch("gate");
+    let gate = dir.join("open");
+    let spec = s.spec(
+        "GET",
+        &format!("/stream_gate?gate={}", form_escape(gate.to_str().unwrap())),
+    );
+    s.c.stream().write_all(&spec.encode().unwrap()).unwrap();
+    let (mut packets, mut body) = (Vec::new(), Vec::new());
+    loop {
+        let (kind, payload) = read_packet(s.c.stream());
+        packets.push(kind);
+        if kind == 4 {
+            body.extend_from_slice(&payload);
+            if body == b"first;" {
+                std::fs::write(&gate, b"").unwrap();
+            }
+        }
+        if kind == 5 {
+            break;
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&body), "first;second;");
+    assert_eq!(packets, [7, 3, 4, 4, 5]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// One packet off the connection: type and payload.
+fn read_packet(stream: &mut impl Read) -> (u8, Vec<u8>) {
+    let mut head = [0u8; HEADER_LEN];
+    stream.read_exact(&mut head).expect("a packet header");
+    let h = PacketHeader::decode(&head).expect("a valid packet header");
+    let mut payload = vec![0; h.len - HEADER_LEN];
+    stream.read_exact(&mut payload).expect("a packet payload");
+    (h.kind, payload)
 }
 
 /// A UTF-8 path and query: PATH_INFO arrives as latin-1 decoded bytes (PEP
@@ -719,6 +758,37 @@ fn download(fw: Fw, mode: Mode, load: Load) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// An exception in a view: the framework answers 500 and logs the
+/// traceback (Flask to wsgi.errors, i.e. LiteSpeed's error log; Django to
+/// sys.stderr, i.e. the worker's log); the worker keeps serving.
+fn view_exception(fw: Fw, mode: Mode, load: Load) {
+    let mut s = Site::start(fw, mode, load);
+    let r = s.call(&mut s.spec("GET", "/boom"), b"");
+    assert_eq!(r.status, 500, "{}", s.explain(&r));
+    let errors = String::from_utf8_lossy(&r.stderr).into_owned();
+    match fw {
+        Fw::Flask => {
+            assert!(r.text().contains("Internal Server Error"), "{}", r.text());
+            assert!(
+                errors.contains("Exception on /boom [GET]") && errors.contains("ZeroDivisionError"),
+                "error log: {errors}"
+            );
+        }
+        Fw::Django => {
+            assert!(r.text().contains("Server Error (500)"), "{}", r.text());
+            let needle = format!("Internal Server Error: {}/boom", s.prefix());
+            assert!(
+                s.w.wait_log(&needle, Duration::from_secs(5)),
+                "worker log lacks {needle:?}: {}",
+                s.w.log_text()
+            );
+            assert!(s.w.log_text().contains("ZeroDivisionError"));
+        }
+    }
+    let r = s.call(&mut s.spec("GET", "/boom?d=1"), b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "1"));
+}
+
 /// Eight tests per feature: framework × process model × way of loading.
 macro_rules! matrix {
     ($feature:ident) => {
@@ -767,6 +837,7 @@ matrix!(cookies);
 matrix!(streaming);
 matrix!(unicode_path);
 matrix!(download);
+matrix!(view_exception);
 
 // ---------------------------------------------------------------------------
 // Virtualenvs as cPanel / CloudLinux create them
@@ -830,6 +901,12 @@ fn venv_is_the_environment(mode: Mode) {
             "{text}"
         );
     }
+    // A named WSGIApplicationGroup (a sub-interpreter) sees the same
+    // environment.
+    let mut sub = spec.clone();
+    sub.set_env("WSGIApplicationGroup", "venv-site");
+    let sub_text = call_ok(&mut c, &sub, b"").text();
+    assert_eq!(sub_text, text);
     drop(c);
     drop(w);
 
@@ -854,6 +931,75 @@ fn venv_is_the_environment_worker() {
 #[test]
 fn venv_is_the_environment_group() {
     venv_is_the_environment(Mode::Group);
+}
+
+/// Flask and Django side by side in one process, as two script-handler
+/// sites: each in its own WSGIApplicationGroup (sub-interpreter) sees only its
+/// own framework; in the shared main interpreter both are loaded. Requests
+/// alternate between the sites on one connection.
+fn side_by_side(mode: Mode) {
+    let python = venv_python();
+    let children = match mode {
+        Mode::Worker => "0",
+        Mode::Group => "4",
+    };
+    let w = Worker::start(
+        &[],
+        &[("LS_PYTHONBIN", &python), ("LSAPI_CHILDREN", children)],
+    );
+    let mut c = w.connect();
+    let sites = [
+        (Fw::Flask, "/flask/app.wsgi"),
+        (Fw::Django, "/django/app.wsgi"),
+    ];
+    let request = |fw: Fw, mount: &str, path: &str, group: Option<&str>| {
+        let script = format!("{}/app.wsgi", app_dir(fw));
+        let mut spec = RequestSpec::new("GET", &format!("{mount}{path}"), &script, mount);
+        if let Some(g) = group {
+            spec.set_env("WSGIApplicationGroup", g);
+        }
+        spec
+    };
+    for round in 0..3 {
+        for (fw, mount) in sites {
+            let group = format!("{fw:?}-site");
+            let r = call_ok(
+                &mut c,
+                &request(fw, mount, &format!("/hello/x?q={round}"), Some(&group)),
+                b"",
+            );
+            assert_eq!(
+                r.text(),
+                format!("hello x|{round}|/hello/x|http://localhost{mount}/hello/x?q={round}"),
+                "{}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let r = call_ok(&mut c, &request(fw, mount, "/where", Some(&group)), b"");
+            let own = format!("{fw:?}").to_lowercase();
+            assert_eq!(field(&r.text(), "loaded"), Some(own.as_str()));
+        }
+    }
+    // The same two sites in the main interpreter share it.
+    for (fw, mount) in sites {
+        let r = call_ok(&mut c, &request(fw, mount, "/where", None), b"");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let r = call_ok(
+        &mut c,
+        &request(Fw::Flask, "/flask/app.wsgi", "/where", None),
+        b"",
+    );
+    assert_eq!(field(&r.text(), "loaded"), Some("flask,django"));
+}
+
+#[test]
+fn flask_and_django_side_by_side_worker() {
+    side_by_side(Mode::Worker);
+}
+
+#[test]
+fn flask_and_django_side_by_side_group() {
+    side_by_side(Mode::Group);
 }
 
 /// A cPanel-style passenger_wsgi.py with `-m /abs/path/passenger_wsgi.py`,

@@ -8,6 +8,7 @@ import hmac
 import os
 import secrets
 import tempfile
+import time
 
 from flask import (
     Flask,
@@ -105,6 +106,22 @@ def stream():
     return app.response_class(stream_with_context(generate()), mimetype="text/plain")
 
 
+@app.route("/stream_gate")
+def stream_gate():
+    # The second block waits until the client has seen the first one: a
+    # worker that buffered the body would never deliver it.
+    gate = request.args["gate"]
+
+    def generate():
+        yield "first;"
+        deadline = time.monotonic() + 5
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield "second;" if os.path.exists(gate) else "gate timed out;"
+
+    return app.response_class(stream_with_context(generate()), mimetype="text/plain")
+
+
 @app.route("/whoami")
 def whoami():
     env = request.environ
@@ -122,7 +139,12 @@ def where():
 
     import flask
 
-    return "prefix=%s\ncwd=%s\nframework=%s" % (sys.prefix, os.getcwd(), flask.__file__)
+    return "prefix=%s\ncwd=%s\nframework=%s\nloaded=%s" % (
+        sys.prefix,
+        os.getcwd(),
+        flask.__file__,
+        ",".join(m for m in ("flask", "django") if m in sys.modules),
+    )
 
 
 @app.route("/hello/<name>")
@@ -143,3 +165,9 @@ def download():
         download_name="data.bin",
         conditional=True,
     )
+
+
+@app.route("/boom")
+def boom():
+    # Flask answers 500 itself and logs the traceback to wsgi.errors.
+    return "%d" % (1 // int(request.args.get("d", "0")))

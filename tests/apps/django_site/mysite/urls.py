@@ -11,8 +11,10 @@ urlpatterns = [
     path("cookie/set", views.cookie_set, name="cookie_set"),
     path("cookie/get", views.cookie_get, name="cookie_get"),
     path("stream", views.stream, name="stream"),
+    path("stream_gate", views.stream_gate, name="stream_gate"),
     path("whoami", views.whoami, name="whoami"),
     path("where", views.where, name="where"),
+    path("boom", views.boom, name="boom"),
     path("download", views.download, name="download"),
     path("hello/<str:name>", views.hello, name="hello"),
 ]

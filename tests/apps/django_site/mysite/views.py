@@ -1,6 +1,7 @@
 import hashlib
 import os
 import tempfile
+import time
 
 from django.http import (
     FileResponse,
@@ -80,6 +81,21 @@ def stream(request):
     return StreamingHttpResponse(generate(), content_type="text/plain")
 
 
+def stream_gate(request):
+    # The second block waits until the client has seen the first one: a
+    # worker that buffered the body would never deliver it.
+    gate = request.GET["gate"]
+
+    def generate():
+        yield "first;"
+        deadline = time.monotonic() + 5
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield "second;" if os.path.exists(gate) else "gate timed out;"
+
+    return StreamingHttpResponse(generate(), content_type="text/plain")
+
+
 def whoami(request):
     env = request.META
     body = "%d %s %s|%s" % (
@@ -96,7 +112,12 @@ def where(request):
 
     import django
 
-    body = "prefix=%s\ncwd=%s\nframework=%s" % (sys.prefix, os.getcwd(), django.__file__)
+    body = "prefix=%s\ncwd=%s\nframework=%s\nloaded=%s" % (
+        sys.prefix,
+        os.getcwd(),
+        django.__file__,
+        ",".join(m for m in ("flask", "django") if m in sys.modules),
+    )
     return HttpResponse(body, content_type="text/plain")
 
 
@@ -116,3 +137,8 @@ def download(request):
     if not path.startswith(os.path.realpath(tempfile.gettempdir()) + os.sep):
         raise Http404()
     return FileResponse(open(path, "rb"), as_attachment=True, filename="data.bin")
+
+
+def boom(request):
+    # Django answers 500 itself and logs through the "django.request" logger.
+    return HttpResponse("%d" % (1 // int(request.GET.get("d", "0"))))
