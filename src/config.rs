@@ -21,22 +21,24 @@ pub struct Config {
     pub avoid_fork: Option<u64>,
     /// LSAPI_EXTRA_CHILDREN: children allowed above `children` while some are stuck.
     pub extra_children: u32,
-    /// LSAPI_MAX_REQS: requests one process serves before it exits.
+    /// LSAPI_MAX_REQS: requests one process serves before it exits (≥ 1).
     pub max_reqs: u64,
-    /// LSAPI_MAX_IDLE, seconds: an idle child (or Worker-mode process) exits.
+    /// LSAPI_MAX_IDLE, seconds: an idle child (or Worker-mode process) exits;
+    /// 0 = never (as in lsapilib).
     pub max_idle: u64,
     /// LSAPI_MAX_IDLE_CHILDREN: idle children beyond this are told to exit.
     pub max_idle_children: u32,
-    /// LSAPI_MAX_PROCESS_TIME, seconds: a request running longer is killed.
+    /// LSAPI_MAX_PROCESS_TIME, seconds (≥ 1): a request running longer is killed.
     pub max_process_time: u64,
     /// LSAPI_PGRP_MAX_IDLE, seconds: the parent exits after this long without
-    /// children; `None` = never.
+    /// children; `None` = never (unset or 0).
     pub pgrp_max_idle: Option<u64>,
     /// LSAPI_PPID_NO_CHECK set: do not exit when the starting process dies.
     pub ppid_no_check: bool,
     /// LSAPI_ALLOW_CORE_DUMP set: keep RLIMIT_CORE.
     pub allow_core_dump: bool,
-    /// LSAPI_KEEP_LISTEN: 0 close after first accept, 1 keep a while, 2 until idle.
+    /// LSAPI_KEEP_LISTEN: 0 close after first accept, 1 keep a while, 2 until
+    /// idle. AVOID_FORK forces 2, as in lsapilib: taking connections is its point.
     pub keep_listen: u8,
     /// LSAPI_ACCEPT_NOTIFY: send REQ_RECEIVED right after accept.
     pub accept_notify: bool,
@@ -86,16 +88,23 @@ impl Config {
                 },
             }
         };
+        // A value of 0 where only a positive one makes sense keeps the default,
+        // as lsapilib's `if (n > 0)` does.
+        let positive = |key: &str, default: u64, max: u64| match num(key, default, max) {
+            0 => default,
+            n => n,
+        };
         let children = num("LSAPI_CHILDREN", 0, MAX_CHILDREN as u64) as u32;
-        let max_reqs = num("LSAPI_MAX_REQS", 10000, u64::MAX);
+        let max_reqs = positive("LSAPI_MAX_REQS", 10000, u64::MAX);
         let max_idle = num("LSAPI_MAX_IDLE", 300, u64::MAX);
-        let max_process_time = num("LSAPI_MAX_PROCESS_TIME", 3600, u64::MAX);
+        let max_process_time = positive("LSAPI_MAX_PROCESS_TIME", 3600, u64::MAX);
         let keep_listen = num("LSAPI_KEEP_LISTEN", 1, 2) as u8;
         let accept_notify = num("LSAPI_ACCEPT_NOTIFY", 0, 1) == 1;
         let slow_req_msecs = num("LSAPI_SLOW_REQ_MSECS", 0, u64::MAX);
         let pgrp_max_idle = get("LSAPI_PGRP_MAX_IDLE")
             .is_some()
-            .then(|| num("LSAPI_PGRP_MAX_IDLE", u64::MAX, u64::MAX));
+            .then(|| num("LSAPI_PGRP_MAX_IDLE", 0, u64::MAX))
+            .filter(|&s| s > 0);
         let default_uid = get("LSAPI_DEFAULT_UID")
             .is_some()
             .then(|| num("LSAPI_DEFAULT_UID", 0, u32::MAX as u64) as u32);
@@ -126,7 +135,7 @@ impl Config {
             (children as u64 / 3).max(1)
         };
         let max_idle_children =
-            num("LSAPI_MAX_IDLE_CHILDREN", idle_default, MAX_CHILDREN as u64) as u32;
+            positive("LSAPI_MAX_IDLE_CHILDREN", idle_default, MAX_CHILDREN as u64) as u32;
         let max_busy_worker = num(
             "LSAPI_MAX_BUSY_WORKER",
             children as u64 / 2 + 1,
@@ -138,14 +147,14 @@ impl Config {
             children,
             avoid_fork,
             extra_children,
-            max_reqs: max_reqs.max(1),
+            max_reqs,
             max_idle,
             max_idle_children,
             max_process_time,
             pgrp_max_idle,
             ppid_no_check: get("LSAPI_PPID_NO_CHECK").is_some(),
             allow_core_dump: get("LSAPI_ALLOW_CORE_DUMP").is_some(),
-            keep_listen,
+            keep_listen: if forking { 2 } else { keep_listen },
             accept_notify,
             slow_req_msecs,
             max_busy_worker,
@@ -160,6 +169,17 @@ impl Config {
     /// Whether this configuration selects ProcessGroup mode.
     pub fn process_group(&self) -> bool {
         self.children > 1
+    }
+
+    /// Free memory, in bytes, above which a child keeps taking connections on
+    /// the shared listener: the AVOID_FORK size, else lsapilib's 1 GiB.
+    pub fn listen_threshold(&self) -> u64 {
+        self.avoid_fork.unwrap_or(AVOID_FORK_DEFAULT)
+    }
+
+    /// Most children the group runs at once: CHILDREN + EXTRA_CHILDREN.
+    pub fn child_limit(&self) -> u32 {
+        self.children.saturating_add(self.extra_children)
     }
 }
 
@@ -232,6 +252,27 @@ mod tests {
         assert_eq!(c.avoid_fork, Some(AVOID_FORK_MIN));
         let c = config(&[("LSAPI_AVOID_FORK", "0")]);
         assert_eq!(c.avoid_fork, None);
+        let c = config(&[("LSAPI_AVOID_FORK", "512M"), ("LSAPI_KEEP_LISTEN", "0")]);
+        assert_eq!(c.avoid_fork, Some(512 << 20));
+        assert_eq!(c.keep_listen, 2);
+    }
+
+    #[test]
+    fn zero_means_default_or_off_like_lsapilib() {
+        let c = config(&[
+            ("LSAPI_MAX_REQS", "0"),
+            ("LSAPI_MAX_PROCESS_TIME", "0"),
+            ("LSAPI_MAX_IDLE_CHILDREN", "0"),
+            ("LSAPI_PGRP_MAX_IDLE", "0"),
+            ("LSAPI_MAX_IDLE", "0"),
+            ("LSAPI_CHILDREN", "6"),
+        ]);
+        assert_eq!(c.max_reqs, 10000);
+        assert_eq!(c.max_process_time, 3600);
+        assert_eq!(c.max_idle_children, 2);
+        assert_eq!(c.pgrp_max_idle, None);
+        assert_eq!(c.max_idle, 0);
+        assert!(c.warnings.is_empty());
     }
 
     #[test]

@@ -117,17 +117,48 @@ pub fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Set by SIGUSR2: the ProcessGroup parent logs its child table.
+pub static STATUS: AtomicBool = AtomicBool::new(false);
+/// Write end of the self-pipe that wakes the ProcessGroup parent's poll on any
+/// signal it handles; -1 when there is none (Worker mode, children).
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Writes one byte to the wake pipe, if any. Async-signal-safe: write(2) on a
+/// non-blocking pipe (a full pipe is already awake), errno preserved so the
+/// interrupted code never sees ours.
+fn wake() {
+    static BYTE: u8 = 1;
+    let fd = WAKE_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: errno location is thread-local and valid; BYTE is static.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::write(fd, (&BYTE as *const u8).cast(), 1);
+            *libc::__errno_location() = errno;
+        }
+    }
+}
+
 extern "C" fn on_stop_signal(sig: libc::c_int) {
     STOP_SIGNAL.store(sig, Ordering::Relaxed);
     STOP.store(true, Ordering::Relaxed);
+    wake();
 }
 
-extern "C" fn on_wake_signal(_sig: libc::c_int) {}
+extern "C" fn on_status_signal(_sig: libc::c_int) {
+    STATUS.store(true, Ordering::Relaxed);
+    wake();
+}
+
+extern "C" fn on_wake_signal(_sig: libc::c_int) {
+    wake();
+}
 
 /// Installs the worker's signal dispositions: SIGPIPE ignored (a vanished
-/// server is seen as EPIPE), SIGTERM/SIGINT/SIGUSR1 set [`STOP`], SIGCHLD only
-/// interrupts poll. No SA_RESTART, so a blocked poll or accept returns EINTR
-/// and the loop sees the flag at once.
+/// server is seen as EPIPE), SIGTERM/SIGINT/SIGUSR1 set [`STOP`], SIGUSR2 sets
+/// [`STATUS`], SIGCHLD only wakes. No SA_RESTART, so a blocked poll or accept
+/// returns EINTR and the loop sees the flag at once. Forked children inherit
+/// these dispositions unchanged.
 pub fn install_signal_handlers() {
     // SAFETY: sigaction with a zeroed struct, a valid handler and an empty mask.
     unsafe {
@@ -136,6 +167,7 @@ pub fn install_signal_handlers() {
             (libc::SIGTERM, on_stop_signal as *const () as usize),
             (libc::SIGINT, on_stop_signal as *const () as usize),
             (libc::SIGUSR1, on_stop_signal as *const () as usize),
+            (libc::SIGUSR2, on_status_signal as *const () as usize),
             (libc::SIGCHLD, on_wake_signal as *const () as usize),
         ] {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -144,6 +176,32 @@ pub fn install_signal_handlers() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+}
+
+/// Creates the self-pipe the signal handlers write to; returns its read end
+/// (non-blocking, close-on-exec) for the parent's poll.
+pub fn open_wake_pipe() -> io::Result<RawFd> {
+    let mut fds = [-1; 2];
+    // SAFETY: fds is a live array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    WAKE_FD.store(fds[1], Ordering::Relaxed);
+    Ok(fds[0])
+}
+
+/// Closes the self-pipe (in a forked child, which has no use for it).
+pub fn close_wake_pipe(read_end: RawFd) {
+    let w = WAKE_FD.swap(-1, Ordering::Relaxed);
+    if w >= 0 {
+        close(w);
+    }
+    close(read_end);
+}
+
+/// Reads and discards whatever is in a non-blocking descriptor (the wake pipe).
+pub fn drain(fd: RawFd) {
+    let mut buf = [0u8; 64];
+    // SAFETY: buf is a live local.
+    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
 }
 
 /// Sets RLIMIT_CORE to 0 (no core files), unless `allow` is set.
@@ -163,6 +221,103 @@ pub fn limit_core_dumps(allow: bool) {
 pub fn getppid() -> i32 {
     // SAFETY: no arguments.
     unsafe { libc::getppid() }
+}
+
+/// This process's id.
+pub fn getpid() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::getpid() }
+}
+
+/// How a child process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildExit {
+    /// exit(2) with this status.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+/// Reaps one exited child without blocking: `None` when no child has exited
+/// (or there are no children).
+pub fn reap_child() -> Option<(i32, ChildExit)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a live local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            let how = if libc::WIFSIGNALED(status) {
+                ChildExit::Signal(libc::WTERMSIG(status))
+            } else {
+                ChildExit::Code(libc::WEXITSTATUS(status))
+            };
+            return Some((pid, how));
+        }
+        if pid < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// Sends `sig` to process `pid`.
+pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill(2) with integer arguments.
+    cvt(unsafe { libc::kill(pid, sig) }).map(|_| ())
+}
+
+/// Ends the process at once with `code`: no atexit handlers, no unwinding.
+/// For forked children, whose inherited parent state must not be torn down.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Puts `fd` in non-blocking mode (for a listener shared by several
+/// processes: the losers of a race for a connection get EAGAIN, not a block).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an integer descriptor.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd, libc::F_GETFL))?;
+        cvt(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+/// Waits for events on `fds` for up to `timeout_ms` (-1: forever). Returns
+/// the number of descriptors with events; 0 on time-out or EINTR.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: fds is a live slice of pollfd.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(r as usize)
+}
+
+/// A zero-filled anonymous mapping of `len` bytes shared with children forked
+/// later (MAP_SHARED): both sides see each other's writes. Never unmapped.
+pub fn map_shared(len: usize) -> io::Result<*mut u8> {
+    // SAFETY: an anonymous mapping with no address hint; checked for failure.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.cast())
 }
 
 /// Monotonic clock in milliseconds.
@@ -266,10 +421,11 @@ pub fn fold_stdout_into_stderr() {
     unsafe { libc::dup2(2, 1) };
 }
 
-/// Opens `path` for appending and makes it fd 2 (and fd 1). Paths under /etc
-/// are refused: a misconfigured log must not overwrite system files.
+/// Opens `path` for appending and makes it fd 2 (and fd 1). Paths that lead
+/// into /etc (after resolving `..` and symbolic links of the directory) are
+/// refused: a misconfigured log must not overwrite system files.
 pub fn redirect_stderr(path: &str) -> io::Result<()> {
-    if path == "/etc" || path.starts_with("/etc/") {
+    if under_etc(path) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "log files under /etc are refused",
@@ -291,8 +447,317 @@ pub fn redirect_stderr(path: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `path` names /etc or something inside it, once made absolute and
+/// its directory resolved (the file itself may not exist yet; a symbolic link
+/// as the file is followed too).
+fn under_etc(path: &str) -> bool {
+    use std::path::{Path, PathBuf};
+    let p = Path::new(path);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let resolved = std::fs::canonicalize(&abs).unwrap_or_else(|_| {
+        match (abs.parent().map(std::fs::canonicalize), abs.file_name()) {
+            (Some(Ok(dir)), Some(name)) => dir.join(name),
+            _ => PathBuf::from(&abs),
+        }
+    });
+    let etc = Path::new("/etc");
+    resolved.starts_with(etc) || abs.starts_with(etc)
+}
+
 /// Closes a descriptor, ignoring errors (nothing useful can be done about them).
 pub fn close(fd: RawFd) {
     // SAFETY: closing an integer descriptor we own.
     unsafe { libc::close(fd) };
+}
+
+/// Memory the process can still use, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Memory {
+    /// MemTotal, or the tightest cgroup limit when lower.
+    pub total: u64,
+    /// MemAvailable, or the least headroom left under a cgroup limit when lower.
+    pub available: u64,
+}
+
+impl Memory {
+    /// lsapilib's test for taking more connections in the same process:
+    /// more than `threshold` bytes available, or more than a tenth of the total.
+    pub fn enough(&self, threshold: u64) -> bool {
+        self.available > threshold || self.available > self.total / 10
+    }
+}
+
+/// Reads free memory: /proc/meminfo, narrowed by the memory cgroup the process
+/// is in (on a shared host each account is limited by its cgroup, so
+/// machine-wide free memory alone misleads). The cgroup's directories are found
+/// once, at construction.
+pub struct MemProbe {
+    /// The process's cgroup directory and each ancestor up to the mount point,
+    /// leaf first.
+    levels: Vec<std::path::PathBuf>,
+    /// cgroup v2 file names (memory.max, memory.current) rather than v1's.
+    v2: bool,
+}
+
+impl MemProbe {
+    /// Finds this process's memory cgroup from /proc/self/cgroup and
+    /// /proc/self/mountinfo; without one, only /proc/meminfo is read.
+    pub fn new() -> MemProbe {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let (levels, v2) = cgroup_levels(&read("/proc/self/cgroup"), &read("/proc/self/mountinfo"))
+            .unwrap_or_default();
+        MemProbe { levels, v2 }
+    }
+
+    /// Current total and available memory.
+    pub fn read(&self) -> Memory {
+        let mut m = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| parse_meminfo(&t))
+            .unwrap_or(Memory {
+                total: u64::MAX,
+                available: u64::MAX,
+            });
+        for dir in &self.levels {
+            let file = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+            let (limit, usage, stat) = if self.v2 {
+                (
+                    file("memory.max"),
+                    file("memory.current"),
+                    file("memory.stat"),
+                )
+            } else {
+                (
+                    file("memory.limit_in_bytes"),
+                    file("memory.usage_in_bytes"),
+                    file("memory.stat"),
+                )
+            };
+            if let Some((limit, headroom)) =
+                cgroup_headroom(limit.as_deref(), usage.as_deref(), stat.as_deref(), self.v2)
+            {
+                m.total = m.total.min(limit);
+                m.available = m.available.min(headroom);
+            }
+        }
+        m
+    }
+}
+
+/// MemTotal and MemAvailable from /proc/meminfo text, in bytes.
+pub fn parse_meminfo(text: &str) -> Option<Memory> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some(Memory {
+        total: field("MemTotal")?,
+        available: field("MemAvailable").or_else(|| field("MemFree"))?,
+    })
+}
+
+/// cgroup limits at or above this many bytes mean "no limit" (v1 reports
+/// unlimited as about 2^63 rounded down to a page).
+const NO_LIMIT: u64 = 1 << 60;
+
+/// `(limit, headroom)` of one cgroup level from the contents of its limit,
+/// usage and memory.stat files; `None` when it has no limit. Headroom counts
+/// inactive file cache as free, since the kernel reclaims it before failing
+/// an allocation.
+pub fn cgroup_headroom(
+    limit: Option<&str>,
+    usage: Option<&str>,
+    stat: Option<&str>,
+    v2: bool,
+) -> Option<(u64, u64)> {
+    let limit: u64 = limit?.trim().parse().ok()?; // "max" (v2) fails here: no limit
+    if limit >= NO_LIMIT {
+        return None;
+    }
+    let usage: u64 = usage.and_then(|u| u.trim().parse().ok()).unwrap_or(0);
+    let key = if v2 {
+        "inactive_file"
+    } else {
+        "total_inactive_file"
+    };
+    let inactive = stat
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    Some((limit, limit.saturating_sub(usage.saturating_sub(inactive))))
+}
+
+/// The directories of the process's memory cgroup, leaf first up to the
+/// controller's mount point, and whether they are cgroup v2: from the texts of
+/// /proc/self/cgroup and /proc/self/mountinfo. A v1 memory hierarchy wins over
+/// v2 (hybrid systems mount v2 without the memory controller).
+pub fn cgroup_levels(cgroup: &str, mountinfo: &str) -> Option<(Vec<std::path::PathBuf>, bool)> {
+    let mut v1_path = None;
+    let mut v2_path = None;
+    for line in cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if controllers.split(',').any(|c| c == "memory") {
+            v1_path = Some(path);
+        } else if id == "0" && controllers.is_empty() {
+            v2_path = Some(path);
+        }
+    }
+    // mountinfo: id parent dev root mountpoint options [optional...] - fstype source superoptions
+    let mount = |v2: bool| {
+        mountinfo.lines().find_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let mut post = post.split(' ');
+            let fstype = post.next()?;
+            let superopts = post.nth(1).unwrap_or("");
+            let ok = if v2 {
+                fstype == "cgroup2"
+            } else {
+                fstype == "cgroup" && superopts.split(',').any(|o| o == "memory")
+            };
+            ok.then(|| (pre.get(3).copied(), pre.get(4).copied()))
+                .and_then(|(root, point)| Some((root?, point?)))
+        })
+    };
+    let (path, v2, (root, point)) = match (v1_path, v2_path) {
+        (Some(p), _) if mount(false).is_some() => (p, false, mount(false)?),
+        (_, Some(p)) => (p, true, mount(true)?),
+        _ => return None,
+    };
+    // The mount shows the hierarchy from `root` down; a path outside it is not visible.
+    let rel = if root == "/" {
+        path
+    } else {
+        path.strip_prefix(root)
+            .filter(|r| r.is_empty() || r.starts_with('/'))?
+    };
+    let point = std::path::Path::new(point);
+    let mut dir = point.join(rel.trim_start_matches('/'));
+    let mut levels = vec![dir.clone()];
+    while dir != point {
+        if !dir.pop() {
+            break;
+        }
+        levels.push(dir.clone());
+    }
+    Some((levels, v2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn meminfo() {
+        let t = "MemTotal:       24684160 kB\nMemFree:        22828404 kB\nMemAvailable:   24002000 kB\n";
+        assert_eq!(
+            parse_meminfo(t),
+            Some(Memory {
+                total: 24684160 * 1024,
+                available: 24002000 * 1024
+            })
+        );
+        assert_eq!(
+            parse_meminfo("MemTotal: 100 kB\nMemFree: 40 kB\n").map(|m| m.available),
+            Some(40 * 1024)
+        );
+        assert_eq!(parse_meminfo("nothing"), None);
+    }
+
+    #[test]
+    fn enough_memory_is_the_threshold_or_a_tenth() {
+        let m = |total, available| Memory { total, available };
+        assert!(m(100 << 30, 2 << 30).enough(1 << 30));
+        assert!(!m(100 << 30, 512 << 20).enough(1 << 30));
+        assert!(m(4 << 30, 512 << 20).enough(1 << 30)); // 12.5% of 4 GiB
+        assert!(!m(4 << 30, 300 << 20).enough(1 << 30));
+    }
+
+    #[test]
+    fn cgroup_headroom_counts_inactive_cache_as_free() {
+        let stat2 = "anon 100\ninactive_file 1000\nactive_file 5\n";
+        assert_eq!(
+            cgroup_headroom(Some("10000\n"), Some("4000\n"), Some(stat2), true),
+            Some((10000, 7000))
+        );
+        assert_eq!(
+            cgroup_headroom(Some("max\n"), Some("4000"), None, true),
+            None
+        );
+        assert_eq!(
+            cgroup_headroom(Some("9223372036854771712"), Some("1"), None, false),
+            None
+        );
+        let stat1 = "inactive_file 7\ntotal_inactive_file 500\n";
+        assert_eq!(
+            cgroup_headroom(Some("1000"), Some("1200"), Some(stat1), false),
+            Some((1000, 300))
+        );
+        assert_eq!(
+            cgroup_headroom(Some("1000"), Some("5000"), None, false),
+            Some((1000, 0))
+        );
+    }
+
+    #[test]
+    fn cgroup_directories_v1_hybrid_and_v2() {
+        let cg = "9:name=systemd:/\n4:memory:/process_api/abc\n0::/\n";
+        let mi = "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        let (levels, v2) = cgroup_levels(cg, mi).unwrap();
+        assert!(!v2);
+        assert_eq!(
+            levels,
+            vec![
+                PathBuf::from("/sys/fs/cgroup/memory/process_api/abc"),
+                PathBuf::from("/sys/fs/cgroup/memory/process_api"),
+                PathBuf::from("/sys/fs/cgroup/memory"),
+            ]
+        );
+        let cg = "0::/user.slice/user-1000.slice/session-3.scope\n";
+        let mi = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        let (levels, v2) = cgroup_levels(cg, mi).unwrap();
+        assert!(v2);
+        assert_eq!(levels.len(), 4);
+        assert_eq!(
+            levels[0],
+            PathBuf::from("/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope")
+        );
+        assert_eq!(levels[3], PathBuf::from("/sys/fs/cgroup"));
+        // A container whose mount shows only its own subtree.
+        let cg = "0::/docker/xyz\n";
+        let mi = "30 23 0:26 /docker/xyz /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        let (levels, _) = cgroup_levels(cg, mi).unwrap();
+        assert_eq!(levels, vec![PathBuf::from("/sys/fs/cgroup")]);
+        assert_eq!(cgroup_levels("0::/\n", ""), None);
+    }
+
+    #[test]
+    fn probe_never_reports_more_than_meminfo() {
+        let info = parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap()).unwrap();
+        let m = MemProbe::new().read();
+        assert!(m.total <= info.total && m.available <= info.total);
+    }
+
+    #[test]
+    fn etc_paths_are_recognised() {
+        assert!(under_etc("/etc/passwd"));
+        assert!(under_etc("/etc"));
+        assert!(under_etc("/tmp/../etc/shadow"));
+        assert!(!under_etc("/tmp/lswsgi.log"));
+        assert!(!under_etc("/etcetera/x.log"));
+    }
 }
