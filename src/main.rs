@@ -1,13 +1,16 @@
 //! lswsgi: serves Python WSGI applications to LiteSpeed Web Server over LSAPI.
 //!
-//! Start-up order matters: the log destination first (so every later message
-//! lands there), then process hygiene (signals, core limit, stdout folded into
-//! stderr, the socket moved off fd 0, LSAPI_* scrubbed), then Python, then
-//! the serve loop.
+//! Start-up order matters: the starter's pid first (before anything can make
+//! us wait), the log destination (so every later message lands there), then
+//! process hygiene (signals, core limit, stdout folded into stderr, the socket
+//! moved off fd 0, LSAPI_* scrubbed), then Python and the `-m` application,
+//! then the serve loop: this process's own (Worker mode) or the ProcessGroup
+//! parent's, which returns in each forked child to run the same serve loop.
 
 mod config;
 mod conn;
 mod listen;
+mod pgroup;
 mod sys;
 mod worker;
 mod wsgi;
@@ -80,6 +83,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Cli, String> {
 }
 
 fn main() -> ExitCode {
+    let starter = sys::getppid();
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Cli::Run(a)) => a,
         Ok(Cli::Exit(code)) => return code,
@@ -161,7 +165,31 @@ fn main() -> ExitCode {
         }
     };
 
-    let mut w = worker::Worker::new(&cfg, rt);
+    let starter = (!cfg.ppid_no_check).then_some(starter);
+    if cfg.process_group() && kind == FdKind::Listener {
+        return match pgroup::run(&cfg, fd, starter) {
+            pgroup::Role::Parent(why) => {
+                pgroup::log_exit(&why);
+                drop(rt);
+                wsgi::finalize();
+                match why {
+                    pgroup::Exit::Failed(_) => ExitCode::FAILURE,
+                    _ => ExitCode::SUCCESS,
+                }
+            }
+            pgroup::Role::Child(member, conn) => {
+                let mut w = worker::Worker::new(&cfg, rt, None);
+                w.join_group(member);
+                let why = w.serve_child(conn);
+                w.log_exit(&why);
+                drop(w);
+                wsgi::run_exit_hooks();
+                sys::exit_now(0)
+            }
+        };
+    }
+
+    let mut w = worker::Worker::new(&cfg, rt, starter);
     let why = match kind {
         FdKind::Listener => {
             let why = w.serve_listener(fd);
@@ -170,7 +198,7 @@ fn main() -> ExitCode {
         }
         _ => w.serve_connection(fd),
     };
-    worker::log_exit(&why, w.requests);
+    w.log_exit(&why);
     drop(w);
     wsgi::finalize();
     let _ = lsapi::MAX_PACKET_LEN;

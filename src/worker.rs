@@ -1,11 +1,17 @@
 //! The serve loop of one process: wait for a connection or request, serve it,
 //! and leave when told to, when idle too long, after MAX_REQS requests, or
 //! when the process that started us is gone.
+//!
+//! The same loop serves a Worker-mode process and a ProcessGroup child; a
+//! child also keeps its slot in the group's table up to date and applies the
+//! policies that are its own to apply (see [`crate::pgroup::Member`]).
 
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::listen;
-use crate::lsapi::PacketType;
+use crate::lsapi::response::pid_notice;
+use crate::lsapi::{PacketType, Request};
+use crate::pgroup::Member;
 use crate::sys::{self, STOP};
 use crate::wsgi::{self, Runtime};
 use std::os::fd::RawFd;
@@ -15,10 +21,11 @@ use std::time::Duration;
 /// Length of one supervision tick.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// Why a wait ended.
+/// Why a wait or a connection ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wake {
-    /// The descriptor is readable.
+    /// The descriptor is readable, or (from `serve_connection`) the server
+    /// closed the connection: ready for another.
     Ready,
     /// SIGTERM, SIGINT or SIGUSR1 arrived.
     Stop,
@@ -26,6 +33,14 @@ pub enum Wake {
     Idle,
     /// The process that started us died.
     Orphaned,
+    /// LSAPI_MAX_REQS requests served.
+    Exhausted,
+    /// The group parent asked this idle child to exit.
+    Retired,
+    /// LSAPI_MAX_BUSY_WORKER: the connection was handed back with CONN_CLOSE.
+    Shed,
+    /// The child stopped taking connections (LSAPI_KEEP_LISTEN, free memory).
+    Released,
 }
 
 /// One process serving requests.
@@ -35,27 +50,43 @@ pub struct Worker<'a> {
     conn: Conn,
     /// Requests served by this process.
     pub requests: u64,
-    starter: i32,
+    /// The pid whose disappearance ends this process (None: never).
+    starter: Option<i32>,
     last_active_ms: u64,
+    /// Set in a ProcessGroup child.
+    group: Option<Member>,
+    /// REQUEST_URI of the request in flight, kept only for the slow-request log.
+    uri: String,
 }
 
 impl<'a> Worker<'a> {
-    /// A worker using `rt`; `starter` is the parent pid to watch.
-    pub fn new(cfg: &'a Config, rt: Runtime) -> Worker<'a> {
+    /// A worker using `rt` that exits once `starter` is no longer its parent.
+    pub fn new(cfg: &'a Config, rt: Runtime, starter: Option<i32>) -> Worker<'a> {
         Worker {
             cfg,
             rt,
             conn: Conn::new(),
             requests: 0,
-            starter: sys::getppid(),
+            starter,
             last_active_ms: sys::now_ms(),
+            group: None,
+            uri: String::new(),
         }
     }
 
+    /// Makes this worker a ProcessGroup child linked to its group by `m`.
+    pub fn join_group(&mut self, m: Member) {
+        self.starter = Some(m.parent);
+        self.group = Some(m);
+    }
+
     /// Waits (with the GIL released, so application threads can run) until
-    /// `fd` is readable, checking the stop flag, idleness and the starter on
-    /// every tick.
-    pub fn wait(&self, fd: RawFd) -> Wake {
+    /// `fd` is readable, running the tick checks once a second.
+    fn wait(&self, fd: RawFd, on_listener: bool) -> Wake {
+        if let Some(m) = &self.group {
+            m.waiting(on_listener);
+        }
+        let since = sys::now_ms();
         wsgi::without_gil(|| loop {
             if STOP.load(Ordering::Relaxed) {
                 return Wake::Stop;
@@ -68,14 +99,33 @@ impl<'a> Worker<'a> {
                     return Wake::Stop;
                 }
             }
-            if !self.cfg.ppid_no_check && sys::getppid() != self.starter {
-                return Wake::Orphaned;
-            }
-            let idle_ms = sys::now_ms().saturating_sub(self.last_active_ms);
-            if idle_ms >= self.cfg.max_idle.saturating_mul(1000) {
-                return Wake::Idle;
+            if let Some(why) = self.tick_checks(since, on_listener) {
+                return why;
             }
         })
+    }
+
+    /// The checks of each tick spent waiting, in order: the starter
+    /// (parent-pid watching), LSAPI_MAX_IDLE, the group parent's exit request
+    /// (honoured once a request was served, as lsapilib does), and on the
+    /// shared listener LSAPI_KEEP_LISTEN / LSAPI_AVOID_FORK.
+    fn tick_checks(&self, since_ms: u64, on_listener: bool) -> Option<Wake> {
+        if self.starter.is_some_and(|p| sys::getppid() != p) {
+            return Some(Wake::Orphaned);
+        }
+        let now = sys::now_ms();
+        let idle_ms = now.saturating_sub(self.last_active_ms);
+        if self.cfg.max_idle > 0 && idle_ms >= self.cfg.max_idle.saturating_mul(1000) {
+            return Some(Wake::Idle);
+        }
+        let m = self.group.as_ref()?;
+        if self.requests > 0 && m.exit_requested() {
+            return Some(Wake::Retired);
+        }
+        if on_listener && !m.keep_listening(now.saturating_sub(since_ms) / 1000) {
+            return Some(Wake::Released);
+        }
+        None
     }
 
     /// Whether this process has served its quota of requests.
@@ -83,11 +133,11 @@ impl<'a> Worker<'a> {
         self.requests >= self.cfg.max_reqs
     }
 
-    /// Accepts and serves connections on `listener` until stopped, idle,
-    /// orphaned or exhausted.
+    /// Worker mode on a listener: accepts and serves connections until
+    /// stopped, idle, orphaned or exhausted.
     pub fn serve_listener(&mut self, listener: RawFd) -> Wake {
         loop {
-            match self.wait(listener) {
+            match self.wait(listener, true) {
                 Wake::Ready => {}
                 other => return other,
             }
@@ -104,25 +154,75 @@ impl<'a> Worker<'a> {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-            if self.exhausted() {
-                return Wake::Stop;
+        }
+    }
+
+    /// A ProcessGroup child: serves the connection it was forked for, then,
+    /// while it keeps the shared listener, connections it accepts itself.
+    pub fn serve_child(&mut self, first: RawFd) -> Wake {
+        let mut next = Some(first);
+        loop {
+            if let Some(fd) = next.take() {
+                match self.serve_connection(fd) {
+                    Wake::Ready | Wake::Shed => {}
+                    other => return other,
+                }
+            }
+            let Some(listener) = self.group.as_ref().and_then(Member::listener) else {
+                return Wake::Ready;
+            };
+            let why = self.wait(listener, true);
+            if why != Wake::Ready {
+                if let Some(m) = self.group.as_mut() {
+                    m.close_listener();
+                }
+                return why;
+            }
+            match listen::accept(listener) {
+                Ok(Some(fd)) => next = Some(fd),
+                Ok(None) => {}
+                Err(e) => {
+                    crate::error!("accept failed: {e}");
+                    return Wake::Stop;
+                }
             }
         }
     }
 
-    /// Serves requests on connection `fd` until the server closes it (returns
-    /// `Wake::Ready`: ready for another connection) or the process must
-    /// leave. The connection is closed on return.
-    pub fn serve_connection(&mut self, fd: RawFd) -> Wake {
-        self.conn.attach(fd);
-        self.last_active_ms = sys::now_ms();
-        if self.cfg.accept_notify {
+    /// First packets on a new connection: the `\0PID` notice on the one a
+    /// child was forked for (standing in for its first REQ_RECEIVED), and
+    /// with LSAPI_ACCEPT_NOTIFY, REQ_RECEIVED right after accept in place of
+    /// every request's (the forked-for connection gets only the notice, as in
+    /// lsapilib).
+    fn greet(&mut self) {
+        let notice = self
+            .group
+            .as_mut()
+            .is_some_and(|m| std::mem::take(&mut m.notice_pending));
+        if notice {
+            sys::write_all_fd(self.conn.fd(), &pid_notice(sys::getpid()));
+        } else if self.cfg.accept_notify {
             self.conn.ack_later();
             let _ = self.conn.flush_ack();
         }
+        if self.cfg.accept_notify {
+            self.conn.waive_acks(u64::MAX);
+        } else if notice {
+            self.conn.waive_acks(1);
+        }
+    }
+
+    /// Serves requests on connection `fd` until the server closes it (returns
+    /// `Wake::Ready`: ready for another connection), the connection is handed
+    /// back (`Wake::Shed`), or the process must leave. The connection is
+    /// closed on return.
+    pub fn serve_connection(&mut self, fd: RawFd) -> Wake {
+        self.conn.attach(fd);
+        self.last_active_ms = sys::now_ms();
+        self.greet();
         let why = loop {
             if !self.conn.has_buffered() {
-                match self.wait(fd) {
+                match self.wait(fd, false) {
                     Wake::Ready => {}
                     other => break other,
                 }
@@ -135,14 +235,9 @@ impl<'a> Worker<'a> {
                     break Wake::Ready;
                 }
             };
-            let started = sys::now_ms();
+            let started = self.request_started(range);
             let served = wsgi::serve(&mut self.rt, &mut self.conn, range);
-            self.requests += 1;
-            self.last_active_ms = sys::now_ms();
-            let took = self.last_active_ms - started;
-            if self.cfg.slow_req_msecs > 0 && took >= self.cfg.slow_req_msecs {
-                crate::warn!("slow request: {took} ms");
-            }
+            self.request_finished(started);
             if let Err(e) = served {
                 crate::warn!("dropping connection: {e}");
                 break Wake::Ready;
@@ -151,7 +246,10 @@ impl<'a> Worker<'a> {
                 break Wake::Stop;
             }
             if self.exhausted() {
-                break Wake::Stop;
+                break Wake::Exhausted;
+            }
+            if self.group.as_ref().is_some_and(Member::too_many_busy) {
+                break Wake::Shed;
             }
         };
         if why != Wake::Ready && !self.conn.is_broken() {
@@ -163,19 +261,68 @@ impl<'a> Worker<'a> {
         self.conn.close();
         why
     }
-}
 
-/// Logs why the serve loop ended.
-pub fn log_exit(why: &Wake, requests: u64) {
-    match why {
-        Wake::Stop if STOP.load(Ordering::Relaxed) => crate::info!(
-            "stopping on signal {} after {requests} requests",
-            sys::STOP_SIGNAL.load(Ordering::Relaxed)
-        ),
-        Wake::Stop => crate::info!("exiting after {requests} requests (LSAPI_MAX_REQS)"),
-        Wake::Idle => crate::info!("exiting: idle for LSAPI_MAX_IDLE"),
-        Wake::Orphaned => crate::info!("exiting: the process that started this worker is gone"),
-        Wake::Ready => {}
+    /// Bookkeeping as a request begins; returns its start time (ms).
+    fn request_started(&mut self, range: (usize, usize)) -> u64 {
+        let now = sys::now_ms();
+        if self.cfg.slow_req_msecs > 0 {
+            self.uri.clear();
+            if let Ok(req) = Request::parse(self.conn.packet(range)) {
+                let uri = req.env(b"REQUEST_URI").unwrap_or_default();
+                self.uri.push_str(&String::from_utf8_lossy(uri));
+            }
+        }
+        if let Some(m) = &self.group {
+            m.request_started(now);
+        }
+        now
+    }
+
+    /// Bookkeeping as a request ends: the count, the table, and
+    /// LSAPI_SLOW_REQ_MSECS.
+    fn request_finished(&mut self, started: u64) {
+        self.requests += 1;
+        let now = sys::now_ms();
+        self.last_active_ms = now;
+        if let Some(m) = &self.group {
+            m.request_finished(now);
+        }
+        let took = now - started;
+        if self.cfg.slow_req_msecs > 0 && took >= self.cfg.slow_req_msecs {
+            crate::warn!(
+                "slow request: {took} ms for {} (LSAPI_SLOW_REQ_MSECS={})",
+                self.uri,
+                self.cfg.slow_req_msecs
+            );
+        }
+    }
+
+    /// Whether this child stopped taking connections for lack of memory.
+    fn memory_low(&self) -> bool {
+        self.group.as_ref().is_some_and(Member::memory_low)
+    }
+
+    /// Logs why the serve loop ended.
+    pub fn log_exit(&self, why: &Wake) {
+        let requests = self.requests;
+        match why {
+            Wake::Stop => crate::info!(
+                "stopping on signal {} after {requests} requests",
+                sys::STOP_SIGNAL.load(Ordering::Relaxed)
+            ),
+            Wake::Exhausted => {
+                crate::info!("exiting after {requests} requests (LSAPI_MAX_REQS)")
+            }
+            Wake::Idle => crate::info!("exiting: idle for LSAPI_MAX_IDLE"),
+            Wake::Orphaned => crate::info!("exiting: the process that started this one is gone"),
+            Wake::Retired => crate::info!(
+                "exiting after {requests} requests: surplus idle child (LSAPI_MAX_IDLE_CHILDREN)"
+            ),
+            Wake::Released if self.memory_low() => crate::info!(
+                "exiting after {requests} requests: free memory below the LSAPI_AVOID_FORK threshold"
+            ),
+            Wake::Ready | Wake::Shed | Wake::Released => {}
+        }
     }
 }
 
