@@ -1,0 +1,818 @@
+//! ProcessGroup mode and the process lifecycle, with real processes: the
+//! built `lswsgi` started the way LiteSpeed starts it (a listening socket on
+//! fd 0) with LSAPI_* settings, driven over LSAPI, observed through its
+//! answers, its log (SIGUSR2 logs the child table) and /proc.
+//!
+//! Every worker runs in its own session (started through setsid(1)), so the
+//! guard's Drop kills the whole group, orphans included, even when a test
+//! fails. Every read has a time-out and every wait a deadline.
+
+mod common;
+
+use common::{app, scratch, LSWSGI};
+use lswsgi::client::{Client, Ending, Response, Spawned};
+use lswsgi::lsapi::build::RequestSpec;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Read/write time-out of every client connection.
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running worker (or ProcessGroup parent) in its own session.
+struct Group {
+    spawned: Spawned,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Group {
+    /// `lswsgi ARGS` with `env`, in a new session.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Group {
+        let mut argv = vec!["setsid".to_string(), LSWSGI.to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        Group::start_argv(argv, env)
+    }
+
+    /// `argv` (whose first word should be setsid) with `env`.
+    fn start_argv(argv: Vec<String>, env: &[(&str, &str)]) -> Group {
+        let dir = scratch("pgroup");
+        let log = dir.join("stderr.log");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let spawned = Spawned::start(&argv, &env, Some(&log)).expect("spawn lswsgi");
+        Group { spawned, log, dir }
+    }
+
+    /// Pid of the started process (the parent, or the starter shell).
+    fn pid(&self) -> i32 {
+        self.spawned.child.id() as i32
+    }
+
+    fn addr(&self) -> String {
+        self.spawned.addr()
+    }
+
+    /// A new connection with time-outs.
+    fn connect(&self) -> Client {
+        let mut c = self
+            .spawned
+            .connect(Duration::from_secs(10))
+            .expect("connect");
+        c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
+        c
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the log to contain `needle`.
+    fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        wait_until(limit, || self.log_text().contains(needle))
+    }
+
+    /// Children of the started process, from /proc (zombies included).
+    fn children(&self) -> Vec<(i32, char)> {
+        children_of(self.pid())
+    }
+
+    /// Live (non-zombie) children.
+    fn live_children(&self) -> Vec<i32> {
+        self.children()
+            .into_iter()
+            .filter(|&(_, s)| s != 'Z')
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Asks the parent for its child table (SIGUSR2) and returns the new
+    /// `status:` log line.
+    fn status(&self) -> String {
+        // SIGUSR2 before the handlers are installed would end the process.
+        assert!(self.wait_log("process group: up to", Duration::from_secs(10)));
+        let before = self.log_text().matches("status: ").count();
+        unsafe { libc::kill(self.pid(), libc::SIGUSR2) };
+        let mut line = String::new();
+        wait_until(Duration::from_secs(5), || {
+            let log = self.log_text();
+            match log.lines().filter(|l| l.contains("status: ")).nth(before) {
+                Some(l) => {
+                    line = l.to_string();
+                    true
+                }
+                None => false,
+            }
+        });
+        assert!(
+            !line.is_empty(),
+            "no status line; log:\n{}",
+            self.log_text()
+        );
+        line
+    }
+
+    /// Whether the started process exits within `limit`.
+    fn exits_within(&mut self, limit: Duration) -> bool {
+        wait_until(limit, || self.spawned.child.try_wait().unwrap().is_some())
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // The whole session: parent, children, orphans.
+        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+        let _ = self.spawned.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `f` every 20 ms until it holds or `limit` passes.
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// State and ppid of a process from /proc/PID/stat.
+fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields follow the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split(' ');
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// `(pid, state)` of every process whose parent is `ppid`.
+fn children_of(ppid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some((state, pp)) = proc_stat(pid) {
+            if pp == ppid {
+                out.push((pid, state));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|(s, _)| s != 'Z')
+}
+
+/// A request to tests/apps/pg_app.wsgi (loaded per request, no -m).
+fn req(path_and_query: &str) -> RequestSpec {
+    RequestSpec::new(
+        "GET",
+        &format!("/pg_app.wsgi{path_and_query}"),
+        &app("pg_app.wsgi"),
+        "/pg_app.wsgi",
+    )
+}
+
+/// `key=value` line of the app's answer.
+fn field(r: &Response, key: &str) -> String {
+    let text = r.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {text:?} (status {})", r.status))
+        .to_string()
+}
+
+/// The serving process's pid, from the answer.
+fn served_by(r: &Response) -> i32 {
+    field(r, "pid").parse().unwrap()
+}
+
+/// Calls and asserts a complete 200 response.
+fn call_ok(c: &mut Client, spec: &RequestSpec) -> Response {
+    let r = c.call(spec, b"").expect("response");
+    assert_eq!(r.ending, Ending::End, "response {:?}", r);
+    assert_eq!(r.status, 200, "body {:?}", r.text());
+    r
+}
+
+/// One request on a new connection to `addr` (for threads).
+fn call_on_new_connection(addr: &str, spec: &RequestSpec) -> Response {
+    let mut c = Client::connect(addr).expect("connect");
+    c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
+    call_ok(&mut c, spec)
+}
+
+/// What a connection holds after its last response: the next packet the
+/// application sends (CONN_CLOSE when it hands the connection back).
+fn next_ending(c: &mut Client) -> Ending {
+    c.read_response().map(|r| r.ending).unwrap_or(Ending::Eof)
+}
+
+#[test]
+fn four_concurrent_connections_get_four_children() {
+    let g = Group::start(
+        &[],
+        &[("LSAPI_CHILDREN", "4"), ("LSAPI_MAX_IDLE_CHILDREN", "4")],
+    );
+    let addr = g.addr();
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| call_on_new_connection(&addr, &req("/sleep?1.5"))))
+            .collect();
+        // While all four requests are in flight: the table and /proc agree.
+        assert!(
+            wait_until(Duration::from_secs(10), || g.live_children().len() == 4),
+            "children: {:?}",
+            g.children()
+        );
+        assert!(wait_until(Duration::from_secs(5), || g
+            .status()
+            .contains("status: 4 children (busy 4, idle 0, accepting 0)")));
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut pids: Vec<i32> = results.iter().map(served_by).collect();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "four distinct children: {pids:?}");
+    for r in &results {
+        // The PID notice came first and stood in for REQ_RECEIVED.
+        assert_eq!(r.pid, Some(served_by(r)));
+        assert_eq!(r.packets[0], 6, "packets {:?}", r.packets);
+        assert!(!r.packets.contains(&7), "packets {:?}", r.packets);
+        assert_eq!(field(r, "ppid"), g.pid().to_string());
+        assert_eq!(field(r, "multiprocess"), "True");
+        // Without -m, each child loads the script itself, on demand.
+        assert_eq!(field(r, "loaded_by"), field(r, "pid"));
+        assert_eq!(field(r, "lsapi_env"), "", "LSAPI_* reached os.environ");
+    }
+}
+
+#[test]
+fn pid_notice_replaces_only_the_first_req_received() {
+    let g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
+    let mut c = g.connect();
+    let first = call_ok(&mut c, &req("/"));
+    let second = call_ok(&mut c, &req("/"));
+    assert_eq!(first.packets, vec![6, 3, 4, 5]);
+    assert_eq!(second.packets, vec![7, 3, 4, 5]);
+    assert_eq!(second.pid, None);
+    assert_eq!(served_by(&first), served_by(&second));
+}
+
+#[test]
+fn accept_notify_sends_req_received_at_accept() {
+    use std::io::Read;
+    // Worker mode: REQ_RECEIVED before any request, none per request after.
+    let g = Group::start(&[], &[("LSAPI_ACCEPT_NOTIFY", "1")]);
+    let mut c = g.connect();
+    let mut head = [0u8; 8];
+    c.stream().read_exact(&mut head).unwrap();
+    assert_eq!((head[0], head[1], head[2]), (b'L', b'S', 7));
+    assert_eq!(call_ok(&mut c, &req("/")).packets, vec![3, 4, 5]);
+    assert_eq!(call_ok(&mut c, &req("/")).packets, vec![3, 4, 5]);
+
+    // ProcessGroup: the PID notice goes first, and no REQ_RECEIVED follows.
+    let g = Group::start(
+        &[],
+        &[("LSAPI_CHILDREN", "2"), ("LSAPI_ACCEPT_NOTIFY", "1")],
+    );
+    let mut c = g.connect();
+    assert_eq!(call_ok(&mut c, &req("/")).packets, vec![6, 3, 4, 5]);
+    assert_eq!(call_ok(&mut c, &req("/")).packets, vec![3, 4, 5]);
+}
+
+#[test]
+fn preload_imports_in_the_parent_and_freezes_the_heap() {
+    let g = Group::start(&["-m", &app("pg_app.wsgi")], &[("LSAPI_CHILDREN", "2")]);
+    let mut c = g.connect();
+    let r = call_ok(&mut c, &RequestSpec::new("GET", "/", "", ""));
+    assert_eq!(field(&r, "loaded_by"), g.pid().to_string());
+    assert_ne!(served_by(&r), g.pid());
+    let frozen: i64 = field(&r, "frozen").parse().unwrap();
+    assert!(frozen > 1000, "gc.freeze before fork: {frozen}");
+    assert!(g.log_text().contains("gc.freeze: "));
+}
+
+#[test]
+fn max_reqs_replaces_the_child() {
+    let g = Group::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_MAX_REQS", "3"),
+            ("LSAPI_KEEP_LISTEN", "0"),
+        ],
+    );
+    let mut c = g.connect();
+    let first = served_by(&call_ok(&mut c, &req("/")));
+    for _ in 0..2 {
+        assert_eq!(served_by(&call_ok(&mut c, &req("/"))), first);
+    }
+    // The third response was the last: the child says so and leaves.
+    assert_eq!(next_ending(&mut c), Ending::Close);
+    assert!(wait_until(Duration::from_secs(5), || !running(first)));
+    assert!(g.wait_log(
+        &format!("[{first}] [INFO] exiting after 3 requests (LSAPI_MAX_REQS)"),
+        Duration::from_secs(2)
+    ));
+    let mut c = g.connect();
+    let second = served_by(&call_ok(&mut c, &req("/")));
+    assert_ne!(second, first);
+    assert_eq!(g.live_children(), vec![second]);
+}
+
+#[test]
+fn runaway_request_is_killed_and_the_group_keeps_serving() {
+    let g = Group::start(
+        &[],
+        &[("LSAPI_CHILDREN", "2"), ("LSAPI_MAX_PROCESS_TIME", "1")],
+    );
+    let addr = g.addr();
+    let started = Instant::now();
+    let runaway = std::thread::spawn(move || {
+        let mut c = Client::connect(&addr).unwrap();
+        c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
+        c.call(&req("/sleep?60"), b"")
+    });
+    assert!(
+        g.wait_log(
+            "with SIGTERM: its request has run for",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        g.log_text()
+    );
+    assert!(
+        g.wait_log("with SIGKILL", Duration::from_secs(12)),
+        "{}",
+        g.log_text()
+    );
+    let r = runaway.join().unwrap().expect("read");
+    assert_eq!(r.ending, Ending::Eof, "the runaway's connection just ends");
+    let victim = r.pid.expect("pid notice");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    let log = g.log_text();
+    assert!(log.contains(&format!("killing runaway child {victim} with SIGTERM")));
+    assert!(log.contains(&format!("killing runaway child {victim} with SIGKILL")));
+    assert!(log.contains(&format!("child {victim} was killed by signal 9")));
+    // The group still serves, from a new child.
+    let mut c = g.connect();
+    assert_ne!(served_by(&call_ok(&mut c, &req("/"))), victim);
+}
+
+#[test]
+fn parent_exits_after_pgrp_max_idle() {
+    let mut g = Group::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_PGRP_MAX_IDLE", "2"),
+            ("LSAPI_KEEP_LISTEN", "0"),
+        ],
+    );
+    // A child keeps the group busy; once it is gone the clock starts.
+    let mut c = g.connect();
+    call_ok(&mut c, &req("/sleep?1"));
+    drop(c);
+    let t = Instant::now();
+    assert!(g.exits_within(Duration::from_secs(8)), "{}", g.log_text());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(g
+        .log_text()
+        .contains("process group stopped: no children for 2 s (LSAPI_PGRP_MAX_IDLE)"));
+}
+
+/// Starts `lswsgi` through a shell that stays as its parent (the starter)
+/// and returns the group and the worker's pid.
+fn start_under_shell(env: &[(&str, &str)]) -> (Group, i32) {
+    // A background job's stdin is /dev/null unless redirected: keep the
+    // listener on fd 0 through fd 3.
+    let script = format!("exec 3<&0; {LSWSGI} <&3 3<&- & exec 3<&-; wait");
+    let g = Group::start_argv(vec!["setsid".into(), "sh".into(), "-c".into(), script], env);
+    let mut worker = 0;
+    assert!(wait_until(Duration::from_secs(10), || {
+        match g.children().first() {
+            Some(&(pid, _)) => {
+                worker = pid;
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "lswsgi")
+            }
+            None => false,
+        }
+    }));
+    (g, worker)
+}
+
+#[test]
+fn worker_exits_when_its_starter_dies() {
+    let (g, worker) = start_under_shell(&[]);
+    let mut c = g.connect();
+    call_ok(&mut c, &req("/"));
+    g.signal(libc::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(3), || !running(worker)),
+        "worker still running"
+    );
+    assert_eq!(next_ending(&mut c), Ending::Close);
+}
+
+#[test]
+fn process_group_exits_when_its_starter_dies() {
+    let (g, parent) = start_under_shell(&[("LSAPI_CHILDREN", "2")]);
+    let mut c = g.connect();
+    let child = served_by(&call_ok(&mut c, &req("/")));
+    g.signal(libc::SIGKILL);
+    assert!(wait_until(Duration::from_secs(4), || !running(parent)
+        && !running(child)));
+}
+
+#[test]
+fn ppid_no_check_outlives_its_starter() {
+    let (g, worker) = start_under_shell(&[("LSAPI_PPID_NO_CHECK", "1")]);
+    let mut c = g.connect();
+    call_ok(&mut c, &req("/"));
+    g.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(running(worker));
+    call_ok(&mut c, &req("/"));
+}
+
+#[test]
+fn children_of_a_killed_parent_finish_their_request_then_exit() {
+    let g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
+    let addr = g.addr();
+    let t = std::thread::spawn(move || call_on_new_connection(&addr, &req("/sleep?1.5")));
+    assert!(wait_until(Duration::from_secs(5), || g
+        .live_children()
+        .len()
+        == 1));
+    let child = g.live_children()[0];
+    std::thread::sleep(Duration::from_millis(300));
+    g.signal(libc::SIGKILL);
+    let r = t.join().unwrap();
+    assert_eq!(served_by(&r), child);
+    assert!(wait_until(Duration::from_secs(3), || !running(child)));
+}
+
+/// RLIMIT_CORE of `pid` (soft limit) as /proc shows it.
+fn core_limit(pid: i32) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap()
+        .to_string();
+    line.split_whitespace().nth(4).unwrap().to_string()
+}
+
+#[test]
+fn core_dumps_are_off_unless_allowed() {
+    for (allow, expected) in [(false, "0"), (true, "unlimited")] {
+        let script = format!("ulimit -c unlimited; exec {LSWSGI}");
+        let mut env = vec![("LSAPI_CHILDREN", "2")];
+        if allow {
+            env.push(("LSAPI_ALLOW_CORE_DUMP", "1"));
+        }
+        let g = Group::start_argv(
+            vec!["setsid".into(), "sh".into(), "-c".into(), script],
+            &env,
+        );
+        let mut c = g.connect();
+        let child = served_by(&call_ok(&mut c, &req("/")));
+        assert_eq!(core_limit(g.pid()), expected, "parent, allow={allow}");
+        assert_eq!(core_limit(child), expected, "child, allow={allow}");
+    }
+}
+
+#[test]
+fn crashed_child_is_replaced_and_the_next_request_answered() {
+    let g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
+    let mut c = g.connect();
+    let r = c.call(&req("/abort"), b"").expect("read");
+    assert_eq!(r.ending, Ending::Eof);
+    let crashed = r.pid.expect("pid notice");
+    assert!(g.wait_log(
+        &format!("child {crashed} was killed by signal 6"),
+        Duration::from_secs(5)
+    ));
+    let mut c = g.connect();
+    let r = call_ok(&mut c, &req("/"));
+    assert_ne!(served_by(&r), crashed);
+    assert!(g.children().iter().all(|&(_, s)| s != 'Z'));
+}
+
+#[test]
+fn no_zombies_after_a_thousand_connections() {
+    let g = Group::start(&[], &[("LSAPI_CHILDREN", "4"), ("LSAPI_MAX_REQS", "1")]);
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..1000 {
+        let mut c = g.connect();
+        pids.insert(served_by(&call_ok(&mut c, &req("/"))));
+    }
+    assert_eq!(pids.len(), 1000, "one child per connection");
+    assert!(
+        wait_until(Duration::from_secs(10), || g.children().is_empty()),
+        "left over: {:?}",
+        g.children()
+    );
+    assert!(g.status().contains("status: 0 children"));
+}
+
+#[test]
+fn idle_child_exits_after_max_idle() {
+    let g = Group::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_MAX_IDLE", "1"),
+            ("LSAPI_MAX_IDLE_CHILDREN", "2"),
+        ],
+    );
+    let mut c = g.connect();
+    let child = served_by(&call_ok(&mut c, &req("/")));
+    let t = Instant::now();
+    assert_eq!(next_ending(&mut c), Ending::Close);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(wait_until(Duration::from_secs(3), || !running(child)));
+    assert!(g
+        .log_text()
+        .contains(&format!("[{child}] [INFO] exiting: idle")));
+}
+
+#[test]
+fn surplus_idle_children_are_told_to_exit() {
+    let g = Group::start(
+        &[],
+        &[("LSAPI_CHILDREN", "4"), ("LSAPI_MAX_IDLE_CHILDREN", "1")],
+    );
+    let mut conns: Vec<Client> = (0..3).map(|_| g.connect()).collect();
+    for c in conns.iter_mut() {
+        call_ok(c, &req("/"));
+    }
+    assert!(
+        wait_until(Duration::from_secs(6), || g.live_children().len() == 1),
+        "children: {:?}",
+        g.children()
+    );
+    let closed = conns
+        .iter_mut()
+        .map(|c| {
+            c.stream()
+                .set_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            next_ending(c)
+        })
+        .filter(|e| *e == Ending::Close)
+        .count();
+    assert_eq!(closed, 2);
+    assert_eq!(
+        g.log_text()
+            .matches("surplus idle child (LSAPI_MAX_IDLE_CHILDREN)")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn extra_children_cap_the_group_and_the_limit_is_logged() {
+    let g = Group::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_EXTRA_CHILDREN", "1"),
+            ("LSAPI_KEEP_LISTEN", "0"),
+        ],
+    );
+    let addr = g.addr();
+    let t = Instant::now();
+    let mut most = 0;
+    let done = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    call_on_new_connection(&addr, &req("/sleep?1.5"));
+                    t.elapsed()
+                })
+            })
+            .collect();
+        while handles.iter().any(|h| !h.is_finished()) {
+            most = most.max(g.live_children().len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut done: Vec<Duration> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        done.sort();
+        done
+    });
+    assert_eq!(most, 3, "CHILDREN + EXTRA_CHILDREN at most");
+    // Three at once; the fourth waited for a free child.
+    assert!(done[2] < Duration::from_millis(2900), "{done:?}");
+    assert!(done[3] >= Duration::from_millis(2900), "{done:?}");
+    assert!(g
+        .log_text()
+        .contains("reached the limit of 3 children (LSAPI_CHILDREN=2, LSAPI_EXTRA_CHILDREN=1)"));
+}
+
+/// Pids that served `n` requests on `n` successive connections. With
+/// `settle`, each next connection waits until the last child is back in
+/// accept (a connection made while it is still closing the previous one is,
+/// rightly, forked for).
+fn pids_over_connections(g: &Group, n: usize, settle: bool) -> Vec<i32> {
+    (0..n)
+        .map(|_| {
+            let mut c = g.connect();
+            let pid = served_by(&call_ok(&mut c, &req("/")));
+            drop(c);
+            if settle {
+                assert!(wait_until(Duration::from_secs(5), || g
+                    .status()
+                    .contains("accepting 1)")));
+            }
+            pid
+        })
+        .collect()
+}
+
+#[test]
+fn avoid_fork_children_take_new_connections_themselves() {
+    let g = Group::start(&[], &[("LSAPI_CHILDREN", "3"), ("LSAPI_AVOID_FORK", "1")]);
+    let pids = pids_over_connections(&g, 5, true);
+    assert!(pids.iter().all(|&p| p == pids[0]), "{pids:?}");
+    assert_eq!(g.live_children(), vec![pids[0]]);
+    assert!(wait_until(Duration::from_secs(3), || g
+        .status()
+        .contains("(busy 0, idle 0, accepting 1)")));
+    // The parent forks only for connections no accepting child takes.
+    let addr = g.addr();
+    let pids: Vec<i32> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| served_by(&call_on_new_connection(&addr, &req("/sleep?1")))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut distinct = pids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+}
+
+#[test]
+fn keep_listen_decides_whether_children_take_connections() {
+    let env = |k| vec![("LSAPI_CHILDREN", "3"), ("LSAPI_KEEP_LISTEN", k)];
+    let g0 = Group::start(&[], &env("0"));
+    let g2 = Group::start(&[], &env("2"));
+    let pids = pids_over_connections(&g0, 3, false);
+    assert!(
+        pids[0] != pids[1] && pids[1] != pids[2],
+        "KEEP_LISTEN=0: {pids:?}"
+    );
+    let pids = pids_over_connections(&g2, 3, true);
+    assert!(
+        pids.iter().all(|&p| p == pids[0]),
+        "KEEP_LISTEN=2: {pids:?}"
+    );
+}
+
+#[test]
+fn keep_listen_1_gives_the_listener_up_after_ten_seconds() {
+    let g = Group::start(&[], &[("LSAPI_CHILDREN", "3"), ("LSAPI_KEEP_LISTEN", "1")]);
+    let pids = pids_over_connections(&g, 2, true);
+    assert_eq!(pids[0], pids[1]);
+    let t = Instant::now();
+    assert!(wait_until(Duration::from_secs(14), || !running(pids[0])));
+    let took = t.elapsed();
+    assert!(took >= Duration::from_secs(9), "{took:?}");
+    let pids2 = pids_over_connections(&g, 1, false);
+    assert_ne!(pids2[0], pids[0]);
+}
+
+#[test]
+fn max_busy_worker_hands_connections_back() {
+    let g = Group::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "4"),
+            ("LSAPI_MAX_BUSY_WORKER", "2"),
+            ("LSAPI_MAX_IDLE_CHILDREN", "4"),
+            ("LSAPI_KEEP_LISTEN", "0"),
+        ],
+    );
+    let addr = g.addr();
+    std::thread::scope(|s| {
+        let slow: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| call_on_new_connection(&addr, &req("/sleep?2"))))
+            .collect();
+        assert!(wait_until(Duration::from_secs(5), || g
+            .status()
+            .contains("(busy 2,")));
+        let mut c = g.connect();
+        call_ok(&mut c, &req("/"));
+        assert_eq!(next_ending(&mut c), Ending::Close, "two busy: handed back");
+        for h in slow {
+            h.join().unwrap();
+        }
+    });
+    // Nobody busy: the connection stays.
+    let mut c = g.connect();
+    call_ok(&mut c, &req("/"));
+    call_ok(&mut c, &req("/"));
+}
+
+#[test]
+fn slow_requests_are_logged() {
+    let g = Group::start(
+        &[],
+        &[("LSAPI_CHILDREN", "2"), ("LSAPI_SLOW_REQ_MSECS", "200")],
+    );
+    let mut c = g.connect();
+    call_ok(&mut c, &req("/"));
+    let child = served_by(&call_ok(&mut c, &req("/sleep?0.4")));
+    assert!(g.wait_log(
+        &format!("[{child}] [WARN] slow request: "),
+        Duration::from_secs(2)
+    ));
+    let log = g.log_text();
+    assert_eq!(log.matches("slow request: ").count(), 1, "{log}");
+    assert!(log.contains("ms for /pg_app.wsgi/sleep?0.4 (LSAPI_SLOW_REQ_MSECS=200)"));
+}
+
+#[test]
+fn stop_signal_lets_requests_finish_and_the_parent_leaves_last() {
+    let mut g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
+    let addr = g.addr();
+    let t = std::thread::spawn(move || call_on_new_connection(&addr, &req("/sleep?1.5")));
+    assert!(wait_until(Duration::from_secs(5), || g
+        .status()
+        .contains("(busy 1,")));
+    let child = g.live_children()[0];
+    g.signal(libc::SIGTERM);
+    let r = t.join().unwrap();
+    assert_eq!(served_by(&r), child, "the request in flight finished");
+    assert!(g.exits_within(Duration::from_secs(5)));
+    assert!(!running(child));
+    let log = g.log_text();
+    let child_done = log
+        .find(&format!("[{child}] [INFO] stopping on signal 15"))
+        .expect("child stopped");
+    let parent_done = log
+        .find("process group stopped: signal 15")
+        .expect("parent stopped");
+    assert!(child_done < parent_done, "{log}");
+}
+
+#[test]
+fn stderr_log_is_appended_and_etc_is_refused() {
+    let dir = scratch("pg-log");
+    let path = dir.join("app.log");
+    std::fs::write(&path, "earlier line\n").unwrap();
+    let g = Group::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LS_STDERR_LOG", path.to_str().unwrap()),
+            ("LSAPI_SLOW_REQ_MSECS", "1"),
+        ],
+    );
+    let mut c = g.connect();
+    call_ok(&mut c, &req("/sleep?0.1"));
+    assert!(wait_until(Duration::from_secs(3), || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.contains("slow request"))
+    }));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("earlier line\n"), "appended: {text}");
+    assert!(text.contains("process group: up to 2 children"));
+    assert!(!g.log_text().contains("slow request"), "stderr redirected");
+
+    let etc = "/etc/lswsgi-pgroup-test.log";
+    let g = Group::start(&[], &[("LSAPI_STDERR_LOG", etc)]);
+    let mut c = g.connect();
+    call_ok(&mut c, &req("/"));
+    assert!(g.log_text().contains("log files under /etc are refused"));
+    assert!(!std::path::Path::new(etc).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
