@@ -16,6 +16,13 @@ if ! "$venv/bin/python" -c 'import flask, django' 2>/dev/null; then
 fi
 export LSWSGI_TEST_VENV="$PWD/$venv"
 
+# The scripts test (tests/scripts.rs) needs the shellcheck tool and fails
+# without it: install Debian's package when it is missing and we are root.
+if ! command -v shellcheck >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq shellcheck) ||
+        echo "test.sh: could not install shellcheck; the shellcheck test will fail" >&2
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 RUSTFLAGS="${RUSTFLAGS:-} -D warnings" cargo build --release

@@ -1,0 +1,689 @@
+//! The deployment kit: scripts/smoke-direct.sh against the built binaries in
+//! both process models, scripts/smoke-lsws.sh against a stand-in HTTP front
+//! (tests/fixtures/http_front.py, forwarding each request through
+//! lsapi-call) both healthy and broken, scripts/install.sh into a temporary
+//! prefix, and shellcheck over every scripts/*.sh.
+//!
+//! Every script runs in its own process group under a deadline; the group is
+//! killed afterwards, so nothing it started outlives the test.
+
+mod common;
+
+use common::{scratch, LSWSGI};
+use lswsgi::client::Spawned;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const LSAPI_CALL: &str = env!("CARGO_BIN_EXE_lsapi-call");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        TempDir(scratch(tag))
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn str(&self, name: &str) -> String {
+        self.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Table rows `(first column, check, result)`: lines whose third field
+    /// is PASS or FAIL.
+    fn rows(&self) -> Vec<(String, String, String)> {
+        self.stdout
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                match f.get(2) {
+                    Some(&r) if r == "PASS" || r == "FAIL" => {
+                        Some((f[0].to_string(), f[1].to_string(), r.to_string()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// The result of `check` in the rows whose first column is `first`.
+    #[track_caller]
+    fn result(&self, first: &str, check: &str) -> String {
+        let found: Vec<String> = self
+            .rows()
+            .into_iter()
+            .filter(|(f, c, _)| f == first && c == check)
+            .map(|(_, _, r)| r)
+            .collect();
+        assert_eq!(found.len(), 1, "no single row {first} {check} in:\n{self}");
+        found[0].clone()
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Kills a whole process group.
+fn kill_group(pgid: u32) {
+    // SAFETY: kill(2) on the process group of a child we created.
+    unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
+}
+
+/// Runs `program args` from the crate root with extra `env`, in a process
+/// group of its own, killed at the deadline and after exit.
+fn run_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(ROOT)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let pgid = child.id();
+    let reader = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    // Whatever the script left behind goes too (and its pipes close).
+    kill_group(pgid);
+    let _ = child.wait();
+    let run = Run {
+        code: status.and_then(|s| s.code()).unwrap_or(-1),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    assert!(
+        status.is_some(),
+        "{program} {args:?} still running after {DEADLINE:?}:\n{run}"
+    );
+    run
+}
+
+fn run(program: &str, args: &[&str]) -> Run {
+    run_env(program, args, &[])
+}
+
+fn script(name: &str) -> String {
+    format!("{ROOT}/scripts/{name}")
+}
+
+/// A copy of scripts/apps in `dir/apps` with some apps replaced.
+fn apps_with(dir: &TempDir, replace: &[(&str, &str)]) -> String {
+    let apps = dir.join("apps");
+    std::fs::create_dir_all(&apps).unwrap();
+    for name in ["hello.wsgi", "environ.wsgi", "echo.wsgi"] {
+        std::fs::copy(format!("{ROOT}/scripts/apps/{name}"), apps.join(name)).unwrap();
+    }
+    for (name, text) in replace {
+        std::fs::write(apps.join(name), text).unwrap();
+    }
+    apps.to_string_lossy().into_owned()
+}
+
+/// echo.wsgi that loses the last byte of the body.
+const SHORT_ECHO: &str = "\
+def application(environ, start_response):
+    body = environ['wsgi.input'].read()[:-1]
+    start_response('200 OK', [('Content-Type', 'application/octet-stream')])
+    return [body]
+";
+
+/// environ.wsgi that fails (a 500 from the worker).
+const FAILING_ENVIRON: &str = "\
+def application(environ, start_response):
+    raise RuntimeError('deliberately broken for the smoke test')
+";
+
+// ---------------------------------------------------------------- smoke-direct
+
+const DIRECT_CHECKS: [&str; 10] = [
+    "start",
+    "hello",
+    "environ",
+    "environ-https",
+    "echo-text",
+    "echo-binary",
+    "keepalive",
+    "concurrent",
+    "fd0-spawn",
+    "stop",
+];
+
+#[track_caller]
+fn assert_all_pass(r: &Run, mode: &str) {
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.result("-", "version"), "PASS", "{r}");
+    for check in DIRECT_CHECKS {
+        assert_eq!(r.result(mode, check), "PASS", "{mode} {check}:\n{r}");
+    }
+    assert_eq!(r.rows().len(), 1 + DIRECT_CHECKS.len(), "{r}");
+    assert!(r.stdout.contains("PASSED: all 11 checks"), "{r}");
+}
+
+#[test]
+fn smoke_direct_worker_mode_passes() {
+    let r = run(
+        &script("smoke-direct.sh"),
+        &[
+            "--mode",
+            "worker",
+            "--lswsgi",
+            LSWSGI,
+            "--lsapi-call",
+            LSAPI_CALL,
+            "--timeout",
+            "30",
+        ],
+    );
+    assert_all_pass(&r, "worker");
+}
+
+#[test]
+fn smoke_direct_processgroup_mode_passes() {
+    // The binaries through the environment this time.
+    let r = run_env(
+        &script("smoke-direct.sh"),
+        &["--mode", "pgroup", "--children", "3", "--timeout", "30"],
+        &[("LSWSGI", LSWSGI), ("LSAPI_CALL", LSAPI_CALL)],
+    );
+    assert_all_pass(&r, "pgroup");
+    assert!(r.stdout.contains("LSAPI_CHILDREN=3"), "{r}");
+    assert!(r.stdout.contains("children gone"), "{r}");
+}
+
+#[test]
+fn smoke_direct_reports_wrong_answers() {
+    let dir = TempDir::new("smoke-direct-broken");
+    let apps = apps_with(
+        &dir,
+        &[("echo.wsgi", SHORT_ECHO), ("environ.wsgi", FAILING_ENVIRON)],
+    );
+    let r = run(
+        &script("smoke-direct.sh"),
+        &[
+            "--lswsgi",
+            LSWSGI,
+            "--lsapi-call",
+            LSAPI_CALL,
+            "--apps",
+            &apps,
+        ],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    for mode in ["worker", "pgroup"] {
+        for check in ["start", "hello", "keepalive", "concurrent", "stop"] {
+            assert_eq!(r.result(mode, check), "PASS", "{mode} {check}:\n{r}");
+        }
+        for check in ["environ", "environ-https", "echo-text", "echo-binary"] {
+            assert_eq!(r.result(mode, check), "FAIL", "{mode} {check}:\n{r}");
+        }
+    }
+    assert!(r.stdout.contains("status 500"), "{r}");
+    assert!(r.stdout.contains("instead of 200000"), "{r}");
+    assert!(r.stdout.contains("FAILED: 8 of 21 checks"), "{r}");
+    assert!(r.stdout.contains("--- worker log (worker mode"), "{r}");
+}
+
+#[test]
+fn smoke_direct_reports_a_worker_that_cannot_start() {
+    let r = run(
+        &script("smoke-direct.sh"),
+        &[
+            "--lswsgi",
+            LSWSGI,
+            "--lsapi-call",
+            LSAPI_CALL,
+            "--mode",
+            "worker",
+            "-e",
+            "LS_PYTHONBIN=/nonexistent/bin/python",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.result("worker", "start"), "FAIL", "{r}");
+    assert_eq!(r.rows().len(), 2, "only version and start run:\n{r}");
+    // The worker's own message is shown, not just "FAIL".
+    assert!(r.stdout.contains("LS_PYTHONBIN=/nonexistent"), "{r}");
+}
+
+#[test]
+fn smoke_direct_usage() {
+    let help = run(&script("smoke-direct.sh"), &["--help"]);
+    assert_eq!(help.code, 0, "{help}");
+    assert!(help.stdout.starts_with("Usage: smoke-direct.sh"), "{help}");
+    for word in ["--lswsgi", "--lsapi-call", "--mode", "Exit status"] {
+        assert!(help.stdout.contains(word), "{word}: {help}");
+    }
+    let bad = run(&script("smoke-direct.sh"), &["--mode", "threads"]);
+    assert_eq!(bad.code, 2, "{bad}");
+    let missing = run(
+        &script("smoke-direct.sh"),
+        &[
+            "--lswsgi",
+            "/nonexistent/lswsgi",
+            "--lsapi-call",
+            LSAPI_CALL,
+        ],
+    );
+    assert_eq!(missing.code, 2, "{missing}");
+    assert!(missing.stderr.contains("/nonexistent/lswsgi"), "{missing}");
+}
+
+// ------------------------------------------------------------------ smoke-lsws
+
+/// The stand-in HTTP front, killed on drop.
+struct Front {
+    child: Child,
+    port: u16,
+}
+
+impl Front {
+    /// Starts http_front.py forwarding to `socket` with scripts from `apps`;
+    /// its access log and the application error log go to `log`.
+    fn start(socket: &str, apps: &str, log: &Path) -> Front {
+        let log = std::fs::File::create(log).unwrap();
+        let mut child = Command::new("python3")
+            .arg(format!("{ROOT}/tests/fixtures/http_front.py"))
+            .args(["--lsapi-call", LSAPI_CALL, "--socket", socket])
+            .args(["--apps", apps, "--lifetime", "300"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start python3 tests/fixtures/http_front.py");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let mut front = Front { child, port: 0 };
+        front.port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("http_front.py printed no port: {line:?}"));
+        front
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Worker-mode lswsgi with a listening socket on fd 0, as LiteSpeed
+/// starts it; stopped on drop.
+fn worker(dir: &TempDir) -> Spawned {
+    Spawned::start(&[LSWSGI.to_string()], &[], Some(&dir.join("worker.log"))).expect("start lswsgi")
+}
+
+const LSWS_CHECKS: [&str; 5] = ["hello", "environ", "echo-text", "echo-binary", "repeat"];
+
+#[test]
+fn smoke_lsws_passes_through_a_front() {
+    let dir = TempDir::new("smoke-lsws");
+    let w = worker(&dir);
+    let front = Front::start(
+        &w.addr(),
+        &format!("{ROOT}/scripts/apps"),
+        &dir.join("front.log"),
+    );
+    let (root, sub) = (front.url("/"), front.url("/site/smoke"));
+    let r = run(&script("smoke-lsws.sh"), &[&root, &sub]);
+    assert_eq!(r.code, 0, "{r}\nfront log:\n{}", log(&dir, "front.log"));
+    for url in [&root, &sub] {
+        for check in LSWS_CHECKS {
+            assert_eq!(r.result(url, check), "PASS", "{url} {check}:\n{r}");
+        }
+    }
+    assert_eq!(r.rows().len(), 10, "{r}");
+    assert!(
+        r.stdout
+            .contains("SCRIPT_NAME='/site/smoke/environ.wsgi' PATH_INFO=''"),
+        "{r}"
+    );
+    assert!(r.stdout.contains("server: http_front"), "{r}");
+    assert!(r.stdout.contains("PASSED: all 10 checks"), "{r}");
+}
+
+#[test]
+fn smoke_lsws_paths_can_be_overridden() {
+    // App Server style: each app at a path of its own (here still .wsgi
+    // names, which is how the front finds the script).
+    let dir = TempDir::new("smoke-lsws-paths");
+    let w = worker(&dir);
+    let front = Front::start(
+        &w.addr(),
+        &format!("{ROOT}/scripts/apps"),
+        &dir.join("front.log"),
+    );
+    let r = run(
+        &script("smoke-lsws.sh"),
+        &[
+            "--hello",
+            "/a/hello.wsgi/x",
+            "--environ",
+            "b/environ.wsgi/deeper/path",
+            "--echo",
+            "echo.wsgi",
+            "--binary-size",
+            "70000",
+            &front.url(""),
+        ],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout
+            .contains("SCRIPT_NAME='/b/environ.wsgi' PATH_INFO='/deeper/path'"),
+        "{r}"
+    );
+    assert!(r.stdout.contains("70000 bytes back"), "{r}");
+}
+
+#[test]
+fn smoke_lsws_reports_failures() {
+    let dir = TempDir::new("smoke-lsws-broken");
+    let w = worker(&dir);
+    let apps = apps_with(
+        &dir,
+        &[("echo.wsgi", SHORT_ECHO), ("environ.wsgi", FAILING_ENVIRON)],
+    );
+    let broken = Front::start(&w.addr(), &apps, &dir.join("broken.log"));
+    // A front whose worker is gone: LiteSpeed's 503.
+    let orphan = Front::start(
+        &dir.str("no-such.sock"),
+        &format!("{ROOT}/scripts/apps"),
+        &dir.join("orphan.log"),
+    );
+    // Nothing listens here.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}/", l.local_addr().unwrap().port())
+    };
+    let (b, o) = (broken.url("/"), orphan.url("/"));
+    let r = run(
+        &script("smoke-lsws.sh"),
+        &["--timeout", "30", &b, &o, &dead],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.result(&b, "hello"), "PASS", "{r}");
+    assert_eq!(r.result(&b, "repeat"), "PASS", "{r}");
+    for check in ["environ", "echo-text", "echo-binary"] {
+        assert_eq!(r.result(&b, check), "FAIL", "{check}:\n{r}");
+    }
+    for url in [&o, &dead] {
+        for check in LSWS_CHECKS {
+            assert_eq!(r.result(url, check), "FAIL", "{url} {check}:\n{r}");
+        }
+    }
+    assert!(r.stdout.contains("status 500"), "{r}");
+    assert!(r.stdout.contains("status 503"), "{r}");
+    assert!(r.stdout.contains("curl exit 7"), "{r}");
+    assert!(
+        r.stdout.contains("body is 199999 bytes instead of 200000"),
+        "{r}"
+    );
+    assert!(r.stdout.contains("FAILED: 13 of 15 checks"), "{r}");
+    // The application's traceback reached the front's error log.
+    assert!(
+        log(&dir, "broken.log").contains("deliberately broken"),
+        "{}",
+        log(&dir, "broken.log")
+    );
+}
+
+#[test]
+fn smoke_lsws_usage() {
+    let help = run(&script("smoke-lsws.sh"), &["--help"]);
+    assert_eq!(help.code, 0, "{help}");
+    assert!(help.stdout.starts_with("Usage: smoke-lsws.sh"), "{help}");
+    for word in ["LSAPI App", "Script Handler", "App Server", "Exit status"] {
+        assert!(help.stdout.contains(word), "{word}: {help}");
+    }
+    for args in [
+        &[][..],
+        &["ftp://example.com/"],
+        &["http://x/?q=1"],
+        &["--nope"],
+    ] {
+        let r = run(&script("smoke-lsws.sh"), args);
+        assert_eq!(r.code, 2, "{args:?}: {r}");
+    }
+}
+
+fn log(dir: &TempDir, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+// --------------------------------------------------------------------- install
+
+fn version_of(binary: &str) -> String {
+    let r = run(binary, &["-v"]);
+    assert_eq!(r.code, 0, "{r}");
+    r.stdout
+}
+
+#[test]
+fn install_into_a_prefix_keeps_a_backup() {
+    let dir = TempDir::new("install");
+    let prefix = dir.str("fcgi-bin");
+    let installed = dir.str("fcgi-bin/lswsgi");
+    let expected = version_of(LSWSGI);
+    assert!(expected.starts_with("lswsgi version "), "{expected}");
+    assert!(expected.contains("\nPython 3."), "{expected}");
+
+    // The first install is a marked copy, so the backup is recognisable.
+    let marked = dir.join("build");
+    std::fs::create_dir_all(&marked).unwrap();
+    let mut first_bytes = std::fs::read(LSWSGI).unwrap();
+    first_bytes.extend_from_slice(b"first install");
+    std::fs::write(marked.join("lswsgi"), &first_bytes).unwrap();
+    std::fs::copy(LSAPI_CALL, marked.join("lsapi-call")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let exec = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(marked.join("lswsgi"), exec).unwrap();
+    let first = run(
+        &script("install.sh"),
+        &[
+            "--prefix",
+            &prefix,
+            "--no-build",
+            "--binary",
+            &dir.str("build/lswsgi"),
+            "--with-lsapi-call",
+        ],
+    );
+    assert_eq!(first.code, 0, "{first}");
+    assert!(first.stdout.contains(&expected), "{first}");
+    assert!(!first.stdout.contains("Backed up"), "{first}");
+    assert_eq!(std::fs::read(&installed).unwrap(), first_bytes);
+    assert_eq!(version_of(&installed), expected);
+    let call_help = run(&dir.str("fcgi-bin/lsapi-call"), &["--help"]);
+    assert_eq!(call_help.code, 0, "{call_help}");
+    let backups = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("fcgi-bin"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("lswsgi.bak-")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(backups().is_empty());
+
+    let second = run(
+        &script("install.sh"),
+        &["--prefix", &prefix, "--binary", LSWSGI],
+    );
+    assert_eq!(second.code, 0, "{second}");
+    assert!(
+        second.stdout.contains("Backed up the previous lswsgi"),
+        "{second}"
+    );
+    let b = backups();
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(std::fs::read(&b[0]).unwrap(), first_bytes);
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(LSWSGI).unwrap()
+    );
+    assert_eq!(version_of(&installed), expected);
+
+    // A third install within the same second still keeps both backups.
+    let third = run(
+        &script("install.sh"),
+        &["--prefix", &prefix, "--binary", LSWSGI],
+    );
+    assert_eq!(third.code, 0, "{third}");
+    assert_eq!(backups().len(), 2);
+    // No temporary files are left in the prefix.
+    let names: Vec<String> = std::fs::read_dir(dir.join("fcgi-bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+}
+
+#[test]
+fn install_refuses_a_binary_built_for_another_python() {
+    let dir = TempDir::new("install-python");
+    // A "python" that reports another interpreter.
+    let fake = dir.join("python3");
+    std::fs::write(&fake, "#!/bin/sh\necho /opt/other/bin/python3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let prefix = dir.str("prefix");
+    let r = run(
+        &script("install.sh"),
+        &[
+            "--prefix",
+            &prefix,
+            "--binary",
+            LSWSGI,
+            "--python",
+            &fake.to_string_lossy(),
+        ],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("/opt/other/bin/python3"), "{r}");
+    assert!(!dir.join("prefix/lswsgi").exists(), "nothing installed");
+
+    let missing = run(
+        &script("install.sh"),
+        &["--prefix", &prefix, "--binary", "/nonexistent/lswsgi"],
+    );
+    assert_eq!(missing.code, 1, "{missing}");
+}
+
+#[test]
+fn install_usage() {
+    let help = run(&script("install.sh"), &["--help"]);
+    assert_eq!(help.code, 0, "{help}");
+    assert!(help.stdout.starts_with("Usage: install.sh"), "{help}");
+    for word in [
+        "--prefix",
+        "--python",
+        "/usr/local/lsws/fcgi-bin",
+        "--no-build",
+    ] {
+        assert!(help.stdout.contains(word), "{word}: {help}");
+    }
+    let bad = run(&script("install.sh"), &["--frobnicate"]);
+    assert_eq!(bad.code, 2, "{bad}");
+}
+
+// ------------------------------------------------------------------ shellcheck
+
+#[test]
+fn scripts_are_shellcheck_clean() {
+    let mut files: Vec<String> = std::fs::read_dir(format!("{ROOT}/scripts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    for name in ["install.sh", "smoke-direct.sh", "smoke-lsws.sh", "test.sh"] {
+        assert!(files.iter().any(|f| f.ends_with(name)), "{name} missing");
+    }
+    let out = Command::new("shellcheck")
+        .args(&files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run shellcheck ({e}): install it (Debian/Ubuntu: apt-get install \
+                 shellcheck; scripts/test.sh does so when run as root)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "shellcheck found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
