@@ -224,10 +224,7 @@ impl Site {
         let text = r.text();
         let (pid, rest) = text.split_once(' ').unwrap();
         let pid: u32 = pid.parse().unwrap();
-        let mount = match self.load {
-            Load::Script => MOUNT,
-            Load::Preload => "",
-        };
+        let mount = self.prefix();
         match mode {
             Mode::Worker => {
                 assert_eq!(pid, self.w.pid(), "Worker mode serves in the worker itself");
@@ -325,7 +322,7 @@ impl Site {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Name of the session cookie and of the CSRF form field.
+    /// Name of the framework's session cookie.
     fn session_cookie(&self) -> &'static str {
         match self.fw {
             Fw::Flask => "session",
@@ -333,6 +330,7 @@ impl Site {
         }
     }
 
+    /// Name of the form field that carries the CSRF token.
     fn token_field(&self) -> &'static str {
         match self.fw {
             Fw::Flask => "csrf_token",
