@@ -474,5 +474,10 @@ if ((fails || verbose)); then
         echo "--- worker log ($(basename "$log" .log) mode, last 40 lines) ---"
         tail -n 40 "$log" 2>/dev/null
     done
+elif ((${#logs[@]})) && grep -qh '\[\(WARN\|ERROR\)\]' "${logs[@]}" 2>/dev/null; then
+    # Passing, but worth knowing (e.g. a fallback to another Python install).
+    echo
+    echo "Worker warnings:"
+    grep -h '\[\(WARN\|ERROR\)\]' "${logs[@]}" | sed 's/^[^[]*\[[0-9]*\] //' | sort | uniq -c | head -n 10
 fi
 ((fails == 0))
