@@ -12,7 +12,7 @@ venv=.venv-test
 if ! "$venv/bin/python" -c 'import flask, django' 2>/dev/null; then
     rm -rf "$venv"
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'flask>=3,<4' 'django>=4.2,<6'
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'flask>=3,<4' 'django>=5.2,<6'
 fi
 export LSWSGI_TEST_VENV="$PWD/$venv"
 
