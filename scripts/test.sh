@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 python=${PYO3_PYTHON:-python3}
 venv=.venv-test
-if ! "$venv/bin/python" -c 'import flask, django' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import flask, django; assert django.VERSION >= (5, 2)' 2>/dev/null; then
     rm -rf "$venv"
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'flask>=3,<4' 'django>=5.2,<6'
