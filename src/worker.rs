@@ -84,6 +84,11 @@ impl<'a> Worker<'a> {
     /// `fd` is readable, running the tick checks once a second.
     fn wait(&self, fd: RawFd, on_listener: bool) -> Wake {
         if let Some(m) = &self.group {
+            // A child of a dead parent leaves after its current request, not
+            // after the next quiet second.
+            if sys::getppid() != m.parent {
+                return Wake::Orphaned;
+            }
             m.waiting(on_listener);
         }
         let since = sys::now_ms();
