@@ -467,7 +467,12 @@ fn ppid_no_check_outlives_its_starter() {
 fn children_of_a_killed_parent_finish_their_request_then_exit() {
     let g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
     let addr = g.addr();
-    let t = std::thread::spawn(move || call_on_new_connection(&addr, &req("/sleep?1.5")));
+    let t = std::thread::spawn(move || {
+        let mut c = Client::connect(&addr).unwrap();
+        c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
+        let r = call_ok(&mut c, &req("/sleep?1.5"));
+        (r, c)
+    });
     assert!(wait_until(Duration::from_secs(5), || g
         .live_children()
         .len()
@@ -475,9 +480,17 @@ fn children_of_a_killed_parent_finish_their_request_then_exit() {
     let child = g.live_children()[0];
     std::thread::sleep(Duration::from_millis(300));
     g.signal(libc::SIGKILL);
-    let r = t.join().unwrap();
-    assert_eq!(served_by(&r), child);
-    assert!(wait_until(Duration::from_secs(3), || !running(child)));
+    let (r, mut c) = t.join().unwrap();
+    assert_eq!(served_by(&r), child, "the request in flight finished");
+    // Then the orphan leaves at once, handing its connection back.
+    let t = Instant::now();
+    assert_eq!(next_ending(&mut c), Ending::Close);
+    assert!(wait_until(Duration::from_secs(2), || !running(child)));
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 /// RLIMIT_CORE of `pid` (soft limit) as /proc shows it.
@@ -762,27 +775,30 @@ fn slow_requests_are_logged() {
 }
 
 #[test]
-fn stop_signal_lets_requests_finish_and_the_parent_leaves_last() {
-    let mut g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
-    let addr = g.addr();
-    let t = std::thread::spawn(move || call_on_new_connection(&addr, &req("/sleep?1.5")));
-    assert!(wait_until(Duration::from_secs(5), || g
-        .status()
-        .contains("(busy 1,")));
-    let child = g.live_children()[0];
-    g.signal(libc::SIGTERM);
-    let r = t.join().unwrap();
-    assert_eq!(served_by(&r), child, "the request in flight finished");
-    assert!(g.exits_within(Duration::from_secs(5)));
-    assert!(!running(child));
-    let log = g.log_text();
-    let child_done = log
-        .find(&format!("[{child}] [INFO] stopping on signal 15"))
-        .expect("child stopped");
-    let parent_done = log
-        .find("process group stopped: signal 15")
-        .expect("parent stopped");
-    assert!(child_done < parent_done, "{log}");
+fn stop_signals_let_requests_finish_and_the_parent_leaves_last() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1] {
+        let mut g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
+        let addr = g.addr();
+        let t = std::thread::spawn(move || call_on_new_connection(&addr, &req("/sleep?1")));
+        assert!(wait_until(Duration::from_secs(5), || g
+            .status()
+            .contains("(busy 1,")));
+        let child = g.live_children()[0];
+        g.signal(sig);
+        let r = t.join().unwrap();
+        assert_eq!(served_by(&r), child, "the request in flight finished");
+        assert!(g.exits_within(Duration::from_secs(5)));
+        assert!(!running(child));
+        let log = g.log_text();
+        // The parent passes the stop on to its children as SIGTERM.
+        let child_done = log
+            .find(&format!("[{child}] [INFO] stopping on signal 15"))
+            .expect("child stopped");
+        let parent_done = log
+            .find(&format!("process group stopped: signal {sig}"))
+            .expect("parent stopped");
+        assert!(child_done < parent_done, "{log}");
+    }
 }
 
 #[test]
@@ -815,4 +831,85 @@ fn stderr_log_is_appended_and_etc_is_refused() {
     assert!(g.log_text().contains("log files under /etc are refused"));
     assert!(!std::path::Path::new(etc).exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A memory cgroup made for one test (v1 or v2, whichever this process's
+/// memory controller uses); removed on drop once its processes are gone.
+struct Cgroup {
+    dir: PathBuf,
+}
+
+impl Cgroup {
+    /// A new cgroup limited to `limit` bytes, or `None` where this process
+    /// cannot make one (not root, no memory controller).
+    fn new(limit: u64) -> Option<Cgroup> {
+        let name = format!("lswsgi-test-{}", std::process::id());
+        let (dir, file) = if std::path::Path::new("/sys/fs/cgroup/memory/tasks").exists() {
+            (
+                PathBuf::from("/sys/fs/cgroup/memory").join(name),
+                "memory.limit_in_bytes",
+            )
+        } else {
+            (PathBuf::from("/sys/fs/cgroup").join(name), "memory.max")
+        };
+        std::fs::create_dir(&dir).ok()?;
+        let cg = Cgroup { dir };
+        std::fs::write(cg.dir.join(file), limit.to_string()).ok()?;
+        Some(cg)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        wait_until(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.dir).is_ok()
+        });
+    }
+}
+
+/// The `free memory N MiB` figure of a status line.
+fn free_mib(status: &str) -> u64 {
+    let at = status.find("free memory ").expect("free memory") + "free memory ".len();
+    status[at..].split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn avoid_fork_follows_the_cgroup_memory_limit() {
+    let Some(cg) = Cgroup::new(400 << 20) else {
+        eprintln!("skipped: cannot create a memory cgroup here (needs root)");
+        return;
+    };
+    // The group starts inside the cgroup, so it finds the cgroup at start-up.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {LSWSGI}",
+        cg.dir.display()
+    );
+    let g = Group::start_argv(
+        vec!["setsid".into(), "sh".into(), "-c".into(), script],
+        &[("LSAPI_CHILDREN", "3"), ("LSAPI_AVOID_FORK", "1G")],
+    );
+    // Free memory is the cgroup's headroom, not the machine's.
+    let free = free_mib(&g.status());
+    assert!(free > 100 && free < 400, "free memory {free} MiB");
+    // Above a tenth of the limit: the child keeps taking connections.
+    let pids = pids_over_connections(&g, 2, true);
+    assert_eq!(pids[0], pids[1]);
+    let child = pids[0];
+    // The child now holds nearly all the headroom: below both the 1G
+    // threshold and a tenth of the limit, so it stops taking connections.
+    let mut c = g.connect();
+    call_ok(&mut c, &req(&format!("/alloc?{}", free - 20)));
+    drop(c);
+    assert!(
+        g.wait_log(
+            &format!("[{child}] [INFO] exiting after 3 requests: free memory below"),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        g.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(3), || !running(child)));
+    // Memory is back; the parent forks for the next connection.
+    let mut c = g.connect();
+    assert_ne!(served_by(&call_ok(&mut c, &req("/"))), child);
 }

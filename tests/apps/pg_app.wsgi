@@ -1,10 +1,11 @@
 """ProcessGroup test app: says which process served the request and how it
-was loaded; sleeps, crashes or lingers on demand (PATH_INFO selects)."""
+was loaded; sleeps, crashes or holds memory on demand (PATH_INFO selects)."""
 import gc
 import os
 import time
 
 LOADED_BY = os.getpid()
+HELD = []
 
 
 def application(environ, start_response):
@@ -14,6 +15,8 @@ def application(environ, start_response):
         os.abort()
     if path == "/sleep":
         time.sleep(float(query or "1"))
+    if path == "/alloc":
+        HELD.append(b"x" * (int(query) << 20))
     lines = [
         "pid=%d" % os.getpid(),
         "ppid=%d" % os.getppid(),
