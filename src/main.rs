@@ -11,6 +11,7 @@ mod config;
 mod conn;
 mod listen;
 mod pgroup;
+mod suexec;
 mod sys;
 mod worker;
 mod wsgi;
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cfg = Config::from_env();
+    let mut cfg = Config::from_env();
     if let Some(path) = &cfg.stderr_log {
         if let Err(e) = sys::redirect_stderr(path) {
             error!("cannot use {path} as the log file: {e}; logging to stderr");
@@ -134,6 +135,17 @@ fn main() -> ExitCode {
         },
     };
 
+    // Never serve as root: a suEXEC daemon's children switch per connection;
+    // otherwise the whole process becomes the default user now, after the
+    // socket is bound and before any Python runs.
+    let daemon = match privileges(&mut cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
     // Application code must not see the worker's own settings.
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("LSAPI_") {
@@ -157,6 +169,7 @@ fn main() -> ExitCode {
     let rt = match wsgi::Runtime::new(wsgi::Options {
         preload: args.preload,
         multiprocess: cfg.process_group(),
+        load_now: daemon.is_none(),
     }) {
         Ok(rt) => rt,
         Err(e) => {
@@ -166,6 +179,10 @@ fn main() -> ExitCode {
     };
 
     let starter = (!cfg.ppid_no_check).then_some(starter);
+    if daemon.is_some() && kind != FdKind::Listener {
+        error!("suEXEC daemon mode needs a listening socket (LSAPI_CHILDREN > 1)");
+        return ExitCode::FAILURE;
+    }
     if cfg.process_group() && kind == FdKind::Listener {
         return match pgroup::run(&cfg, fd, starter) {
             pgroup::Role::Parent(why) => {
@@ -180,6 +197,9 @@ fn main() -> ExitCode {
             pgroup::Role::Child(member, conn) => {
                 let mut w = worker::Worker::new(&cfg, rt, None);
                 w.join_group(member);
+                if let Some((secret, default)) = daemon {
+                    w.guard(suexec::Gate::new(secret, default));
+                }
                 let why = w.serve_child(conn);
                 w.log_exit(&why);
                 drop(w);
@@ -203,4 +223,41 @@ fn main() -> ExitCode {
     wsgi::finalize();
     let _ = lsapi::MAX_PACKET_LEN;
     ExitCode::SUCCESS
+}
+
+/// A suEXEC daemon's secret and the user to fall back to.
+type Daemon = (suexec::Secret, (u32, u32));
+
+/// Applies the root rules of LSAPI.md section 7. Started as root with
+/// LSAPI_SECRET: a suEXEC daemon (returned: the secret and the fallback
+/// user) whose children never keep the listener, since each serves one user.
+/// Started as root without it: switch to LSAPI_DEFAULT_UID/GID or `nobody`
+/// now. Not root: nothing to do.
+fn privileges(cfg: &mut Config) -> Result<Option<Daemon>, String> {
+    if !suexec::is_root() {
+        return Ok(None);
+    }
+    let default = suexec::default_ids(cfg)?;
+    match &cfg.secret_file {
+        Some(path) => {
+            let secret = suexec::Secret::load(path)?;
+            if !cfg.process_group() {
+                return Err(
+                    "suEXEC daemon mode (LSAPI_SECRET as root) needs LSAPI_CHILDREN > 1".into(),
+                );
+            }
+            cfg.keep_listen = 0;
+            cfg.avoid_fork = None;
+            info!(
+                "suEXEC daemon mode: children switch to the authenticated user of each connection"
+            );
+            Ok(Some((secret, default)))
+        }
+        None => {
+            suexec::switch_user(default.0, default.1)
+                .map_err(|e| format!("started as root and cannot drop privileges: {e}"))?;
+            info!("started as root; serving as {}:{}", default.0, default.1);
+            Ok(None)
+        }
+    }
 }

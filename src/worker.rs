@@ -12,6 +12,7 @@ use crate::listen;
 use crate::lsapi::response::pid_notice;
 use crate::lsapi::{PacketType, Request};
 use crate::pgroup::Member;
+use crate::suexec::Gate;
 use crate::sys::{self, STOP};
 use crate::wsgi::{self, Runtime};
 use std::os::fd::RawFd;
@@ -57,6 +58,8 @@ pub struct Worker<'a> {
     group: Option<Member>,
     /// REQUEST_URI of the request in flight, kept only for the slow-request log.
     uri: String,
+    /// suEXEC daemon mode: the identity check before any request is served.
+    gate: Option<Gate>,
 }
 
 impl<'a> Worker<'a> {
@@ -71,7 +74,13 @@ impl<'a> Worker<'a> {
             last_active_ms: sys::now_ms(),
             group: None,
             uri: String::new(),
+            gate: None,
         }
+    }
+
+    /// Makes every request pass `gate` (suEXEC daemon mode) before it is served.
+    pub fn guard(&mut self, gate: Gate) {
+        self.gate = Some(gate);
     }
 
     /// Makes this worker a ProcessGroup child linked to its group by `m`.
@@ -240,6 +249,17 @@ impl<'a> Worker<'a> {
                     break Wake::Ready;
                 }
             };
+            if let Some(gate) = &mut self.gate {
+                let admitted = match Request::parse(self.conn.packet(range)) {
+                    Ok(req) => gate.admit(req.special_env_iter()),
+                    // Not served either: wsgi::serve reports the protocol error.
+                    Err(_) => Ok(()),
+                };
+                if let Err(e) = admitted {
+                    crate::error!("suEXEC: {e}; closing the connection and exiting");
+                    break Wake::Stop;
+                }
+            }
             let started = self.request_started(range);
             let served = wsgi::serve(&mut self.rt, &mut self.conn, range);
             self.request_finished(started);

@@ -45,8 +45,8 @@ fn readable(path: &str) -> bool {
 fn choose_paths() -> Result<(String, Option<String>), String> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if let Some(bin) = env("LS_PYTHONBIN") {
-        if bin.contains('/') && !Path::new(&bin).exists() {
-            return Err(format!("LS_PYTHONBIN={bin} does not exist"));
+        if bin.contains('/') {
+            std::fs::metadata(&bin).map_err(|e| format!("LS_PYTHONBIN={bin}: {e}"))?;
         }
         return Ok((bin, None));
     }
@@ -492,6 +492,9 @@ pub struct Options {
     pub preload: Option<String>,
     /// ProcessGroup mode: `wsgi.multiprocess` is True.
     pub multiprocess: bool,
+    /// Load the `-m` application now (false: on the first request, as in a
+    /// suEXEC daemon whose root parent must never run application code).
+    pub load_now: bool,
 }
 
 /// The preloaded application (`-m`).
@@ -558,7 +561,7 @@ impl Runtime {
             last: None,
             multiprocess: opts.multiprocess,
         };
-        if rt.preload.is_some() {
+        if rt.preload.is_some() && opts.load_now {
             if let Err(e) = rt.load_preload() {
                 crate::error!("{e}");
             }
