@@ -140,7 +140,11 @@ fn task_cpu_ns(pid: u32) -> u64 {
     };
     dir.filter_map(|t| t.ok())
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -156,7 +160,12 @@ fn children(pid: u32) -> Vec<u32> {
         };
         // Field 4 (ppid) follows the parenthesised command name.
         let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-        if after.split_whitespace().nth(1).and_then(|v| v.parse::<u32>().ok()) == Some(pid) {
+        if after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u32>().ok())
+            == Some(pid)
+        {
             out.push(p);
         }
     }
@@ -246,7 +255,10 @@ fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
                 scope.spawn(move || drive(c, &packet, &body, per, s.expect_len))
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let elapsed = started.elapsed().as_secs_f64();
     let cpu1 = group_cpu_ns(pid);
@@ -296,7 +308,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let mut worker = root().join("target/release/lswsgi").to_string_lossy().into_owned();
+    let mut worker = root()
+        .join("target/release/lswsgi")
+        .to_string_lossy()
+        .into_owned();
     let mut compare: Option<String> = None;
     let mut rounds = 3usize;
     let mut scale = 1.0f64;
@@ -307,9 +322,18 @@ fn main() {
         match a.as_str() {
             "--worker" => worker = args.next().expect("--worker PATH"),
             "--compare" => compare = args.next(),
-            "--rounds" => rounds = args.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--rounds N")
+            }
             "--scale" => scale = args.next().and_then(|v| v.parse().ok()).expect("--scale F"),
-            "--only" => only = args.next().map(|v| v.split(',').map(String::from).collect()),
+            "--only" => {
+                only = args
+                    .next()
+                    .map(|v| v.split(',').map(String::from).collect())
+            }
             "--soak" => soak = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -319,11 +343,21 @@ fn main() {
     println!("workers: {}", binaries.join(" vs "));
     println!(
         "| scenario | worker | req/s | p50 ms | p99 ms | CPU µs/req |{}",
-        if binaries.len() > 1 { " CPU ratio |" } else { "" }
+        if binaries.len() > 1 {
+            " CPU ratio |"
+        } else {
+            ""
+        }
     );
-    println!("|---|---|---|---|---|---|{}", if binaries.len() > 1 { "---|" } else { "" });
+    println!(
+        "|---|---|---|---|---|---|{}",
+        if binaries.len() > 1 { "---|" } else { "" }
+    );
     for s in SCENARIOS {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == s.name)) {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == s.name))
+        {
             continue;
         }
         // Alternate binaries within each round so drift hits both alike.
@@ -341,7 +375,10 @@ fn main() {
             if i == 0 {
                 cpu0 = cpu;
             }
-            let name = std::path::Path::new(b).file_name().unwrap().to_string_lossy();
+            let name = std::path::Path::new(b)
+                .file_name()
+                .unwrap()
+                .to_string_lossy();
             let ratio = if binaries.len() > 1 {
                 format!(" {:.2} |", cpu / cpu0)
             } else {
@@ -360,7 +397,10 @@ fn main() {
             );
         }
     }
-    if only.as_ref().is_none_or(|o| o.iter().any(|n| n == "footprint")) {
+    if only
+        .as_ref()
+        .is_none_or(|o| o.iter().any(|n| n == "footprint"))
+    {
         for (i, b) in binaries.iter().enumerate() {
             for (k, v) in footprint(b, soak) {
                 println!("footprint {i} {k}: {v:.0}");

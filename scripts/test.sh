@@ -16,6 +16,14 @@ if ! "$venv/bin/python" -c 'import flask, django; assert django.VERSION >= (5, 2
 fi
 export LSWSGI_TEST_VENV="$PWD/$venv"
 
+# Started as root, the worker serves as LSAPI_DEFAULT_UID or nobody (never
+# root), as under LiteSpeed; that user must reach the Python it embeds. On
+# machines whose Python lives under /root (pyenv), let others traverse /root
+# (search permission only: nothing in it becomes listable).
+if [ "$(id -u)" = 0 ] && [ -d /root ] && [ "$(stat -c %A /root | cut -c10)" != x ]; then
+    chmod o+x /root
+fi
+
 # The scripts test (tests/scripts.rs) needs the shellcheck tool and fails
 # without it: install Debian's package when it is missing and we are root.
 if ! command -v shellcheck >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -26,4 +34,13 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 RUSTFLAGS="${RUSTFLAGS:-} -D warnings" cargo build --release
-cargo test
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"
