@@ -539,7 +539,8 @@ impl Conn {
     /// Detaches and closes the connection.
     pub fn close(&mut self) {
         if self.fd >= 0 {
-            crate::sys::close(self.fd);
+            // SAFETY: closing the descriptor this connection owns.
+            unsafe { libc::close(self.fd) };
             self.fd = -1;
         }
         self.start = 0;

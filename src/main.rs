@@ -8,7 +8,6 @@
 //! parent's, which returns in each forked child to run the same serve loop.
 
 mod config;
-mod conn;
 mod listen;
 mod pgroup;
 mod suexec;

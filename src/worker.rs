@@ -7,7 +7,6 @@
 //! policies that are its own to apply (see [`crate::pgroup::Member`]).
 
 use crate::config::Config;
-use crate::conn::Conn;
 use crate::listen;
 use crate::lsapi::response::pid_notice;
 use crate::lsapi::{PacketType, Request};
@@ -15,6 +14,7 @@ use crate::pgroup::Member;
 use crate::suexec::Gate;
 use crate::sys::{self, STOP};
 use crate::wsgi::{self, Runtime};
+use lswsgi::conn::Conn;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

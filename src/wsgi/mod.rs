@@ -14,7 +14,7 @@ mod objects;
 pub mod py;
 mod respond;
 
-use crate::conn::Conn;
+use lswsgi::conn::Conn;
 use objects::Types;
 use std::cell::UnsafeCell;
 use std::io;

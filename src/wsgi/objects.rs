@@ -11,7 +11,7 @@
 
 use super::py::{self, bytes_of, cstr, ffi, raise, str_latin1};
 use super::{ctx, send_body};
-use crate::conn::ConnError;
+use lswsgi::conn::ConnError;
 use std::ffi::{c_int, c_void};
 use std::ptr;
 

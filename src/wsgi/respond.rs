@@ -9,7 +9,7 @@ use super::environ;
 use super::interp::Runtime;
 use super::py::{bytes_of, ffi, lookup_attr, Obj};
 use super::{ctx, log_request_error, send_body, Ctx};
-use crate::conn::{Conn, ConnError};
+use lswsgi::conn::{Conn, ConnError};
 
 /// Where a response body stands after the application's result was consumed.
 #[derive(Clone, Copy, PartialEq, Eq)]
