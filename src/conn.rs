@@ -104,6 +104,12 @@ pub struct Conn {
     iov: Vec<libc::iovec>,
 }
 
+impl Default for Conn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Conn {
     /// Buffers for a process; attach a socket with [`Conn::attach`].
     pub fn new() -> Conn {
