@@ -211,6 +211,33 @@ impl Client {
         self.read_response()
     }
 
+    /// Whether the application has already asked to close this connection
+    /// (a CONN_CLOSE, or the end of the stream, is waiting to be read), so a
+    /// careful server opens a new connection instead of reusing this one.
+    /// Does not block or consume anything.
+    pub fn closing(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = match &self.stream {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        };
+        let mut head = [0u8; HEADER_LEN];
+        // SAFETY: a live buffer of HEADER_LEN bytes; MSG_PEEK leaves the data.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                head.as_mut_ptr().cast(),
+                HEADER_LEN,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => true,
+            n if n == HEADER_LEN as isize => head[2] == PacketType::ConnClose as u8,
+            _ => false,
+        }
+    }
+
     /// Reads packets until RESP_END, CONN_CLOSE or end of stream.
     pub fn read_response(&mut self) -> io::Result<Response> {
         let started = Instant::now();

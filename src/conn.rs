@@ -97,6 +97,11 @@ pub struct Conn {
     acks_waived: u64,
     /// Why the connection became unusable (closed after the current request).
     fault: Option<&'static str>,
+    /// The current request is this connection's last: CONN_CLOSE follows
+    /// RESP_END in the same write.
+    close_after: bool,
+    /// CONN_CLOSE went out with the last response.
+    close_sent: bool,
     /// The response header being built for the current request.
     pub head: ResponseHead,
     frames: Vec<[u8; HEADER_LEN]>,
@@ -122,6 +127,8 @@ impl Conn {
             ack_pending: false,
             acks_waived: 0,
             fault: None,
+            close_after: false,
+            close_sent: false,
             head: ResponseHead::new(),
             frames: Vec::with_capacity(64),
             parts: Vec::with_capacity(64),
@@ -139,6 +146,8 @@ impl Conn {
         self.ack_pending = false;
         self.acks_waived = 0;
         self.fault = None;
+        self.close_after = false;
+        self.close_sent = false;
         let tv = libc::timeval {
             tv_sec: IO_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
@@ -415,6 +424,28 @@ impl Conn {
             self.frames.push(header(chunk.len()));
             self.parts.push(Part::Frame(self.frames.len() - 1));
             self.parts.push(Part::Bytes(chunk.as_ptr(), chunk.len()));
+        }
+    }
+
+    /// Makes the next response this connection's last (or not): its RESP_END
+    /// will carry CONN_CLOSE in the same write, as lsapilib does, so the
+    /// server learns before it could reuse the connection.
+    pub fn set_close_after(&mut self, last: bool) {
+        self.close_after = last;
+        self.close_sent = false;
+    }
+
+    /// Whether CONN_CLOSE went out with the last response.
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    /// Adds RESP_END, and CONN_CLOSE after it if this response is the last.
+    pub fn push_end(&mut self) {
+        self.push_packet(PacketType::RespEnd);
+        if self.close_after {
+            self.push_packet(PacketType::ConnClose);
+            self.close_sent = true;
         }
     }
 

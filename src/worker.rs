@@ -260,6 +260,11 @@ impl<'a> Worker<'a> {
                     break Wake::Stop;
                 }
             }
+            // Known before serving: this request is the connection's last.
+            let last = STOP.load(Ordering::Relaxed)
+                || self.requests + 1 >= self.cfg.max_reqs
+                || self.group.as_ref().is_some_and(Member::too_many_busy);
+            self.conn.set_close_after(last);
             let started = self.request_started(range);
             let served = wsgi::serve(&mut self.rt, &mut self.conn, range);
             self.request_finished(started);
@@ -277,7 +282,7 @@ impl<'a> Worker<'a> {
                 break Wake::Shed;
             }
         };
-        if why != Wake::Ready && !self.conn.is_broken() {
+        if why != Wake::Ready && !self.conn.is_broken() && !self.conn.close_sent() {
             // We close on our own initiative: tell the server first.
             self.conn.begin_write();
             self.conn.push_packet(PacketType::ConnClose);

@@ -21,7 +21,7 @@ enum Body {
     /// It failed; the failure was logged and answered (500 or dropped).
     Failed,
 }
-use crate::lsapi::{PacketType, Request};
+use crate::lsapi::Request;
 use std::ptr;
 
 const ERROR_PAGE: &[u8] =
@@ -186,7 +186,7 @@ unsafe fn finish(c: &mut Ctx) {
         conn.push_head();
         c.headers_sent = true;
     }
-    conn.push_packet(PacketType::RespEnd);
+    conn.push_end();
     let _ = conn.flush();
 }
 
@@ -218,7 +218,7 @@ unsafe fn send_sequence(rt: &mut Runtime, c: &mut Ctx, seq: &Obj) -> Body {
         // The sequence holds every block alive until after the flush.
         conn.push_body(bytes_of(*items.add(i)));
     }
-    conn.push_packet(PacketType::RespEnd);
+    conn.push_end();
     let _ = conn.flush();
     Body::Ended
 }
@@ -352,7 +352,7 @@ fn send_error_page(c: &mut Ctx) {
     conn.push_head();
     // SAFETY: ERROR_PAGE is static.
     unsafe { conn.push_body(ERROR_PAGE) };
-    conn.push_packet(PacketType::RespEnd);
+    conn.push_end();
     let _ = conn.flush();
     c.headers_sent = true;
     c.status = 500;

@@ -226,6 +226,8 @@ def application(environ, start_response):
     if path == "/stdin":
         data = sys.stdin.read()
         return ok(start_response, ("stdin:%d" % len(data)).encode())
+    if path == "/abort":
+        os.abort()
     if path == "/pid":
         return ok(start_response, str(os.getpid()).encode())
     if path == "/empty":

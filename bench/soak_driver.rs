@@ -1,0 +1,222 @@
+//! Soak driver shared by `tests/soak.rs` (bounded, in CI) and `bench/soak.rs`
+//! (the long run): a ProcessGroup worker gets a mix of good requests,
+//! malformed packets and application crashes (os.abort) over 8 connections.
+//! Every good request must be answered correctly; afterwards there must be no
+//! zombie, no descriptor leak in the parent, and a stable parent RSS.
+
+// Shared by a test and a bench, each of which reads only part of the report.
+#![allow(dead_code)]
+
+use lswsgi::client::{Client, Ending, Spawned};
+use lswsgi::lsapi::build::RequestSpec;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Figures of one soak run.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Requests sent, of every kind.
+    pub requests: u64,
+    /// Good requests answered correctly.
+    pub good_ok: u64,
+    /// Good requests answered wrongly or not at all.
+    pub good_failed: u64,
+    /// Malformed packets sent (each drops its connection).
+    pub malformed: u64,
+    /// Application crashes provoked.
+    pub crashes: u64,
+    /// Good requests resent because the worker had closed the connection
+    /// before taking them (none of its packets came back).
+    pub retried: u64,
+    /// Parent's open descriptors before and after.
+    pub fds: (usize, usize),
+    /// Parent's RSS in kB after warm-up and at the end.
+    pub rss_kb: (u64, u64),
+    /// Zombie children of the parent at the end.
+    pub zombies: usize,
+    /// Seconds the run took.
+    pub seconds: f64,
+}
+
+const CONNECTIONS: usize = 8;
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Children of `pid` in state Z.
+fn zombies(pid: u32) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let mut f = stat[close + 2..].split_whitespace();
+        let state = f.next();
+        let ppid = f.next().and_then(|v| v.parse::<u32>().ok());
+        if ppid == Some(pid) && state == Some("Z") {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A malformed packet of kind `k` (all drop the connection).
+fn malformed(k: u64, good: &[u8]) -> Vec<u8> {
+    let mut p = good.to_vec();
+    match k % 5 {
+        0 => p[0] = b'X',
+        1 => p[2] = 9,
+        2 => p[4..8].copy_from_slice(&70000i32.to_le_bytes()),
+        3 => p[36..40].copy_from_slice(&8193i32.to_le_bytes()),
+        _ => {
+            let h = i32::from_le_bytes(p[8..12].try_into().unwrap());
+            p[8..12].copy_from_slice(&(h - 1).to_le_bytes());
+        }
+    }
+    p
+}
+
+/// Runs `total` requests against `lswsgi` serving `app` (tests/apps/suite.wsgi).
+pub fn run(lswsgi: &str, app: &Path, total: u64, log: &Path) -> Report {
+    let env = vec![
+        ("LSAPI_CHILDREN".to_string(), CONNECTIONS.to_string()),
+        ("LSAPI_MAX_REQS".to_string(), "20000".to_string()),
+    ];
+    let mut w = Spawned::start(&[lswsgi.to_string()], &env, Some(log)).expect("start lswsgi");
+    let pid = w.child.id();
+    let app = app.to_str().unwrap().to_string();
+    let connect = |w: &Spawned| -> Client {
+        let mut c = w.connect(Duration::from_secs(10)).expect("connect");
+        c.stream()
+            .set_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        c
+    };
+    // Warm up, then take the baseline.
+    {
+        let mut c = connect(&w);
+        let spec = RequestSpec::new("GET", "/suite.wsgi/warm", &app, "/suite.wsgi");
+        for _ in 0..100 {
+            c.call(&spec, b"").expect("warm-up");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let fds_before = fd_count(pid);
+    let rss_before = status_kb(pid, "VmRSS");
+
+    let next = AtomicU64::new(0);
+    let (good_ok, good_failed, bad, crashes, retried) = (
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    );
+    // A handful of crashes spread over the run.
+    let crash_every = (total / 5).max(1000);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..CONNECTIONS {
+            let (w, app, next) = (&w, &app, &next);
+            let (good_ok, good_failed, bad, crashes, retried) =
+                (&good_ok, &good_failed, &bad, &crashes, &retried);
+            scope.spawn(move || {
+                let mut c = connect(w);
+                let mut body = Vec::with_capacity(256);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    if i % crash_every == crash_every / 2 {
+                        let spec = RequestSpec::new("GET", "/suite.wsgi/abort", app, "/suite.wsgi");
+                        let _ = c.call(&spec, b"");
+                        crashes.fetch_add(1, Ordering::Relaxed);
+                        c = connect(w);
+                        continue;
+                    }
+                    if i % 10 == 3 {
+                        let spec = RequestSpec::new("GET", "/suite.wsgi/x", app, "/suite.wsgi");
+                        let packet = malformed(i / 10, &spec.encode().unwrap());
+                        let r = c.call_raw(&packet, b"");
+                        assert!(
+                            r.as_ref().map_or(true, |r| r.status == 0),
+                            "a malformed packet was answered"
+                        );
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        c = connect(w);
+                        continue;
+                    }
+                    // A good request: an echo whose body names the request.
+                    body.clear();
+                    body.extend_from_slice(format!("{t}:{i}:").as_bytes());
+                    body.resize(body.len() + (i % 200) as usize, b'a' + (i % 26) as u8);
+                    let mut spec = RequestSpec::new("POST", "/suite.wsgi/echo", app, "/suite.wsgi");
+                    spec.body(body.len() as u64);
+                    // As LiteSpeed does: never reuse a connection the worker
+                    // is closing, and resend a request it never took (no
+                    // packet came back) on a fresh connection.
+                    let mut attempts = 0;
+                    loop {
+                        if c.closing() {
+                            c = connect(w);
+                        }
+                        let undelivered = match c.call(&spec, &body) {
+                            Ok(r) if r.status == 200 && r.body == body => {
+                                good_ok.fetch_add(1, Ordering::Relaxed);
+                                if r.ending != Ending::End {
+                                    c = connect(w);
+                                }
+                                break;
+                            }
+                            Ok(r) => r.status == 0 && r.packets.iter().all(|&t| t == 8),
+                            Err(e) => matches!(
+                                e.kind(),
+                                std::io::ErrorKind::BrokenPipe
+                                    | std::io::ErrorKind::ConnectionReset
+                            ),
+                        };
+                        c = connect(w);
+                        attempts += 1;
+                        if !undelivered || attempts > 3 {
+                            good_failed.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        retried.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    // Let crashed and retired children be reaped (the parent reaps on its tick).
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = Report {
+        requests: total,
+        good_ok: good_ok.into_inner(),
+        good_failed: good_failed.into_inner(),
+        malformed: bad.into_inner(),
+        crashes: crashes.into_inner(),
+        retried: retried.into_inner(),
+        fds: (fds_before, fd_count(pid)),
+        rss_kb: (rss_before, status_kb(pid, "VmRSS")),
+        zombies: zombies(pid),
+        seconds,
+    };
+    let _ = w.stop(Duration::from_secs(10));
+    report
+}
