@@ -35,6 +35,8 @@ struct Scenario {
     pgroup: bool,
     /// Expected response body length (a sanity check on every response).
     expect_len: usize,
+    /// Runs in the Flask virtualenv (LS_PYTHONBIN).
+    venv: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -47,6 +49,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 20000,
         pgroup: false,
         expect_len: 19,
+        venv: false,
     },
     Scenario {
         name: "hello-pg4",
@@ -57,6 +60,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 20000,
         pgroup: true,
         expect_len: 19,
+        venv: false,
     },
     Scenario {
         name: "echo64k",
@@ -67,6 +71,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 5000,
         pgroup: false,
         expect_len: 64 << 10,
+        venv: false,
     },
     Scenario {
         name: "echo64k-pg4",
@@ -77,6 +82,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 5000,
         pgroup: true,
         expect_len: 64 << 10,
+        venv: false,
     },
     Scenario {
         name: "resp1m",
@@ -87,6 +93,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 1000,
         pgroup: false,
         expect_len: 1 << 20,
+        venv: false,
     },
     Scenario {
         name: "resp1m-pg4",
@@ -97,6 +104,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 1000,
         pgroup: true,
         expect_len: 1 << 20,
+        venv: false,
     },
     Scenario {
         name: "upload50m",
@@ -107,6 +115,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 20,
         pgroup: false,
         expect_len: 64,
+        venv: false,
     },
     Scenario {
         name: "upload50m-pg4",
@@ -117,8 +126,40 @@ const SCENARIOS: &[Scenario] = &[
         requests: 20,
         pgroup: true,
         expect_len: 64,
+        venv: false,
+    },
+    Scenario {
+        name: "flask",
+        script: "bench/apps/flask_app.wsgi",
+        method: "GET",
+        uri: "/flask_app.wsgi/?name=lsapi",
+        body: 0,
+        requests: 5000,
+        pgroup: false,
+        expect_len: 26,
+        venv: true,
+    },
+    Scenario {
+        name: "flask-pg4",
+        script: "bench/apps/flask_app.wsgi",
+        method: "GET",
+        uri: "/flask_app.wsgi/?name=lsapi",
+        body: 0,
+        requests: 5000,
+        pgroup: true,
+        expect_len: 26,
+        venv: true,
     },
 ];
+
+/// The virtualenv with Flask: LSWSGI_TEST_VENV, else .venv-test (made by
+/// scripts/test.sh).
+fn flask_venv() -> Option<PathBuf> {
+    let v = std::env::var_os("LSWSGI_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv-test"));
+    v.join("bin/python").exists().then_some(v)
+}
 
 /// Figures of one run.
 #[derive(Clone, Debug, Default)]
@@ -195,9 +236,18 @@ fn memory_kb(pid: u32) -> (u64, u64, u64) {
 }
 
 fn spawn(worker: &str, pgroup: bool) -> Spawned {
+    spawn_with(worker, pgroup, &[])
+}
+
+fn spawn_with(worker: &str, pgroup: bool, extra: &[(String, String)]) -> Spawned {
     let mut env = vec![("LSAPI_MAX_REQS".to_string(), "100000000".to_string())];
+    env.extend_from_slice(extra);
     if pgroup {
         env.push(("LSAPI_CHILDREN".into(), "4".into()));
+        // Connections are never handed back while 4 are busy: LiteSpeed's
+        // lsapilib only does that when LSAPI_MAX_BUSY_WORKER is set, so this
+        // keeps the figures comparable with its workers.
+        env.push(("LSAPI_MAX_BUSY_WORKER".into(), "5".into()));
     }
     let log = std::env::temp_dir().join(format!("lswsgi-bench-{}.log", std::process::id()));
     Spawned::start(&[worker.to_string()], &env, Some(&log)).expect("start worker")
@@ -205,17 +255,37 @@ fn spawn(worker: &str, pgroup: bool) -> Spawned {
 
 fn request(s: &Scenario) -> RequestSpec {
     let script = root().join(s.script);
-    let mut spec = RequestSpec::new(s.method, s.uri, script.to_str().unwrap(), s.uri);
+    // The script is mounted at its own name; the rest of the path is PATH_INFO.
+    let script_name = format!(
+        "/{}",
+        s.uri
+            .trim_start_matches('/')
+            .split(['/', '?'])
+            .next()
+            .unwrap()
+    );
+    let mut spec = RequestSpec::new(s.method, s.uri, script.to_str().unwrap(), &script_name);
     if s.body > 0 {
         spec.body(s.body as u64);
     }
     spec
 }
 
-/// Sends `n` requests on `c`, returning each latency in nanoseconds.
-fn drive(c: &mut Client, packet: &[u8], body: &[u8], n: usize, expect_len: usize) -> Vec<u64> {
+/// Sends `n` requests on `c`, returning each latency in nanoseconds. Like
+/// LiteSpeed, it opens a new connection when the worker closes one.
+fn drive(
+    w: &Spawned,
+    c: &mut Client,
+    packet: &[u8],
+    body: &[u8],
+    n: usize,
+    expect_len: usize,
+) -> Vec<u64> {
     let mut lat = Vec::with_capacity(n);
     for _ in 0..n {
+        if c.closing() {
+            *c = w.connect(Duration::from_secs(10)).expect("reconnect");
+        }
         let t = Instant::now();
         let r = c.call_raw(packet, body).expect("response");
         lat.push(t.elapsed().as_nanos() as u64);
@@ -233,7 +303,14 @@ fn drive(c: &mut Client, packet: &[u8], body: &[u8], n: usize, expect_len: usize
 fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
     let conns = if s.pgroup { 4 } else { 1 };
     let total = ((s.requests as f64 * scale) as usize).max(conns * 10);
-    let mut w = spawn(worker, s.pgroup);
+    let extra: Vec<(String, String)> = match (s.venv, flask_venv()) {
+        (true, Some(v)) => vec![(
+            "LS_PYTHONBIN".into(),
+            v.join("bin/python").to_string_lossy().into_owned(),
+        )],
+        _ => Vec::new(),
+    };
+    let mut w = spawn_with(worker, s.pgroup, &extra);
     let pid = w.child.id();
     let packet = Arc::new(request(s).encode().unwrap());
     let body = Arc::new(vec![b'b'; s.body]);
@@ -242,7 +319,7 @@ fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
         .collect();
     let warm = (total / 10).clamp(2, 200);
     for c in &mut clients {
-        drive(c, &packet, &body, warm, s.expect_len);
+        drive(&w, c, &packet, &body, warm, s.expect_len);
     }
     let cpu0 = group_cpu_ns(pid);
     let started = Instant::now();
@@ -251,8 +328,8 @@ fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
         let handles: Vec<_> = clients
             .iter_mut()
             .map(|c| {
-                let (packet, body) = (packet.clone(), body.clone());
-                scope.spawn(move || drive(c, &packet, &body, per, s.expect_len))
+                let (packet, body, w) = (packet.clone(), body.clone(), &w);
+                scope.spawn(move || drive(w, c, &packet, &body, per, s.expect_len))
             })
             .collect();
         handles
@@ -274,28 +351,59 @@ fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
     }
 }
 
-/// Footprint of a Worker-mode process after warm-up, and RSS after 10 000
-/// and 100 000 hello requests (growth means a leak).
+/// Footprint of a Worker-mode process after warm-up, RSS after 10 000 and
+/// 100 000 hello requests (growth means a leak), and the private memory of
+/// each ProcessGroup child after 100 requests. An idle neighbour worker runs
+/// meanwhile, as on a host with many accounts, so shared libraries count as
+/// shared.
 fn footprint(worker: &str, soak: bool) -> BTreeMap<&'static str, f64> {
     let mut out = BTreeMap::new();
     let s = &SCENARIOS[0];
+    let packet = request(s).encode().unwrap();
+    let mut neighbour = spawn(worker, false);
+    {
+        let mut c = neighbour.connect(Duration::from_secs(10)).unwrap();
+        drive(&neighbour, &mut c, &packet, b"", 10, s.expect_len);
+    }
+
     let mut w = spawn(worker, false);
     let pid = w.child.id();
-    let packet = request(s).encode().unwrap();
     let mut c = w.connect(Duration::from_secs(10)).unwrap();
-    drive(&mut c, &packet, b"", 200, s.expect_len);
+    drive(&w, &mut c, &packet, b"", 200, s.expect_len);
     let (rss, pss, uss) = memory_kb(pid);
     out.insert("worker RSS kB (warm)", rss as f64);
     out.insert("worker PSS kB (warm)", pss as f64);
     out.insert("worker USS kB (warm)", uss as f64);
-    drive(&mut c, &packet, b"", 10_000 - 200, s.expect_len);
+    drive(&w, &mut c, &packet, b"", 10_000 - 200, s.expect_len);
     out.insert("worker RSS kB @10k", memory_kb(pid).0 as f64);
     if soak {
-        drive(&mut c, &packet, b"", 90_000, s.expect_len);
+        drive(&w, &mut c, &packet, b"", 90_000, s.expect_len);
         out.insert("worker RSS kB @100k", memory_kb(pid).0 as f64);
     }
     drop(c);
     let _ = w.stop(Duration::from_secs(5));
+
+    // ProcessGroup: 4 connections, 4 children, 100 requests each.
+    let mut g = spawn(worker, true);
+    let gpid = g.child.id();
+    let mut conns: Vec<Client> = (0..4)
+        .map(|_| g.connect(Duration::from_secs(10)).unwrap())
+        .collect();
+    for c in &mut conns {
+        drive(&g, c, &packet, b"", 100, s.expect_len);
+    }
+    let mut child_uss: Vec<f64> = children(gpid)
+        .into_iter()
+        .map(|p| memory_kb(p).2 as f64)
+        .collect();
+    if !child_uss.is_empty() {
+        out.insert("pg child USS kB (median, 100 req)", median(&mut child_uss));
+        out.insert("pg children", child_uss.len() as f64);
+    }
+    out.insert("pg parent USS kB", memory_kb(gpid).2 as f64);
+    drop(conns);
+    let _ = g.stop(Duration::from_secs(5));
+    let _ = neighbour.stop(Duration::from_secs(5));
     if let Ok(m) = std::fs::metadata(worker) {
         out.insert("binary size KiB", m.len() as f64 / 1024.0);
     }
@@ -358,6 +466,13 @@ fn main() {
             .as_ref()
             .is_some_and(|o| !o.iter().any(|n| n == s.name))
         {
+            continue;
+        }
+        if s.venv && flask_venv().is_none() {
+            println!(
+                "| {} | (no Flask virtualenv: run scripts/test.sh once) |",
+                s.name
+            );
             continue;
         }
         // Alternate binaries within each round so drift hits both alike.
