@@ -15,8 +15,6 @@ mod sys;
 mod worker;
 mod wsgi;
 
-use lswsgi::lsapi;
-
 use config::Config;
 use std::process::ExitCode;
 use sys::FdKind;
@@ -220,7 +218,6 @@ fn main() -> ExitCode {
     w.log_exit(&why);
     drop(w);
     wsgi::finalize();
-    let _ = lsapi::MAX_PACKET_LEN;
     ExitCode::SUCCESS
 }
 

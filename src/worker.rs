@@ -8,13 +8,13 @@
 
 use crate::config::Config;
 use crate::listen;
-use crate::lsapi::response::pid_notice;
-use crate::lsapi::{PacketType, Request};
 use crate::pgroup::Member;
 use crate::suexec::Gate;
 use crate::sys::{self, STOP};
 use crate::wsgi::{self, Runtime};
 use lswsgi::conn::Conn;
+use lswsgi::lsapi::response::pid_notice;
+use lswsgi::lsapi::{PacketType, Request};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

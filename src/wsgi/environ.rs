@@ -5,7 +5,7 @@
 
 use super::interp::{key, Interp};
 use super::py::{self, ffi, latin1, str_latin1, Obj};
-use crate::lsapi::{known_header_slot, Request, SLOT_COOKIE};
+use lswsgi::lsapi::{known_header_slot, Request, SLOT_COOKIE};
 
 /// Sets `d[k] = v` for an owned (possibly NULL) value; false on error.
 #[inline]
@@ -234,11 +234,8 @@ pub(super) unsafe fn build(
         return None;
     }
     let input = interp.request_object(0, generation)?;
-    if !set_owned(dp, k(key::WSGI_INPUT), input) {
-        return None;
-    }
     let errors = interp.request_object(1, generation)?;
-    if !set_owned(dp, k(key::WSGI_ERRORS), errors) {
+    if !set(dp, k(key::WSGI_INPUT), input.ptr()) || !set(dp, k(key::WSGI_ERRORS), errors.ptr()) {
         return None;
     }
     Some(d)

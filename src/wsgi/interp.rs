@@ -360,16 +360,11 @@ impl Interp {
 
     /// A cached request object of `t` (slot `i`) if nothing else holds it,
     /// rebound to `generation`; otherwise a new one that replaces the cache.
-    pub(super) unsafe fn request_object(
-        &mut self,
-        i: usize,
-        generation: u64,
-    ) -> Option<*mut ffi::PyObject> {
+    pub(super) unsafe fn request_object(&mut self, i: usize, generation: u64) -> Option<Obj> {
         if let Some(o) = &self.cached[i] {
             if ffi::Py_REFCNT(o.ptr()) == 1 {
                 objects::rebind(o.ptr(), generation);
-                ffi::Py_INCREF(o.ptr());
-                return Some(o.ptr());
+                return Some(o.clone());
             }
         }
         let t = [
@@ -379,10 +374,8 @@ impl Interp {
             self.types.writer,
         ][i];
         let o = Obj::owned(objects::new_object(t, generation))?;
-        let p = o.ptr();
-        ffi::Py_INCREF(p);
-        self.cached[i] = Some(o);
-        Some(p)
+        self.cached[i] = Some(o.clone());
+        Some(o)
     }
 
     /// Loads (or returns the cached module of) the WSGI script at `path`.

@@ -47,6 +47,22 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Starts a write on the request's connection with the response head in
+    /// front if it has not gone out yet.
+    ///
+    /// # Safety
+    /// A request is active (`conn` points at its live connection).
+    unsafe fn begin_write(&mut self) -> &mut Conn {
+        let conn = &mut *self.conn;
+        conn.begin_write();
+        if !self.headers_sent {
+            conn.head.finish(self.status);
+            conn.push_head();
+            self.headers_sent = true;
+        }
+        conn
+    }
+
     /// A new reference to this request's `write` callable.
     unsafe fn writer(&self) -> *mut py::ffi::PyObject {
         py::ffi::Py_INCREF(self.writer);
@@ -99,13 +115,7 @@ unsafe fn ctx() -> &'static mut Ctx {
 /// Sends `data` as body bytes, preceded by the response head if it has not
 /// gone out yet, in one writev.
 unsafe fn send_body(c: &mut Ctx, data: &[u8]) -> io::Result<()> {
-    let conn = &mut *c.conn;
-    conn.begin_write();
-    if !c.headers_sent {
-        conn.head.finish(c.status);
-        conn.push_head();
-        c.headers_sent = true;
-    }
+    let conn = c.begin_write();
     conn.push_body(data);
     conn.flush()
 }

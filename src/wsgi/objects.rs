@@ -96,17 +96,29 @@ unsafe fn size_arg(args: *mut *mut ffi::PyObject, nargs: ffi::Py_ssize_t) -> Opt
 
 // ---- wsgi.input -----------------------------------------------------------
 
+/// The size argument of a wsgi.input method on a live object; `None` with
+/// an exception set otherwise.
+unsafe fn input_args(
+    slf: *mut ffi::PyObject,
+    args: *mut *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> Option<isize> {
+    let size = size_arg(args, nargs)?;
+    if !is_live(slf) {
+        stale("wsgi.input");
+        return None;
+    }
+    Some(size)
+}
+
 unsafe extern "C" fn input_read(
     slf: *mut ffi::PyObject,
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    let Some(size) = size_arg(args, nargs) else {
+    let Some(size) = input_args(slf, args, nargs) else {
         return ptr::null_mut();
     };
-    if !is_live(slf) {
-        return stale("wsgi.input");
-    }
     let conn = &mut *ctx().conn;
     let left = conn.body_left();
     let want = if size < 0 {
@@ -187,12 +199,9 @@ unsafe extern "C" fn input_readline(
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    let Some(size) = size_arg(args, nargs) else {
+    let Some(size) = input_args(slf, args, nargs) else {
         return ptr::null_mut();
     };
-    if !is_live(slf) {
-        return stale("wsgi.input");
-    }
     if size == 0 {
         return ffi::PyBytes_FromStringAndSize(ptr::null(), 0);
     }
@@ -204,12 +213,9 @@ unsafe extern "C" fn input_readlines(
     args: *mut *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    let Some(hint) = size_arg(args, nargs) else {
+    let Some(hint) = input_args(slf, args, nargs) else {
         return ptr::null_mut();
     };
-    if !is_live(slf) {
-        return stale("wsgi.input");
-    }
     let list = ffi::PyList_New(0);
     if list.is_null() {
         return list;

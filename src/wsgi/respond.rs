@@ -21,7 +21,7 @@ enum Body {
     /// It failed; the failure was logged and answered (500 or dropped).
     Failed,
 }
-use crate::lsapi::Request;
+use lswsgi::lsapi::Request;
 use std::ptr;
 
 const ERROR_PAGE: &[u8] =
@@ -89,20 +89,12 @@ pub(crate) fn serve(
 
 /// Calls the application and writes whatever it produces.
 unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
-    let Some(writer) = rt
-        .interp()
-        .request_object(3, c.generation)
-        .and_then(|p| Obj::owned(p))
-    else {
+    let Some(writer) = rt.interp().request_object(3, c.generation) else {
         app_failed(rt, c, "cannot create the write callable");
         return;
     };
     c.writer = writer.ptr();
-    let Some(start_response) = rt
-        .interp()
-        .request_object(2, c.generation)
-        .and_then(|p| Obj::owned(p))
-    else {
+    let Some(start_response) = rt.interp().request_object(2, c.generation) else {
         app_failed(rt, c, "cannot create start_response");
         return;
     };
@@ -180,12 +172,7 @@ unsafe fn finish(c: &mut Ctx) {
         send_error_page(c);
         return;
     }
-    conn.begin_write();
-    if !c.headers_sent {
-        conn.head.finish(c.status);
-        conn.push_head();
-        c.headers_sent = true;
-    }
+    let conn = c.begin_write();
     conn.push_end();
     let _ = conn.flush();
 }
@@ -207,13 +194,7 @@ unsafe fn send_sequence(rt: &mut Runtime, c: &mut Ctx, seq: &Obj) -> Body {
     if c.status == 0 {
         return Body::Complete; // finish() reports the missing start_response
     }
-    let conn = &mut *c.conn;
-    conn.begin_write();
-    if !c.headers_sent {
-        conn.head.finish(c.status);
-        conn.push_head();
-        c.headers_sent = true;
-    }
+    let conn = c.begin_write();
     for i in 0..n as usize {
         // The sequence holds every block alive until after the flush.
         conn.push_body(bytes_of(*items.add(i)));
@@ -303,13 +284,7 @@ unsafe fn send_file_wrapper(c: &mut Ctx, wrapper: &Obj) -> Option<Body> {
     if c.status == 0 {
         return Some(Body::Complete); // finish() reports the missing start_response
     }
-    let conn = &mut *c.conn;
-    conn.begin_write();
-    if !c.headers_sent {
-        conn.head.finish(c.status);
-        conn.push_head();
-        c.headers_sent = true;
-    }
+    let conn = c.begin_write();
     if conn.flush().is_err() {
         return Some(Body::Failed);
     }
