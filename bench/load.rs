@@ -403,11 +403,42 @@ fn footprint(worker: &str, soak: bool) -> BTreeMap<&'static str, f64> {
     out.insert("pg parent USS kB", memory_kb(gpid).2 as f64);
     drop(conns);
     let _ = g.stop(Duration::from_secs(5));
+    if let Some((rss, uss)) = bare_python(worker) {
+        out.insert("bare interpreter RSS kB (idle, baseline)", rss as f64);
+        out.insert("bare interpreter USS kB (idle, baseline)", uss as f64);
+    }
     let _ = neighbour.stop(Duration::from_secs(5));
     if let Ok(m) = std::fs::metadata(worker) {
         out.insert("binary size KiB", m.len() as f64 / 1024.0);
     }
     out
+}
+
+/// RSS and USS (kB) of the interpreter `worker -v` names, idle after start-up
+/// with a second copy running: the floor any worker embedding it starts from.
+fn bare_python(worker: &str) -> Option<(u64, u64)> {
+    use std::process::{Command, Stdio};
+    let out = Command::new(worker).arg("-v").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let exe = text
+        .lines()
+        .nth(1)?
+        .split('(')
+        .nth(1)?
+        .trim_end_matches(')')
+        .to_string();
+    let start = || {
+        Command::new(&exe)
+            .args(["-c", "import time; time.sleep(30)"])
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()
+    };
+    let (mut a, mut b) = (start()?, start()?);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (rss, _, uss) = memory_kb(a.id());
+    let _ = (a.kill(), b.kill(), a.wait(), b.wait());
+    Some((rss, uss))
 }
 
 fn median(v: &mut [f64]) -> f64 {
