@@ -330,6 +330,14 @@ fn start_response_exc_info_and_write() {
     );
     assert!(String::from_utf8_lossy(&r.stderr).contains("late boom"));
     let mut c = w.connect();
+    // sys.exc_info() from outside an except block counts as no error.
+    let r = call_ok(&mut c, &suite("GET", "/exc_info_none"), b"");
+    assert_eq!((r.status, r.header("X-Second")), (202, Some("1")));
+    // ... but after the headers went out it cannot be re-raised: an error.
+    let r = c.call(&suite("GET", "/exc_info_none_late"), b"").unwrap();
+    assert_eq!((r.text().as_str(), r.ending), ("sent", Ending::Eof));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("after the headers were sent"));
+    let mut c = w.connect();
     let r = call_ok(&mut c, &suite("GET", "/write"), b"");
     assert_eq!((r.status, r.text().as_str()), (201, "hello world!"));
 }

@@ -466,24 +466,24 @@ unsafe extern "C" fn start_response_call(
             if ffi::PyTuple_Check(exc_info) == 0 || ffi::PyTuple_GET_SIZE(exc_info) != 3 {
                 return raise(ffi::PyExc_TypeError, "exc_info must be a 3-tuple");
             }
-            let (t, v, tb) = (
-                ffi::PyTuple_GET_ITEM(exc_info, 0),
-                ffi::PyTuple_GET_ITEM(exc_info, 1),
-                ffi::PyTuple_GET_ITEM(exc_info, 2),
-            );
-            ffi::Py_INCREF(t);
-            ffi::Py_INCREF(v);
-            ffi::Py_INCREF(tb);
-            ffi::PyErr_Restore(
-                t,
-                v,
-                if tb == ffi::Py_None() {
-                    ffi::Py_DECREF(tb);
+            if ffi::PyTuple_GET_ITEM(exc_info, 0) == ffi::Py_None() {
+                // sys.exc_info() outside an except block: nothing to re-raise.
+                return raise(
+                    ffi::PyExc_RuntimeError,
+                    "start_response called after the headers were sent",
+                );
+            }
+            // PyErr_Restore takes new references; a None traceback is NULL.
+            let item = |n| {
+                let o = ffi::PyTuple_GET_ITEM(exc_info, n);
+                if o == ffi::Py_None() {
                     ptr::null_mut()
                 } else {
-                    tb
-                },
-            );
+                    ffi::Py_INCREF(o);
+                    o
+                }
+            };
+            ffi::PyErr_Restore(item(0), item(1), item(2));
             return ptr::null_mut();
         }
     } else if c.status != 0 {

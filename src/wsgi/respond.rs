@@ -160,13 +160,12 @@ unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
 /// Ends a response whose body was sent in full: head (if no block was sent)
 /// and RESP_END.
 unsafe fn finish(c: &mut Ctx) {
-    let conn = &mut *c.conn;
-    if conn.is_broken() {
+    if (*c.conn).is_broken() {
         return;
     }
     if c.status == 0 {
         log_request_error(
-            conn,
+            &mut *c.conn,
             "the application returned without calling start_response",
         );
         send_error_page(c);

@@ -206,6 +206,15 @@ def application(environ, start_response):
         except ValueError:
             start_response("500 Oops", [], sys.exc_info())
         return [b"never"]
+    if path == "/exc_info_none":
+        start_response("200 OK", [("X-First", "1")])
+        start_response("202 Accepted", [("X-Second", "1")], (None, None, None))
+        return [b"replaced without an error"]
+    if path == "/exc_info_none_late":
+        write = start_response("200 OK", [])
+        write(b"sent")
+        start_response("500 Oops", [], (None, None, None))
+        return [b"never"]
     if path == "/write":
         write = start_response("201 Created", [("Content-Type", "text/plain")])
         write(b"hello ")
