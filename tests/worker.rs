@@ -708,3 +708,102 @@ fn max_reqs_ends_the_connection_with_conn_close() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(!w.alive());
 }
+
+/// The build Python's prefix, from `lswsgi -v` (`Python X.Y (/prefix/bin/python)`).
+fn build_prefix() -> String {
+    let out = std::process::Command::new(LSWSGI)
+        .arg("-v")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let exe = text.lines().nth(1).unwrap().split('(').nth(1).unwrap();
+    let exe = std::path::Path::new(exe.trim_end_matches(')'));
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn the_build_pythons_stdlib_is_used_whatever_is_installed_beside_it() {
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("stdlib");
+    let script = dir.join("where.wsgi");
+    std::fs::write(
+        &script,
+        "import os, sys, hashlib\n\
+         def application(environ, start_response):\n\
+         \x20   start_response('200 OK', [])\n\
+         \x20   return [('%s|%s|%s' % (sys.base_prefix, os.__file__, hashlib.sha256(b'x').hexdigest()[:8])).encode()]\n",
+    )
+    .unwrap();
+    let prefix = build_prefix();
+    let version = {
+        let out = std::process::Command::new(LSWSGI)
+            .arg("-v")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    // The worker installed as OTHER/bin/lswsgi where OTHER holds another
+    // Python's standard library (as /usr/local does on many hosts), started
+    // by a bare name found on PATH: a default start-up would take OTHER's
+    // stdlib (here a poisoned one) with the build's libpython.
+    let other = dir.join("other");
+    let stdlib = other.join(format!("lib/python{version}"));
+    std::fs::create_dir_all(&stdlib).unwrap();
+    std::fs::create_dir_all(other.join("bin")).unwrap();
+    std::fs::write(stdlib.join("os.py"), "raise ImportError('wrong stdlib')\n").unwrap();
+    let installed = other.join("bin/lswsgi");
+    std::fs::copy(LSWSGI, &installed).unwrap();
+    let path = format!("{}:/usr/bin:/bin", other.join("bin").display());
+    for (arg0, env) in [
+        ("lswsgi", vec![("PATH", path.as_str())]),
+        ("python3", vec![("PATH", "/usr/bin:/bin")]),
+        (
+            "lswsgi",
+            vec![("PATH", path.as_str()), ("PYTHONHOME", prefix.as_str())],
+        ),
+    ] {
+        let sock = dir.join("w.sock");
+        let _ = std::fs::remove_file(&sock);
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let mut cmd = std::process::Command::new(&installed);
+        cmd.arg0(arg0)
+            .env_clear()
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                listener,
+            )))
+            .stderr(std::process::Stdio::null());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut c = Client::connect(sock.to_str().unwrap()).unwrap();
+        c.stream()
+            .set_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let r = c.call(&get("/w", script.to_str().unwrap(), "/w"), b"");
+        let text = r.map(|r| r.text()).unwrap_or_default();
+        let parts: Vec<&str> = text.split('|').collect();
+        assert_eq!(parts[0], prefix, "{arg0} {env:?}: {text:?}");
+        assert!(
+            parts[1].starts_with(&prefix),
+            "{arg0}: stdlib from {}",
+            parts[1]
+        );
+        assert_eq!(parts[2], "2d711642");
+        drop(c);
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+}
