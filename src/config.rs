@@ -55,6 +55,10 @@ pub struct Config {
     pub default_uid: Option<u32>,
     /// LSAPI_DEFAULT_GID.
     pub default_gid: Option<u32>,
+    /// LSAPI_SHUTDOWN_TIMEOUT, seconds (1–3600, default 5): the bound on a
+    /// process's exit work (non-daemon threads, atexit handlers) after which
+    /// it exits anyway, like mod_wsgi's shutdown-timeout.
+    pub shutdown_timeout: u64,
     /// Problems found while reading the variables, for the log.
     pub warnings: Vec<String>,
 }
@@ -98,6 +102,7 @@ impl Config {
         let max_reqs = positive("LSAPI_MAX_REQS", 10000, u64::MAX);
         let max_idle = num("LSAPI_MAX_IDLE", 300, u64::MAX);
         let max_process_time = positive("LSAPI_MAX_PROCESS_TIME", 3600, u64::MAX);
+        let shutdown_timeout = positive("LSAPI_SHUTDOWN_TIMEOUT", 5, 3600);
         let keep_listen = num("LSAPI_KEEP_LISTEN", 1, 2) as u8;
         let accept_notify = num("LSAPI_ACCEPT_NOTIFY", 0, 1) == 1;
         let slow_req_msecs = num("LSAPI_SLOW_REQ_MSECS", 0, u64::MAX);
@@ -162,6 +167,7 @@ impl Config {
             secret_file: nonempty("LSAPI_SECRET"),
             default_uid,
             default_gid,
+            shutdown_timeout,
             warnings: warnings.into_inner(),
         }
     }
@@ -221,6 +227,7 @@ mod tests {
         assert_eq!(c.pgrp_max_idle, None);
         assert_eq!(c.keep_listen, 1);
         assert_eq!(c.avoid_fork, None);
+        assert_eq!(c.shutdown_timeout, 5);
         assert!(!c.ppid_no_check && !c.allow_core_dump && !c.accept_notify);
         assert!(c.warnings.is_empty());
     }

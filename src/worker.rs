@@ -78,6 +78,11 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// The runtime back, for the exit work once serving is over.
+    pub fn into_runtime(self) -> Runtime {
+        self.rt
+    }
+
     /// Makes every request pass `gate` (suEXEC daemon mode) before it is served.
     pub fn guard(&mut self, gate: Gate) {
         self.gate = Some(gate);

@@ -708,23 +708,42 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Whether any application group (sub-interpreter) was created.
+    pub fn has_groups(&self) -> bool {
+        self.interps.len() > 1
+    }
+
+    /// Calls `f` with each interpreter current, the sub-interpreters in the
+    /// order they were created and the main one last (as mod_wsgi runs exit
+    /// work), passing the group's name (empty for the main interpreter). The
+    /// main interpreter is current on return.
+    pub fn each_interp(&mut self, mut f: impl FnMut(&str)) {
+        self.last = None;
+        for i in (1..self.interps.len()).chain([0]) {
+            // SAFETY: GIL held on the serving thread, which owns every
+            // interpreter's thread state.
+            unsafe { ffi::PyThreadState_Swap(self.interps[i].tstate) };
+            self.current = i;
+            f(&String::from_utf8_lossy(&self.groups[i]));
+        }
+    }
+}
+
 impl Drop for Runtime {
-    /// Ends the sub-interpreters (each releasing its objects while current)
-    /// and returns to the main one, so the main interpreter can be finalized.
+    /// Returns to the main interpreter and leaves the sub-interpreters alive:
+    /// `Py_EndInterpreter` aborts the process when an application thread is
+    /// still running in one ("not the last thread"), and a process that is
+    /// exiting gains nothing from tearing them down. Their Rust-held
+    /// references are leaked with them, so no Python code runs in an
+    /// interpreter that is not current.
     fn drop(&mut self) {
         self.last = None;
-        // SAFETY: GIL held on the serving thread; each thread state is ended
-        // while current, as Py_EndInterpreter requires.
-        unsafe {
-            while self.interps.len() > 1 {
-                let interp = self.interps.pop().expect("sub-interpreter");
-                let tstate = interp.tstate;
-                ffi::PyThreadState_Swap(tstate);
-                drop(interp);
-                ffi::Py_EndInterpreter(tstate);
-            }
-            ffi::PyThreadState_Swap(self.interps[0].tstate);
+        for interp in self.interps.drain(1..) {
+            std::mem::forget(interp);
         }
+        // SAFETY: GIL held on the serving thread; the main thread state is ours.
+        unsafe { ffi::PyThreadState_Swap(self.interps[0].tstate) };
         self.current = 0;
     }
 }
