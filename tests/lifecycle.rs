@@ -158,3 +158,21 @@ fn group_child_exit_runs_atexit_with_a_daemon_thread_in_a_group() {
         );
     }
 }
+
+#[test]
+fn group_parent_exit_is_bounded_by_a_preloaded_non_daemon_thread() {
+    let dir = open_scratch("exit-parent");
+    let app = threaded_app(&dir, "pre.wsgi", false, true);
+    let mut w = Worker::start(
+        &["-m", &app],
+        &[("LSAPI_CHILDREN", "2"), ("LSAPI_SHUTDOWN_TIMEOUT", "2")],
+    );
+    serve_ok(&w, &request(&app, None));
+    let status = stop_within(&mut w, Duration::from_secs(8));
+    let log = w.log_text();
+    assert!(status.is_some(), "parent still running 8 s after SIGTERM\n{log}");
+    assert!(
+        log.contains("while waiting for the non-daemon threads of the main interpreter"),
+        "{log}"
+    );
+}
