@@ -170,9 +170,214 @@ fn group_parent_exit_is_bounded_by_a_preloaded_non_daemon_thread() {
     serve_ok(&w, &request(&app, None));
     let status = stop_within(&mut w, Duration::from_secs(8));
     let log = w.log_text();
-    assert!(status.is_some(), "parent still running 8 s after SIGTERM\n{log}");
+    assert!(
+        status.is_some(),
+        "parent still running 8 s after SIGTERM\n{log}"
+    );
     assert!(
         log.contains("while waiting for the non-daemon threads of the main interpreter"),
         "{log}"
     );
+}
+
+/// Starts `n` Worker-mode processes sharing one listening socket as their
+/// fd 0, the way LiteSpeed runs several Worker-mode processes of one app.
+fn shared_listener(
+    n: usize,
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> (Vec<std::process::Child>, PathBuf, PathBuf) {
+    use std::os::unix::net::UnixListener;
+    let socket = dir.join("shared.sock");
+    let log = dir.join("stderr.log");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let children = (0..n)
+        .map(|_| {
+            let mut cmd = std::process::Command::new(LSWSGI);
+            cmd.args(args)
+                .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                    listener.try_clone().unwrap(),
+                )))
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log)
+                        .unwrap(),
+                );
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    (children, socket, log)
+}
+
+/// A preloaded app whose thread appends to `ticks.PID` every 100 ms.
+fn ticking_app(dir: &Path) -> String {
+    let path = dir.join("tick.wsgi");
+    std::fs::write(
+        &path,
+        format!(
+            "\
+import os, threading, time
+def tick():
+    path = os.path.join({dir:?}, 'ticks.%d' % os.getpid())
+    while True:
+        with open(path, 'a') as f:
+            f.write('.')
+        time.sleep(0.1)
+threading.Thread(target=tick, daemon=True).start()
+def application(environ, start_response):
+    start_response('200 OK', [])
+    return [b'ok']
+",
+            dir = dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A client of a socket the test bound, retrying while the worker starts.
+fn connect_to(socket: &Path) -> lswsgi::client::Client {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match lswsgi::client::Client::connect(&socket.to_string_lossy()) {
+            Ok(mut c) => {
+                c.stream()
+                    .set_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                return c;
+            }
+            Err(e) if Instant::now() >= end => panic!("connect: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn ticks(dir: &Path, pid: u32) -> u64 {
+    std::fs::metadata(dir.join(format!("ticks.{pid}")))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn worker_processes_on_a_shared_listener_keep_threads_running_and_leave_when_idle() {
+    let dir = open_scratch("shared");
+    let app = ticking_app(&dir);
+    let (mut kids, socket, log) =
+        shared_listener(3, &["-m", &app], &[("LSAPI_MAX_IDLE", "3")], &dir);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Every connection wakes both processes; one of them loses the accept.
+    let spec = request(&app, None);
+    let t0 = Instant::now();
+    let pids: Vec<u32> = kids.iter().map(|k| k.id()).collect();
+    // Whether some process sits in accept4 (syscall 288 on x86_64, 242 on
+    // aarch64) once the connection was taken.
+    let in_accept = |pid: u32| {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let nr = s.split_whitespace().next().unwrap_or("").to_string();
+        nr == if cfg!(target_arch = "aarch64") {
+            "242"
+        } else {
+            "288"
+        }
+    };
+    let mut rounds = 0;
+    for _ in 0..100 {
+        rounds += 1;
+        let mut c = connect_to(&socket);
+        let r = call_ok(&mut c, &spec, b"");
+        assert_eq!(r.status, 200, "{}", read_log());
+        drop(c);
+        std::thread::sleep(Duration::from_millis(30));
+        if pids.iter().any(|&p| in_accept(p)) {
+            break;
+        }
+    }
+    eprintln!("rounds until a process sat in accept4: {rounds}");
+    let last = Instant::now();
+    let before: Vec<u64> = pids.iter().map(|&p| ticks(&dir, p)).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for (i, &p) in pids.iter().enumerate() {
+        let now = ticks(&dir, p);
+        assert!(
+            now >= before[i] + 5,
+            "the app thread of {p} stopped while the process waited ({} -> {now})\n{}",
+            before[i],
+            read_log()
+        );
+    }
+    // LSAPI_MAX_IDLE=3 counts from each process's last request.
+    let end = last + Duration::from_secs(6);
+    for k in kids.iter_mut() {
+        let mut exited = None;
+        while Instant::now() < end {
+            if let Some(s) = k.try_wait().unwrap() {
+                exited = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if exited.is_none() {
+            let _ = k.kill();
+            let _ = k.wait();
+            panic!(
+                "{} still running {:?} after its last request\n{}",
+                k.id(),
+                last.elapsed(),
+                read_log()
+            );
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        read_log().matches("idle for LSAPI_MAX_IDLE").count(),
+        3,
+        "{}",
+        read_log()
+    );
+}
+
+#[test]
+fn worker_mode_backs_off_when_out_of_descriptors() {
+    let dir = open_scratch("emfile");
+    let app = dir.join("hog.wsgi");
+    // Takes every free descriptor at import, so accept fails with EMFILE.
+    std::fs::write(
+        &app,
+        "\
+import os
+held = []
+try:
+    while True:
+        held.append(os.open('/dev/null', os.O_RDONLY))
+except OSError:
+    pass
+def application(environ, start_response):
+    start_response('200 OK', [])
+    return [b'ok']
+",
+    )
+    .unwrap();
+    let app = app.to_str().unwrap().to_string();
+    let log = dir.join("stderr.log");
+    let argv: Vec<String> = ["prlimit", "--nofile=64:64", LSWSGI, "-m", &app]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut sp = lswsgi::client::Spawned::start(&argv, &[], Some(&log)).unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // A pending connection keeps the listener readable.
+    let _c = connect_to(&sp.socket);
+    std::thread::sleep(Duration::from_secs(3));
+    let text = read_log();
+    let lines = text.matches("Too many open files").count();
+    assert!(lines >= 1, "{text}");
+    assert!(lines <= 2, "{lines} lines in 3 s\n{text}");
+    let status = sp.stop(Duration::from_secs(3)).unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", read_log());
 }
