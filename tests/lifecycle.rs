@@ -381,3 +381,58 @@ def application(environ, start_response):
     let status = sp.stop(Duration::from_secs(3)).unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", read_log());
 }
+
+/// A script that answers with its process id.
+fn pid_app(dir: &Path) -> String {
+    let path = dir.join("pid.wsgi");
+    std::fs::write(
+        &path,
+        "\
+import os
+def application(environ, start_response):
+    start_response('200 OK', [])
+    return [str(os.getpid()).encode()]
+",
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn max_int_values_are_clamped_and_the_group_keeps_serving() {
+    let dir = open_scratch("maxint");
+    let app = pid_app(&dir);
+    let max = "18446744073709551615";
+    let vars = [
+        "LSAPI_MAX_REQS",
+        "LSAPI_MAX_IDLE",
+        "LSAPI_MAX_PROCESS_TIME",
+        "LSAPI_PGRP_MAX_IDLE",
+        "LSAPI_SLOW_REQ_MSECS",
+        "LSAPI_EXTRA_CHILDREN",
+        "LSAPI_MAX_IDLE_CHILDREN",
+        "LSAPI_MAX_BUSY_WORKER",
+        "LSAPI_KEEP_LISTEN",
+        "LSAPI_SHUTDOWN_TIMEOUT",
+    ];
+    let mut env: Vec<(&str, &str)> = vars.iter().map(|k| (*k, max)).collect();
+    env.push(("LSAPI_CHILDREN", "2"));
+    let mut w = Worker::start(&[], &env);
+    let spec = request(&app, None);
+    let ask = |w: &Worker| {
+        let mut c = w.connect();
+        let r = call_ok(&mut c, &spec, b"");
+        assert_eq!(r.status, 200, "{}", w.log_text());
+        r.text()
+    };
+    let first = ask(&w);
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(w.alive(), "{}", w.log_text());
+    let second = ask(&w);
+    let log = w.log_text();
+    assert_eq!(first, second, "the idle child was retired early\n{log}");
+    for k in vars {
+        assert!(log.contains(&format!("{k}={max} is above")), "{k}\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+}
