@@ -436,3 +436,36 @@ fn max_int_values_are_clamped_and_the_group_keeps_serving() {
     }
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn worker_signals_do_not_interrupt_the_apps_blocking_calls() {
+    let dir = open_scratch("restart");
+    let app = dir.join("eintr.wsgi");
+    // A raw read(2) through ctypes (no Python EINTR retry) while a child
+    // exits: the worker's SIGCHLD handler must not make it fail.
+    std::fs::write(
+        &app,
+        "\
+import ctypes, os, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+def application(environ, start_response):
+    r, w = os.pipe()
+    quick = subprocess.Popen(['/bin/sleep', '0.2'])
+    writer = subprocess.Popen(['/bin/sh', '-c', 'sleep 0.6; echo x'], stdout=w)
+    os.close(w)
+    buf = ctypes.create_string_buffer(8)
+    n = libc.read(r, buf, 8)
+    err = ctypes.get_errno()
+    os.close(r)
+    quick.wait(); writer.wait()
+    start_response('200 OK', [])
+    return [('read %d errno %d' % (n, err if n < 0 else 0)).encode()]
+",
+    )
+    .unwrap();
+    let app = app.to_str().unwrap().to_string();
+    let w = Worker::start(&[], &[]);
+    let mut c = w.connect();
+    let r = call_ok(&mut c, &request(&app, None), b"");
+    assert_eq!(r.text(), "read 2 errno 0", "{}", w.log_text());
+}
