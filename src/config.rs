@@ -64,6 +64,9 @@ pub struct Config {
     pub default_uid: Option<u32>,
     /// LSAPI_DEFAULT_GID.
     pub default_gid: Option<u32>,
+    /// LSAPI_MAX_APP_GROUPS (0–1000, default 10): most application groups
+    /// (sub-interpreters) one process creates.
+    pub max_app_groups: u32,
     /// LSAPI_SHUTDOWN_TIMEOUT, seconds (1–3600, default 5): the bound on a
     /// process's exit work (non-daemon threads, atexit handlers) after which
     /// it exits anyway, like mod_wsgi's shutdown-timeout.
@@ -118,6 +121,7 @@ impl Config {
         let max_reqs = positive("LSAPI_MAX_REQS", 10000, MAX_REQS);
         let max_idle = num("LSAPI_MAX_IDLE", 300, MAX_SECS);
         let max_process_time = positive("LSAPI_MAX_PROCESS_TIME", 3600, MAX_SECS);
+        let max_app_groups = num("LSAPI_MAX_APP_GROUPS", 10, 1000) as u32;
         let shutdown_timeout = positive("LSAPI_SHUTDOWN_TIMEOUT", 5, 3600);
         let keep_listen = num("LSAPI_KEEP_LISTEN", 1, 2) as u8;
         let accept_notify = num("LSAPI_ACCEPT_NOTIFY", 0, 1) == 1;
@@ -184,6 +188,7 @@ impl Config {
             default_uid,
             default_gid,
             shutdown_timeout,
+            max_app_groups,
             warnings: warnings.into_inner(),
         }
     }
@@ -244,6 +249,7 @@ mod tests {
         assert_eq!(c.keep_listen, 1);
         assert_eq!(c.avoid_fork, None);
         assert_eq!(c.shutdown_timeout, 5);
+        assert_eq!(c.max_app_groups, 10);
         assert!(!c.ppid_no_check && !c.allow_core_dump && !c.accept_notify);
         assert!(c.warnings.is_empty());
     }
@@ -307,7 +313,8 @@ mod tests {
     }
 
     /// Every numeric variable at u64::MAX, and beyond it.
-    const NUMERIC: [&str; 14] = [
+    const NUMERIC: [&str; 15] = [
+        "LSAPI_MAX_APP_GROUPS",
         "LSAPI_CHILDREN",
         "LSAPI_EXTRA_CHILDREN",
         "LSAPI_MAX_REQS",
@@ -337,6 +344,7 @@ mod tests {
         assert_eq!(c.slow_req_msecs, MAX_MSECS);
         assert_eq!(c.max_busy_worker, MAX_CHILDREN);
         assert_eq!(c.shutdown_timeout, 3600);
+        assert_eq!(c.max_app_groups, 1000);
         assert_eq!(c.default_uid, Some(u32::MAX));
         assert_eq!(c.default_gid, Some(u32::MAX));
         assert_eq!(c.warnings.len(), NUMERIC.len(), "{:?}", c.warnings);

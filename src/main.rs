@@ -167,6 +167,7 @@ fn main() -> ExitCode {
         preload: args.preload,
         multiprocess: cfg.process_group(),
         load_now: daemon.is_none(),
+        max_groups: cfg.max_app_groups as usize,
     }) {
         Ok(rt) => rt,
         Err(e) => {

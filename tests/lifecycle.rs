@@ -469,3 +469,27 @@ def application(environ, start_response):
     let r = call_ok(&mut c, &request(&app, None), b"");
     assert_eq!(r.text(), "read 2 errno 0", "{}", w.log_text());
 }
+
+#[test]
+fn application_groups_are_capped_per_process() {
+    let dir = open_scratch("groupcap");
+    let app = pid_app(&dir);
+    let w = Worker::start(&[], &[("LSAPI_MAX_APP_GROUPS", "2")]);
+    let mut c = w.connect();
+    let status =
+        |c: &mut lswsgi::client::Client, g: Option<&str>| call_ok(c, &request(&app, g), b"").status;
+    assert_eq!(status(&mut c, Some("a")), 200, "{}", w.log_text());
+    assert_eq!(status(&mut c, Some("b")), 200, "{}", w.log_text());
+    assert_eq!(status(&mut c, Some("c")), 500, "{}", w.log_text());
+    assert!(
+        w.wait_log("LSAPI_MAX_APP_GROUPS=2", Duration::from_secs(2)),
+        "{}",
+        w.log_text()
+    );
+    // The existing groups and the main interpreter keep serving.
+    assert_eq!(status(&mut c, Some("a")), 200);
+    assert_eq!(status(&mut c, Some("b")), 200);
+    assert_eq!(status(&mut c, None), 200);
+    assert_eq!(status(&mut c, Some("%{GLOBAL}")), 200);
+    assert_eq!(w.log_text().matches("created the interpreter").count(), 2);
+}
