@@ -128,6 +128,7 @@ fn worker_exit_is_bounded_by_a_non_daemon_thread_that_never_ends() {
     let status = stop_within(&mut w, Duration::from_secs(8));
     let log = w.log_text();
     assert!(status.is_some(), "still running 8 s after SIGTERM\n{log}");
+    eprintln!("worker stopped {:?} after SIGTERM", t0.elapsed());
     assert!(t0.elapsed() >= Duration::from_millis(1800), "{log}");
     assert!(log.contains("LSAPI_SHUTDOWN_TIMEOUT"), "{log}");
     assert!(!log.contains("Fatal Python error"), "{log}");
@@ -492,4 +493,28 @@ fn application_groups_are_capped_per_process() {
     assert_eq!(status(&mut c, None), 200);
     assert_eq!(status(&mut c, Some("%{GLOBAL}")), 200);
     assert_eq!(w.log_text().matches("created the interpreter").count(), 2);
+}
+
+#[test]
+fn group_child_exit_is_bounded_by_a_non_daemon_thread_in_a_group() {
+    let dir = open_scratch("exit-child-stuck");
+    let group_app = threaded_app(&dir, "group.wsgi", false, true);
+    let mut w = Worker::start(
+        &[],
+        &[("LSAPI_CHILDREN", "2"), ("LSAPI_SHUTDOWN_TIMEOUT", "2")],
+    );
+    serve_ok(&w, &request(&group_app, Some("stuck")));
+    let t0 = Instant::now();
+    let status = stop_within(&mut w, Duration::from_secs(8));
+    let took = t0.elapsed();
+    let log = w.log_text();
+    assert!(
+        status.is_some(),
+        "group still running 8 s after SIGTERM\n{log}"
+    );
+    eprintln!("group stopped {took:?} after SIGTERM");
+    assert!(
+        log.contains("(LSAPI_SHUTDOWN_TIMEOUT), while waiting for the non-daemon threads of application group \"stuck\""),
+        "{log}"
+    );
 }
