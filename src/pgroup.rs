@@ -95,7 +95,10 @@ impl Table {
             }
             let after = own + 1;
             if after < self.n {
-                libc::munmap(self.base.add((after + 1) * PAGE).cast(), (self.n - after) * PAGE);
+                libc::munmap(
+                    self.base.add((after + 1) * PAGE).cast(),
+                    (self.n - after) * PAGE,
+                );
             }
         }
     }
@@ -468,7 +471,13 @@ impl Parent<'_> {
                     c.counted,
                     self.cfg.max_reqs
                 );
-                self.retire(i, Reason::TooManyRequests, now, GRACE_MS, Some(libc::SIGTERM));
+                self.retire(
+                    i,
+                    Reason::TooManyRequests,
+                    now,
+                    GRACE_MS,
+                    Some(libc::SIGTERM),
+                );
             } else if c.said != Some(State::Busy)
                 && c.started
                 && stale_ms.is_some_and(|ms| now.saturating_sub(c.active_ms) > ms)
