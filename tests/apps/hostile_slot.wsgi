@@ -62,6 +62,9 @@ def application(environ, start_response):
     elif path == "/idle":
         body += "planted=%d\n" % say_idle()
         time.sleep(float(q[0]) if q else 0)
+    elif path == "/hang":
+        # An honest request that runs far past any limit.
+        time.sleep(float(q[0]) if q else 3600)
     elif path == "/thread":
         # A non-daemon thread the exit path will wait for.
         threading.Thread(target=time.sleep, args=(3600,)).start()
