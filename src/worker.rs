@@ -372,11 +372,27 @@ fn jittered(max: u64, percent: u8) -> u64 {
     if spread == 0 || getrandom::fill(&mut b).is_err() {
         return max;
     }
-    let cut = u64::from_ne_bytes(b) % (spread + 1);
+    let cut = (u128::from(u64::from_ne_bytes(b)) % (u128::from(spread) + 1)) as u64;
     max.saturating_sub(cut).max(1)
 }
 
 /// Closes a listener we own.
 pub fn close_listener(fd: RawFd) {
     listen::close(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+
+    #[test]
+    fn jitter_only_lowers_max_reqs_within_its_spread() {
+        let draws: Vec<u64> = (0..200).map(|_| jittered(1000, 10)).collect();
+        assert!(draws.iter().all(|&n| (900..=1000).contains(&n)));
+        assert!(draws.iter().any(|&n| n != draws[0]));
+        assert_eq!(jittered(1000, 0), 1000);
+        assert_eq!(jittered(3, 10), 3);
+        assert!(jittered(u64::MAX, 100) >= 1);
+        assert!((1..=2).contains(&jittered(2, 100)));
+    }
 }

@@ -527,3 +527,86 @@ fn child_stuck_before_its_pid_notice_is_killed() {
     assert!(took < Duration::from_secs(15), "{took:?}");
     assert!(log.contains("sent no PID notice within 10 s"), "{log}");
 }
+
+#[test]
+fn accept_failures_back_off_and_recover() {
+    require_root();
+    // A root daemon, so that prlimit(1) as root may change its limits
+    // without CAP_SYS_RESOURCE.
+    let probe = scratch("emfile");
+    let (secret, _) = daemon_env(&probe);
+    let g = Group::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+        ],
+    );
+    assert!(g.wait_log("process group: up to", Duration::from_secs(10)));
+    // The lowest free descriptor number becomes the limit: accept gets EMFILE.
+    let used: std::collections::HashSet<i32> = std::fs::read_dir(format!("/proc/{}/fd", g.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let free = (0..).find(|n| !used.contains(n)).unwrap();
+    let prlimit = |n: &str| {
+        let ok = std::process::Command::new("prlimit")
+            .args(["--pid", &g.pid().to_string(), &format!("--nofile={n}:")])
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "prlimit {n}: {:?}", ok);
+    };
+    prlimit(&free.to_string());
+    let addr = g.spawned.addr();
+    let app = hostile_app(&g.dir);
+    let client = std::thread::spawn(move || {
+        let mut c = Client::connect(&addr).unwrap();
+        c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
+        c.call(&hostile(&app, "/"), b"")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let failures = g.log_text().matches("accept failed").count();
+    prlimit("1024");
+    let r = client
+        .join()
+        .unwrap()
+        .expect("served once descriptors are back");
+    assert_eq!(r.status, 200);
+    assert!(
+        (1..=2).contains(&failures),
+        "{failures} lines:\n{}",
+        g.log_text()
+    );
+}
+
+#[test]
+fn max_reqs_recycling_is_spread_by_the_jitter() {
+    let g = Group::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_MAX_REQS", "20"),
+            ("LSAPI_MAX_REQS_JITTER", "50"),
+            ("LSAPI_KEEP_LISTEN", "0"),
+        ],
+    );
+    let app = hostile_app(&g.dir);
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let mut c = g.connect();
+        let mut n = 0;
+        loop {
+            let r = c.call(&hostile(&app, "/"), b"").expect("answer");
+            assert_eq!(r.status, 200);
+            n += 1;
+            if r.ending != Ending::End || c.closing() || n == 20 {
+                break;
+            }
+        }
+        served.push(n);
+    }
+    // Each child served between 10 and 20 requests, and not all the same.
+    assert!(served.iter().all(|n| (10..=20).contains(n)), "{served:?}");
+    assert!(served.iter().any(|&n| n != served[0]), "{served:?}");
+}
