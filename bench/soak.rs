@@ -43,5 +43,13 @@ fn main() {
         "  parent RSS kB before/after: {}/{}",
         r.rss_kb.0, r.rss_kb.1
     );
+    println!(
+        "  stuck children: {}   killed by the parent: {}",
+        r.stuck, r.stuck_killed
+    );
+    println!(
+        "  parent pidfds at the end (live children): {}   processes left after stop: {}",
+        r.pidfds, r.leaked
+    );
     println!("  zombies: {}   log: {}", r.zombies, log.display());
 }

@@ -1,8 +1,11 @@
 //! Soak driver shared by `tests/soak.rs` (bounded, in CI) and `bench/soak.rs`
 //! (the long run): a ProcessGroup worker gets a mix of good requests,
-//! malformed packets and application crashes (os.abort) over 8 connections.
-//! Every good request must be answered correctly; afterwards there must be no
-//! zombie, no descriptor leak in the parent, and a stable parent RSS.
+//! malformed packets, application crashes (os.abort) and stuck children
+//! (a request that hangs, or one that hangs while its child says Idle, both
+//! abandoned by the client) over 8 connections. Every good request must be
+//! answered correctly; the parent must kill every stuck child; afterwards
+//! there must be no zombie, no descriptor leak in the parent, a stable parent
+//! RSS, and no process left once the group is stopped.
 
 // Shared by a test and a bench, each of which reads only part of the report.
 #![allow(dead_code)]
@@ -35,6 +38,15 @@ pub struct Report {
     pub rss_kb: (u64, u64),
     /// Zombie children of the parent at the end.
     pub zombies: usize,
+    /// Stuck children provoked (each must be killed by the parent).
+    pub stuck: u64,
+    /// SIGKILLs the parent logged for stuck children.
+    pub stuck_killed: u64,
+    /// pidfds the parent holds at the end (one per live child).
+    pub pidfds: usize,
+    /// Processes that served a request (or got stuck) still running after
+    /// the group was stopped.
+    pub leaked: usize,
     /// Seconds the run took.
     pub seconds: f64,
 }
@@ -50,8 +62,24 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Open descriptors of `pid`, less its pidfds (the parent holds one per
+/// live child, which is not a leak; [`pidfd_count`] counts those).
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+    fds(pid).filter(|t| t != "anon_inode:[pidfd]").count()
+}
+
+/// pidfds `pid` holds.
+fn pidfd_count(pid: u32) -> usize {
+    fds(pid).filter(|t| t == "anon_inode:[pidfd]").count()
+}
+
+fn fds(pid: u32) -> impl Iterator<Item = String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.to_string_lossy().into_owned())
 }
 
 /// Children of `pid` in state Z.
@@ -95,7 +123,14 @@ pub fn run(lswsgi: &str, app: &Path, total: u64, log: &Path) -> Report {
     let env = vec![
         ("LSAPI_CHILDREN".to_string(), CONNECTIONS.to_string()),
         ("LSAPI_MAX_REQS".to_string(), "20000".to_string()),
+        // Stuck children are killed within seconds, not the default hour.
+        ("LSAPI_MAX_PROCESS_TIME".to_string(), "2".to_string()),
+        ("LSAPI_MAX_IDLE".to_string(), "3".to_string()),
     ];
+    let hostile = app.with_file_name("hostile_slot.wsgi");
+    let hostile = hostile.to_str().unwrap().to_string();
+    let seen = std::sync::Mutex::new(std::collections::HashSet::<i32>::new());
+    let stuck = AtomicU64::new(0);
     let mut w = Spawned::start(&[lswsgi.to_string()], &env, Some(log)).expect("start lswsgi");
     let pid = w.child.id();
     let app = app.to_str().unwrap().to_string();
@@ -126,12 +161,13 @@ pub fn run(lswsgi: &str, app: &Path, total: u64, log: &Path) -> Report {
         AtomicU64::new(0),
         AtomicU64::new(0),
     );
-    // A handful of crashes spread over the run.
+    // A handful of crashes and stuck children spread over the run.
     let crash_every = (total / 5).max(1000);
+    let stuck_every = (total / 4).max(1000);
     let started = Instant::now();
     std::thread::scope(|scope| {
         for t in 0..CONNECTIONS {
-            let (w, app, next) = (&w, &app, &next);
+            let (w, app, next, hostile, seen, stuck) = (&w, &app, &next, &hostile, &seen, &stuck);
             let (good_ok, good_failed, bad, crashes, retried) =
                 (&good_ok, &good_failed, &bad, &crashes, &retried);
             scope.spawn(move || {
@@ -141,6 +177,26 @@ pub fn run(lswsgi: &str, app: &Path, total: u64, log: &Path) -> Report {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= total {
                         break;
+                    }
+                    if i % stuck_every == stuck_every / 3 {
+                        // A child that hangs (honestly busy, or saying Idle),
+                        // abandoned by the client once it took the request.
+                        let path = if (i / stuck_every) % 2 == 0 {
+                            "/h.wsgi/hang"
+                        } else {
+                            "/h.wsgi/idle?3600"
+                        };
+                        let spec = RequestSpec::new("GET", path, hostile, "/h.wsgi");
+                        let mut s = connect(w);
+                        s.stream()
+                            .set_timeout(Some(Duration::from_millis(500)))
+                            .unwrap();
+                        let r = s.call(&spec, b"");
+                        if let Some(pid) = r.ok().and_then(|r| r.pid) {
+                            seen.lock().unwrap().insert(pid);
+                        }
+                        stuck.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
                     if i % crash_every == crash_every / 2 {
                         let spec = RequestSpec::new("GET", "/suite.wsgi/abort", app, "/suite.wsgi");
@@ -178,6 +234,9 @@ pub fn run(lswsgi: &str, app: &Path, total: u64, log: &Path) -> Report {
                         let undelivered = match c.call(&spec, &body) {
                             Ok(r) if r.status == 200 && r.body == body => {
                                 good_ok.fetch_add(1, Ordering::Relaxed);
+                                if let Some(pid) = r.pid {
+                                    seen.lock().unwrap().insert(pid);
+                                }
                                 if r.ending != Ending::End {
                                     c = connect(w);
                                 }
@@ -203,9 +262,22 @@ pub fn run(lswsgi: &str, app: &Path, total: u64, log: &Path) -> Report {
         }
     });
     let seconds = started.elapsed().as_secs_f64();
+    // Every stuck child must be killed by the parent (within MAX_IDLE or
+    // MAX_PROCESS_TIME, plus the grace period).
+    let stuck = stuck.into_inner();
+    let kills = || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("with SIGKILL")
+            .count() as u64
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kills() < stuck && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Let crashed and retired children be reaped (the parent reaps on its tick).
     std::thread::sleep(Duration::from_millis(1500));
-    let report = Report {
+    let mut report = Report {
         requests: total,
         good_ok: good_ok.into_inner(),
         good_failed: good_failed.into_inner(),
@@ -215,8 +287,21 @@ pub fn run(lswsgi: &str, app: &Path, total: u64, log: &Path) -> Report {
         fds: (fds_before, fd_count(pid)),
         rss_kb: (rss_before, status_kb(pid, "VmRSS")),
         zombies: zombies(pid),
+        stuck,
+        stuck_killed: kills(),
+        pidfds: pidfd_count(pid),
+        leaked: 0,
         seconds,
     };
-    let _ = w.stop(Duration::from_secs(10));
+    let _ = w.stop(Duration::from_secs(40));
+    report.leaked = seen
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with(lswsgi))
+        })
+        .count();
     report
 }

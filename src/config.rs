@@ -32,6 +32,10 @@ pub struct Config {
     pub extra_children: u32,
     /// LSAPI_MAX_REQS: requests one process serves before it exits (≥ 1).
     pub max_reqs: u64,
+    /// LSAPI_MAX_REQS_JITTER, percent (0–100, default 10): each process
+    /// leaves after MAX_REQS less a random share of up to this much of it,
+    /// so children forked together are not all re-forked together.
+    pub max_reqs_jitter: u8,
     /// LSAPI_MAX_IDLE, seconds: an idle child (or Worker-mode process) exits;
     /// 0 = never (as in lsapilib).
     pub max_idle: u64,
@@ -121,6 +125,7 @@ impl Config {
         };
         let children = num("LSAPI_CHILDREN", 0, MAX_CHILDREN as u64) as u32;
         let max_reqs = positive("LSAPI_MAX_REQS", 10000, MAX_REQS);
+        let max_reqs_jitter = num("LSAPI_MAX_REQS_JITTER", 10, 100) as u8;
         let max_idle = num("LSAPI_MAX_IDLE", 300, MAX_SECS);
         let max_process_time = positive("LSAPI_MAX_PROCESS_TIME", 3600, MAX_SECS);
         let max_app_groups = num("LSAPI_MAX_APP_GROUPS", 10, 1000) as u32;
@@ -172,6 +177,7 @@ impl Config {
             avoid_fork,
             extra_children,
             max_reqs,
+            max_reqs_jitter,
             max_idle,
             max_idle_children,
             max_process_time,
@@ -242,6 +248,7 @@ mod tests {
         assert_eq!(c.children, 0);
         assert!(!c.process_group());
         assert_eq!(c.max_reqs, 10000);
+        assert_eq!(c.max_reqs_jitter, 10);
         assert_eq!(c.max_idle, 300);
         assert_eq!(c.max_process_time, 3600);
         assert_eq!(c.pgrp_max_idle, None);

@@ -10,6 +10,7 @@
 mod config;
 mod listen;
 mod pgroup;
+mod status;
 mod suexec;
 mod sys;
 mod worker;

@@ -8,272 +8,163 @@
 //! enforces. Signal handlers only record and wake; every decision is made in
 //! the loop.
 //!
-//! Parent and children share a child table: an anonymous shared mapping of
-//! fixed 64-byte slots of atomics (so no locks, and no slot shares a cache
-//! line). A child writes its own slot's state, counters and times; the parent
-//! writes pids and exit requests, and frees slots when it reaps. Times are
-//! CLOCK_MONOTONIC milliseconds, which every process on the machine shares.
+//! Trust boundary: the parent acts only on its own private record of the
+//! children it forked ([`Child`]: the pid fork returned, a pidfd, times it
+//! measured itself, its own retire state), freed only when it reaps that pid.
+//! The shared status (`status.rs`) is a set of hints the children write: the
+//! parent reads what a child *says* (busy, idle, requests begun) and bounds
+//! every claim with its own clock, so a lie can delay nothing past a limit:
+//!
+//! - a request counts from the tick the parent first saw the child's request
+//!   counter change, never from a time the child wrote;
+//! - saying Busy for longer than LSAPI_MAX_PROCESS_TIME is a runaway; saying
+//!   anything else for longer than LSAPI_MAX_IDLE (+5 s) since the parent last
+//!   saw it busy or progressing is a stale child; more requests than
+//!   LSAPI_MAX_REQS is a lie; each is retired;
+//! - retiring is polite (the slot's exit request, or SIGTERM) and becomes
+//!   SIGKILL after a grace period, whatever the child says meanwhile;
+//! - a child that never starts serving within [`STARTUP_MS`] is killed.
+//!
+//! Times are the parent's CLOCK_MONOTONIC milliseconds.
 
 use crate::config::Config;
 use crate::listen;
-use crate::sys::{self, ChildExit, MemProbe, Memory, STOP, STOP_SIGNAL};
+use crate::status::{Header, Member, Slot, State, EXIT_GRACE_SECS, PAGE};
+use crate::sys::{self, ChildExit, MemProbe, STOP, STOP_SIGNAL};
 use crate::wsgi;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Milliseconds between two runs of the policies.
 const TICK_MS: u64 = 1000;
-/// SIGTERMs a runaway child gets (one per tick) before SIGKILL.
-const RUNAWAY_SIGTERMS: u32 = 5;
 /// How long the parent leaves a waiting connection to children blocked in
 /// accept before it forks anyway (a child may be on its way out), in 1 ms steps.
 const DEFER_TO_ACCEPTING_MS: u32 = 50;
 /// Longest wait, in seconds, for in-flight requests when the group stops
 /// (never more than LSAPI_MAX_PROCESS_TIME); the rest are killed.
 const STOP_GRACE_MAX_SECS: u64 = 30;
+/// A child must send its `\0PID` notice within this many milliseconds of
+/// fork (at-fork hooks run before it); otherwise it is killed.
+const STARTUP_MS: u64 = 10_000;
+/// Grace after a polite request to leave before SIGKILL, in milliseconds.
+const GRACE_MS: u64 = EXIT_GRACE_SECS as u64 * 1000;
+/// Most log lines of one kind (accept errors, crash loop) per this interval.
+const LOG_INTERVAL_MS: u64 = 10_000;
+/// Pause of the accepting side after EMFILE and the like, in milliseconds.
+const ACCEPT_PAUSE_MS: u64 = 500;
+/// Fork back-off after children that die before serving: first and longest
+/// delay, in milliseconds (doubling in between).
+const CRASH_BACKOFF_MS: (u64, u64) = (100, 8000);
 
-/// What a child is doing, as recorded in its slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    /// No child in this slot.
-    Free = 0,
-    /// Connected, between requests.
-    Idle = 1,
-    /// Waiting in accept on the shared listener.
-    Accepting = 2,
-    /// Serving a request.
-    Busy = 3,
-}
-
-impl State {
-    fn from_u32(v: u32) -> State {
-        match v {
-            1 => State::Idle,
-            2 => State::Accepting,
-            3 => State::Busy,
-            _ => State::Free,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            State::Free => "free",
-            State::Idle => "idle",
-            State::Accepting => "accepting",
-            State::Busy => "busy",
-        }
-    }
-}
-
-/// One child's entry in the shared table. All zeroes is a free slot.
-#[repr(C, align(64))]
-pub struct Slot {
-    /// The child's pid; 0 when free.
-    pid: AtomicI32,
-    /// A [`State`].
-    state: AtomicU32,
-    /// Exit requests and runaway signals from the parent since the child's
-    /// current request began (lsapilib's m_iKillSent).
-    kill_sent: AtomicU32,
-    /// Requests the child has begun.
-    requests: AtomicU64,
-    /// When the current (or last) request began.
-    req_start_ms: AtomicU64,
-    /// When the child last finished a request or began waiting.
-    last_active_ms: AtomicU64,
-}
-
-/// Group-wide counters, kept in step with the slots' states by
-/// [`Table::set_state`] so a child reads them without scanning the table.
-#[repr(C, align(64))]
-struct Header {
-    /// Children in [`State::Busy`].
-    busy: AtomicU32,
-    /// Children in [`State::Accepting`].
-    accepting: AtomicU32,
-    /// Free memory in bytes, written by the parent every tick.
-    mem_available: AtomicU64,
-    /// Total memory in bytes, written by the parent every tick.
-    mem_total: AtomicU64,
-}
-
-/// The child table in its shared mapping (never unmapped: it lives as long
-/// as the process and every child inherits it).
-#[derive(Clone, Copy)]
-pub struct Table {
-    header: &'static Header,
-    slots: &'static [Slot],
+/// The shared status in its mapping: the header page, then one page per slot
+/// (never unmapped by the parent; every child inherits it and unmaps the
+/// slots that are not its own).
+struct Table {
+    base: *mut u8,
+    n: usize,
 }
 
 impl Table {
     /// Maps a zeroed table of `n` slots.
     fn new(n: usize) -> std::io::Result<Table> {
-        let len = std::mem::size_of::<Header>() + n * std::mem::size_of::<Slot>();
-        let base = sys::map_shared(len)?;
-        // SAFETY: the mapping is page-aligned (≥ 64), zero-filled (a valid
-        // value for every atomic field), large enough for the header and `n`
-        // slots, and never unmapped, so 'static references are sound.
-        unsafe {
-            let header = &*(base as *const Header);
-            let first = base.add(std::mem::size_of::<Header>()) as *const Slot;
-            Ok(Table {
-                header,
-                slots: std::slice::from_raw_parts(first, n),
-            })
-        }
+        let base = sys::map_shared((n + 1) * PAGE)?;
+        Ok(Table { base, n })
+    }
+
+    fn header(&self) -> &'static Header {
+        // SAFETY: page 0 of a live, zero-filled mapping never unmapped in the
+        // parent; zeroes are valid atomics; page alignment ≥ 64.
+        unsafe { &*(self.base as *const Header) }
     }
 
     fn slot(&self, i: usize) -> &'static Slot {
-        &self.slots[i]
+        assert!(i < self.n);
+        // SAFETY: page i+1 of the mapping, as for the header; only called in
+        // the parent, or in a child for its own slot (which it keeps mapped).
+        unsafe { &*(self.base.add((i + 1) * PAGE) as *const Slot) }
     }
 
-    fn state(&self, i: usize) -> State {
-        State::from_u32(self.slots[i].state.load(Relaxed))
-    }
-
-    /// Moves slot `i` to `new`, keeping the busy/accepting counters exact: the
-    /// swap makes whoever leaves a state (the child, or the parent reaping a
-    /// child that died in it) the only one to decrement its counter.
-    fn set_state(&self, i: usize, new: State) {
-        let counter = |s: State| match s {
-            State::Busy => Some(&self.header.busy),
-            State::Accepting => Some(&self.header.accepting),
-            _ => None,
-        };
-        if let Some(c) = counter(new) {
-            c.fetch_add(1, Relaxed);
+    /// In a new child: unmaps every slot but `own`, so the child cannot
+    /// write another child's hints.
+    fn keep_only(&self, own: usize) {
+        // SAFETY: both ranges lie inside the mapping and hold no references
+        // this process will use again (the parent's record is abandoned).
+        unsafe {
+            if own > 0 {
+                libc::munmap(self.base.add(PAGE).cast(), own * PAGE);
+            }
+            let after = own + 1;
+            if after < self.n {
+                libc::munmap(
+                    self.base.add((after + 1) * PAGE).cast(),
+                    (self.n - after) * PAGE,
+                );
+            }
         }
-        let old = State::from_u32(self.slots[i].state.swap(new as u32, Relaxed));
-        if let Some(c) = counter(old) {
-            // Saturating: a child killed between the add above and its swap
-            // must not wrap the counter.
-            let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
-        }
-    }
-
-    fn busy(&self) -> u32 {
-        self.header.busy.load(Relaxed)
-    }
-
-    fn accepting(&self) -> u32 {
-        self.header.accepting.load(Relaxed)
-    }
-
-    fn memory(&self) -> Memory {
-        Memory {
-            total: self.header.mem_total.load(Relaxed),
-            available: self.header.mem_available.load(Relaxed),
-        }
-    }
-
-    fn set_memory(&self, m: Memory) {
-        self.header.mem_total.store(m.total, Relaxed);
-        self.header.mem_available.store(m.available, Relaxed);
-    }
-
-    /// Indexes of slots holding a child.
-    fn live(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.slots.len()).filter(|&i| self.slots[i].pid.load(Relaxed) != 0)
     }
 }
 
-/// A child's link to its group: its slot, the shared listener while it keeps
-/// it, and the policies it applies to itself.
-pub struct Member {
-    table: Table,
+/// Why the parent is retiring a child, for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Runaway,
+    Stale,
+    Surplus,
+    TooManyRequests,
+    NoNotice,
+    Leaving,
+    Stopping,
+}
+
+impl Reason {
+    fn text(self) -> &'static str {
+        match self {
+            Reason::Runaway => "its request ran past LSAPI_MAX_PROCESS_TIME",
+            Reason::Stale => "idle past LSAPI_MAX_IDLE",
+            Reason::Surplus => "surplus idle child",
+            Reason::TooManyRequests => "began more than LSAPI_MAX_REQS requests",
+            Reason::NoNotice => "no PID notice in time",
+            Reason::Leaving => "still not gone after serving",
+            Reason::Stopping => "the group is stopping",
+        }
+    }
+}
+
+/// The parent's own retire state of a child.
+#[derive(Clone, Copy, Debug)]
+struct Retire {
+    reason: Reason,
+    /// When the polite request went out.
+    since_ms: u64,
+    /// Grace before SIGKILL.
+    grace_ms: u64,
+    /// SIGKILL has been sent.
+    killed: bool,
+}
+
+/// The parent's private record of one child it forked. Freed only when the
+/// parent reaps `pid`, so `pid` always names this child (a pid cannot be
+/// reused before its parent reaps it).
+struct Child {
+    pid: i32,
+    /// pidfd_open(pid), where the kernel has it: signals go through it.
+    pidfd: Option<RawFd>,
+    /// Index of the slot it was given.
     slot: usize,
-    /// The group parent's pid: the child exits once it is gone.
-    pub parent: i32,
-    /// The shared listener, while this child still takes connections.
-    listener: Option<RawFd>,
-    /// The `\0PID` notice is still to be sent on the connection this child
-    /// was forked for.
-    pub notice_pending: bool,
-    keep_listen: u8,
-    threshold: u64,
-    /// LSAPI_MAX_BUSY_WORKER (None: never hand connections back).
-    max_busy: Option<u32>,
-}
-
-impl Member {
-    /// Records that a request began: Busy, counted, timed, and any earlier
-    /// exit request forgotten (it was meant for an idle child).
-    pub fn request_started(&self, now_ms: u64) {
-        let s = self.table.slot(self.slot);
-        s.kill_sent.store(0, Relaxed);
-        s.requests.fetch_add(1, Relaxed);
-        s.req_start_ms.store(now_ms, Relaxed);
-        self.table.set_state(self.slot, State::Busy);
-    }
-
-    /// Records that the request ended: Idle again.
-    pub fn request_finished(&self, now_ms: u64) {
-        self.table
-            .slot(self.slot)
-            .last_active_ms
-            .store(now_ms, Relaxed);
-        self.table.set_state(self.slot, State::Idle);
-    }
-
-    /// Records what the child waits on: its connection (Idle) or the shared
-    /// listener (Accepting).
-    pub fn waiting(&self, on_listener: bool) {
-        let state = if on_listener {
-            State::Accepting
-        } else {
-            State::Idle
-        };
-        if self.table.state(self.slot) != state {
-            self.table.set_state(self.slot, state);
-        }
-    }
-
-    /// Whether the parent asked this child to exit (it has surplus idle children).
-    pub fn exit_requested(&self) -> bool {
-        self.table.slot(self.slot).kill_sent.load(Relaxed) > 0
-    }
-
-    /// LSAPI_MAX_BUSY_WORKER: whether so many children are busy that this
-    /// one, having finished a request, should hand its connection back.
-    pub fn too_many_busy(&self) -> bool {
-        self.max_busy.is_some_and(|n| self.table.busy() >= n)
-    }
-
-    /// The shared listener, if this child still takes connections.
-    pub fn listener(&self) -> Option<RawFd> {
-        self.listener
-    }
-
-    /// LSAPI_KEEP_LISTEN and LSAPI_AVOID_FORK: whether a child that has
-    /// waited `waited_s` seconds on the listener keeps waiting — never with 0;
-    /// with 1 for 10 s plus 10 s per busy child; with 2 until idle; and only
-    /// while free memory is above the threshold (or a tenth of the total).
-    pub fn keep_listening(&self, waited_s: u64) -> bool {
-        if !self.table.memory().enough(self.threshold) {
-            return false;
-        }
-        match self.keep_listen {
-            0 => false,
-            1 => waited_s < 10 + 10 * u64::from(self.table.busy()),
-            _ => true,
-        }
-    }
-
-    /// Whether free memory is what made [`Member::keep_listening`] say no.
-    pub fn memory_low(&self) -> bool {
-        !self.table.memory().enough(self.threshold)
-    }
-
-    /// Stops taking connections: closes this child's copy of the listener
-    /// (and stops counting as accepting, so the parent forks again at once).
-    pub fn close_listener(&mut self) {
-        if let Some(fd) = self.listener.take() {
-            listen::close(fd);
-        }
-        if self.table.state(self.slot) == State::Accepting {
-            self.table.set_state(self.slot, State::Idle);
-        }
-    }
+    forked_ms: u64,
+    /// The parent saw it start serving (a hint once seen, kept).
+    started: bool,
+    /// Last request counter seen in its slot.
+    seen_requests: u64,
+    /// Requests the parent has seen it begin (at least one per change).
+    counted: u64,
+    /// When the parent last saw the counter change (or the fork).
+    progress_ms: u64,
+    /// When the parent last saw it say Busy, or progress.
+    active_ms: u64,
+    /// The state it said at the last look (None: a value no honest child writes).
+    said: Option<State>,
+    retire: Option<Retire>,
 }
 
 /// Why the parent stopped.
@@ -316,17 +207,24 @@ pub fn run(cfg: &Config, listener: RawFd, starter: Option<i32>) -> Role {
     let setup = || -> std::io::Result<Parent<'_>> {
         sys::set_nonblocking(listener)?;
         let wake = sys::open_wake_pipe()?;
+        let n = cfg.child_limit() as usize;
         Ok(Parent {
             cfg,
             listener,
-            table: Table::new(cfg.child_limit() as usize)?,
+            table: Table::new(n)?,
+            used: vec![false; n],
+            children: Vec::with_capacity(n),
             wake,
             starter,
             probe: MemProbe::new(),
-            live: 0,
             childless_since_ms: sys::now_ms(),
             saturated: false,
             frozen: false,
+            accept_paused_until: 0,
+            accept_errors: Throttle::default(),
+            crashes_in_a_row: 0,
+            fork_paused_until: 0,
+            crash_log: Throttle::default(),
         })
     };
     match setup() {
@@ -337,23 +235,56 @@ pub fn run(cfg: &Config, listener: RawFd, starter: Option<i32>) -> Role {
     }
 }
 
+/// At most one log line per [`LOG_INTERVAL_MS`], counting the rest.
+#[derive(Default)]
+struct Throttle {
+    last_ms: Option<u64>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    fn allow(&mut self, now: u64) -> Option<u64> {
+        match self.last_ms {
+            Some(t) if now.saturating_sub(t) < LOG_INTERVAL_MS => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_ms = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// The supervising parent.
 struct Parent<'a> {
     cfg: &'a Config,
     listener: RawFd,
     table: Table,
+    /// Slots given to a child not yet reaped (the parent's own bookkeeping).
+    used: Vec<bool>,
+    /// Every child forked and not yet reaped.
+    children: Vec<Child>,
     /// Read end of the self-pipe the signal handlers write to.
     wake: RawFd,
     starter: Option<i32>,
     probe: MemProbe,
-    /// Children forked and not yet reaped.
-    live: u32,
-    /// When the group last had no children (meaningful while `live == 0`).
+    /// When the group last had no children (meaningful while it has none).
     childless_since_ms: u64,
     /// The child limit was reached and logged; cleared when there is room.
     saturated: bool,
     /// gc.freeze has run.
     frozen: bool,
+    /// No accept before this time (after EMFILE and the like).
+    accept_paused_until: u64,
+    accept_errors: Throttle,
+    /// Children in a row that died before serving.
+    crashes_in_a_row: u32,
+    /// No fork before this time (crash-loop back-off).
+    fork_paused_until: u64,
+    crash_log: Throttle,
 }
 
 impl Parent<'_> {
@@ -363,7 +294,7 @@ impl Parent<'_> {
             self.cfg.children,
             self.cfg.extra_children
         );
-        self.update_free_memory();
+        self.publish(sys::now_ms());
         let mut next_tick = sys::now_ms() + TICK_MS;
         // Milliseconds a waiting connection has been left to accepting children.
         let mut deferred = 0;
@@ -373,6 +304,8 @@ impl Parent<'_> {
             }
             self.reap();
             if sys::STATUS.swap(false, Relaxed) {
+                self.observe(sys::now_ms());
+                self.publish_busy();
                 self.log_status();
             }
             let now = sys::now_ms();
@@ -382,10 +315,19 @@ impl Parent<'_> {
                     return Role::Parent(self.shutdown(exit));
                 }
             }
-            let room = self.has_room();
+            let paused = self.accept_paused_until.max(self.fork_paused_until);
+            let room = now >= paused && self.has_room();
+            let until_tick = next_tick.saturating_sub(now);
             let ready = match (room, deferred > 0) {
-                (false, _) => self.wait(false, next_tick - now).map(|_| false),
-                (true, false) => self.wait(true, next_tick - now),
+                (false, _) => {
+                    let t = if paused > now {
+                        until_tick.min(paused - now)
+                    } else {
+                        until_tick
+                    };
+                    self.wait(false, t).map(|_| false)
+                }
+                (true, false) => self.wait(true, until_tick),
                 (true, true) => self.wait(false, 1).map(|_| self.pending()),
             };
             match ready {
@@ -408,10 +350,7 @@ impl Parent<'_> {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    crate::error!("accept failed: {e}");
-                    let _ = self.wait(false, 100);
-                }
+                Err(e) => self.accept_failed(e),
             }
         }
     }
@@ -421,9 +360,13 @@ impl Parent<'_> {
         if self.starter_gone() {
             return Some(Exit::Orphaned);
         }
-        self.update_free_memory();
+        self.observe(now);
+        self.kill_unstarted(now);
         self.kill_runaways(now);
+        self.retire_stale_and_lying(now);
         self.retire_idle_children(now);
+        self.escalate(now);
+        self.publish(now);
         self.group_idle_too_long(now).map(Exit::GroupIdle)
     }
 
@@ -433,70 +376,138 @@ impl Parent<'_> {
         self.starter.is_some_and(|p| sys::getppid() != p)
     }
 
-    /// Publishes free memory in the table for the children's LSAPI_AVOID_FORK
-    /// and LSAPI_KEEP_LISTEN decisions.
-    fn update_free_memory(&self) {
-        self.table.set_memory(self.probe.read());
-    }
-
-    /// LSAPI_MAX_PROCESS_TIME: a request running longer gets SIGTERM on each
-    /// tick, then SIGKILL once it has had RUNAWAY_SIGTERMS of them.
-    fn kill_runaways(&self, now: u64) {
-        let limit_ms = self.cfg.max_process_time.saturating_mul(1000);
-        for i in self.table.live() {
-            let s = self.table.slot(i);
-            let took = now.saturating_sub(s.req_start_ms.load(Relaxed));
-            if self.table.state(i) != State::Busy || took <= limit_ms {
-                continue;
-            }
-            let pid = s.pid.load(Relaxed);
-            let sent = s.kill_sent.fetch_add(1, Relaxed);
-            let sig = if sent >= RUNAWAY_SIGTERMS {
-                libc::SIGKILL
-            } else {
-                libc::SIGTERM
-            };
-            if sent == 0 || sig == libc::SIGKILL {
-                crate::warn!(
-                    "killing runaway child {pid} with {}: its request has run for {} s \
-                     (LSAPI_MAX_PROCESS_TIME={})",
-                    if sig == libc::SIGKILL {
-                        "SIGKILL"
-                    } else {
-                        "SIGTERM"
-                    },
-                    took / 1000,
-                    self.cfg.max_process_time
-                );
-            }
-            // ESRCH: it already exited; the reaper frees the slot.
-            let _ = sys::kill(pid, sig);
+    /// Reads every child's hints into the parent's record, timing them with
+    /// the parent's clock.
+    fn observe(&mut self, now: u64) {
+        for c in &mut self.children {
+            look(&self.table, c, now);
         }
     }
 
-    /// LSAPI_MAX_IDLE_CHILDREN, LSAPI_EXTRA_CHILDREN and LSAPI_MAX_IDLE: asks
-    /// idle children to exit while more are idle than allowed, while the
-    /// group runs above LSAPI_CHILDREN, or when one has idled 5 s past
-    /// LSAPI_MAX_IDLE (it normally leaves by itself first). A child acts on
-    /// the request at its next tick, once it has served a request.
-    fn retire_idle_children(&self, now: u64) {
-        let (mut idle, mut leaving) = (0u32, 0u32);
-        let stale_ms = (self.cfg.max_idle > 0).then(|| (self.cfg.max_idle + 5) * 1000);
-        for i in self.table.live() {
-            if self.table.state(i) == State::Busy {
+    /// Publishes free memory and the busy count in the header for the
+    /// children's LSAPI_AVOID_FORK, LSAPI_KEEP_LISTEN and
+    /// LSAPI_MAX_BUSY_WORKER decisions (the parent is its only writer).
+    fn publish(&self, _now: u64) {
+        let h = self.table.header();
+        let m = self.probe.read();
+        h.mem_total.store(m.total, Relaxed);
+        h.mem_available.store(m.available, Relaxed);
+        self.publish_busy();
+    }
+
+    /// Publishes the busy count as last seen (also before each fork, so a
+    /// new child's view is no older than its connection).
+    fn publish_busy(&self) {
+        self.table
+            .header()
+            .busy
+            .store(self.count(State::Busy), Relaxed);
+    }
+
+    /// Children that said `state` at the last look.
+    fn count(&self, state: State) -> u32 {
+        self.children
+            .iter()
+            .filter(|c| c.said == Some(state))
+            .count() as u32
+    }
+
+    /// A child that has not started serving [`STARTUP_MS`] after fork (stuck
+    /// in an at-fork hook, say) gets SIGKILL: no request of it is in flight.
+    fn kill_unstarted(&mut self, now: u64) {
+        for i in 0..self.children.len() {
+            let c = &self.children[i];
+            if !c.started && c.retire.is_none() && now.saturating_sub(c.forked_ms) > STARTUP_MS {
+                crate::warn!(
+                    "child {} sent no PID notice within {} s of fork; killing it",
+                    c.pid,
+                    STARTUP_MS / 1000
+                );
+                self.retire(i, Reason::NoNotice, now, 0, None);
+            }
+        }
+    }
+
+    /// LSAPI_MAX_PROCESS_TIME: a child that has said Busy for longer than
+    /// the limit since the parent saw its request begin gets SIGTERM, then
+    /// SIGKILL after the grace period.
+    fn kill_runaways(&mut self, now: u64) {
+        let limit_ms = self.cfg.max_process_time.saturating_mul(1000);
+        for i in 0..self.children.len() {
+            let c = &self.children[i];
+            let took = now.saturating_sub(c.progress_ms);
+            if c.said != Some(State::Busy) || took <= limit_ms || c.retire.is_some() {
                 continue;
             }
-            let s = self.table.slot(i);
-            if s.kill_sent.load(Relaxed) > 0 {
+            crate::warn!(
+                "killing runaway child {} with SIGTERM: its request has run for {} s \
+                 (LSAPI_MAX_PROCESS_TIME={})",
+                c.pid,
+                took / 1000,
+                self.cfg.max_process_time
+            );
+            self.retire(i, Reason::Runaway, now, GRACE_MS, Some(libc::SIGTERM));
+        }
+    }
+
+    /// Bounds on what a child says of itself: not busy for LSAPI_MAX_IDLE
+    /// (+5 s) since the parent last saw it busy or progressing (an honest
+    /// child has left by then), saying Leaving, or more requests begun than
+    /// LSAPI_MAX_REQS: each is retired, and killed after the grace period.
+    fn retire_stale_and_lying(&mut self, now: u64) {
+        let stale_ms = (self.cfg.max_idle > 0)
+            .then(|| self.cfg.max_idle.saturating_add(5).saturating_mul(1000));
+        for i in 0..self.children.len() {
+            let c = &self.children[i];
+            if c.retire.is_some_and(|r| r.reason != Reason::Surplus) {
+                continue;
+            }
+            if c.said == Some(State::Leaving) {
+                self.retire(i, Reason::Leaving, now, GRACE_MS, None);
+            } else if c.counted > self.cfg.max_reqs {
+                crate::warn!(
+                    "child {} began {} requests (LSAPI_MAX_REQS={}); retiring it",
+                    c.pid,
+                    c.counted,
+                    self.cfg.max_reqs
+                );
+                self.retire(
+                    i,
+                    Reason::TooManyRequests,
+                    now,
+                    GRACE_MS,
+                    Some(libc::SIGTERM),
+                );
+            } else if c.said != Some(State::Busy)
+                && c.started
+                && stale_ms.is_some_and(|ms| now.saturating_sub(c.active_ms) > ms)
+            {
+                self.retire(i, Reason::Stale, now, GRACE_MS, Some(libc::SIGTERM));
+            }
+        }
+    }
+
+    /// LSAPI_MAX_IDLE_CHILDREN and LSAPI_EXTRA_CHILDREN: asks idle children
+    /// (that have served a request, as lsapilib waits for) to exit while more
+    /// are idle than allowed or the group runs above LSAPI_CHILDREN. The
+    /// request is the slot's exit flag; the child acts on it at its next
+    /// tick, or is killed after the grace period.
+    fn retire_idle_children(&mut self, now: u64) {
+        let (mut idle, mut leaving) = (0u32, 0u32);
+        let live = self.children.len() as u32;
+        for i in 0..self.children.len() {
+            let c = &self.children[i];
+            if c.retire.is_some() {
                 leaving += 1;
                 continue;
             }
-            let surplus =
-                self.live - leaving > self.cfg.children || idle >= self.cfg.max_idle_children;
-            let stale =
-                stale_ms.is_some_and(|ms| now.saturating_sub(s.last_active_ms.load(Relaxed)) > ms);
-            if surplus || stale {
-                s.kill_sent.fetch_add(1, Relaxed);
+            if !matches!(c.said, Some(State::Idle | State::Accepting)) || c.counted == 0 {
+                continue;
+            }
+            let surplus = live - leaving > self.cfg.children || idle >= self.cfg.max_idle_children;
+            if surplus {
+                self.table.slot(c.slot).exit.store(1, Relaxed);
+                self.retire(i, Reason::Surplus, now, GRACE_MS, None);
                 leaving += 1;
             } else {
                 idle += 1;
@@ -504,40 +515,106 @@ impl Parent<'_> {
         }
     }
 
+    /// Starts retiring child `i`: records why and when, and sends `polite`
+    /// (if any). With no grace, SIGKILL at once.
+    fn retire(&mut self, i: usize, reason: Reason, now: u64, grace_ms: u64, polite: Option<i32>) {
+        let c = &mut self.children[i];
+        c.retire = Some(Retire {
+            reason,
+            since_ms: now,
+            grace_ms,
+            killed: false,
+        });
+        if let Some(sig) = polite {
+            signal(c, sig);
+        }
+        if grace_ms == 0 {
+            self.escalate(now);
+        }
+    }
+
+    /// The arbiter's second pass: SIGKILL for every child still here after
+    /// its grace period, whatever it says.
+    fn escalate(&mut self, now: u64) {
+        for c in &mut self.children {
+            let Some(r) = &mut c.retire else { continue };
+            if r.killed || now.saturating_sub(r.since_ms) < r.grace_ms {
+                continue;
+            }
+            r.killed = true;
+            if r.reason == Reason::Runaway {
+                crate::warn!(
+                    "killing runaway child {} with SIGKILL (LSAPI_MAX_PROCESS_TIME={})",
+                    c.pid,
+                    self.cfg.max_process_time
+                );
+            } else if r.reason != Reason::NoNotice {
+                crate::warn!(
+                    "killing child {} with SIGKILL: {} ({}), {} s after it was asked to leave",
+                    c.pid,
+                    reason_of(r.reason),
+                    c.said.map_or("says nothing sensible", State::name),
+                    r.grace_ms / 1000
+                );
+            }
+            signal(c, libc::SIGKILL);
+        }
+    }
+
     /// LSAPI_PGRP_MAX_IDLE: the limit, once the group has been without
     /// children that many seconds.
     fn group_idle_too_long(&mut self, now: u64) -> Option<u64> {
         let max = self.cfg.pgrp_max_idle?;
-        if self.live > 0 {
+        if !self.children.is_empty() {
             self.childless_since_ms = now;
             return None;
         }
         (now.saturating_sub(self.childless_since_ms) >= max.saturating_mul(1000)).then_some(max)
     }
 
-    /// LSAPI_CHILDREN + LSAPI_EXTRA_CHILDREN: whether another child may be
-    /// forked. Reaching the limit is logged once; connections then wait in
-    /// the listen backlog until a child exits.
+    /// LSAPI_CHILDREN + LSAPI_EXTRA_CHILDREN, counted on the parent's own
+    /// record: whether another child may be forked. Reaching the limit is
+    /// logged once; connections then wait in the listen backlog.
     fn has_room(&mut self) -> bool {
-        let room = self.live < self.cfg.child_limit();
+        let live = self.children.len() as u32;
+        let room = live < self.cfg.child_limit();
         if !room && !self.saturated {
             crate::warn!(
                 "reached the limit of {} children (LSAPI_CHILDREN={}, LSAPI_EXTRA_CHILDREN={}), \
                  {} busy; new connections wait",
-                self.live,
+                live,
                 self.cfg.children,
                 self.cfg.extra_children,
-                self.table.busy()
+                self.count(State::Busy)
             );
         }
         self.saturated = !room;
         room
     }
 
-    /// Whether children are waiting in accept on the shared listener: they
-    /// take new connections, so the parent does not fork for them.
+    /// Whether children say they wait in accept on the shared listener: they
+    /// take new connections, so the parent does not fork for them (for at
+    /// most [`DEFER_TO_ACCEPTING_MS`], so a lie costs little).
     fn children_accepting(&self) -> bool {
-        self.live > 0 && self.table.accepting() > 0
+        self.cfg.keep_listen > 0
+            && self.children.iter().any(|c| {
+                c.retire.is_none()
+                    && self.table.slot(c.slot).state.load(Relaxed) == State::Accepting as u32
+            })
+    }
+
+    /// Accept failed: EMFILE and other resource shortages pause accepting
+    /// for [`ACCEPT_PAUSE_MS`] (the connection waits in the backlog, no hot
+    /// loop); every failure is logged at most once per interval.
+    fn accept_failed(&mut self, e: std::io::Error) {
+        let now = sys::now_ms();
+        if let Some(suppressed) = self.accept_errors.allow(now) {
+            crate::error!(
+                "accept failed: {e}; pausing accepts for {ACCEPT_PAUSE_MS} ms \
+                 ({suppressed} more failures since the last report)"
+            );
+        }
+        self.accept_paused_until = now + ACCEPT_PAUSE_MS;
     }
 
     /// Sleeps up to `timeout_ms` on the wake pipe and, if `listener`, the
@@ -576,58 +653,77 @@ impl Parent<'_> {
     /// Forks a child for connection `conn`. Returns the child's [`Role`] in
     /// the child; `None` in the parent.
     fn spawn(&mut self, conn: RawFd) -> Option<Role> {
-        let Some(slot) =
-            (0..self.table.slots.len()).find(|&i| self.table.slot(i).pid.load(Relaxed) == 0)
-        else {
+        let Some(slot) = self.used.iter().position(|u| !u) else {
             crate::error!("no free slot in the child table; dropping a connection");
             listen::close(conn);
             return None;
         };
         self.freeze_heap_once();
+        self.observe(sys::now_ms());
+        self.publish_busy();
         let parent = sys::getpid();
-        let now = sys::now_ms();
         let s = self.table.slot(slot);
-        s.kill_sent.store(0, Relaxed);
+        // The child does not exist yet: the parent prepares the whole slot.
+        s.state.store(State::Starting as u32, Relaxed);
+        s.greeted.store(0, Relaxed);
         s.requests.store(0, Relaxed);
-        s.req_start_ms.store(now, Relaxed);
-        s.last_active_ms.store(now, Relaxed);
-        self.table.set_state(slot, State::Idle);
+        s.exit.store(0, Relaxed);
         match wsgi::fork() {
             Ok(0) => Some(Role::Child(self.become_child(slot, parent), conn)),
             Ok(pid) => {
-                s.pid.store(pid, Relaxed);
-                self.live += 1;
+                let now = sys::now_ms();
+                self.used[slot] = true;
+                self.children.push(Child {
+                    pid,
+                    pidfd: pidfd_open(pid),
+                    slot,
+                    forked_ms: now,
+                    started: false,
+                    seen_requests: 0,
+                    counted: 0,
+                    progress_ms: now,
+                    active_ms: now,
+                    said: Some(State::Starting),
+                    retire: None,
+                });
                 listen::close(conn);
                 None
             }
             Err(e) => {
                 crate::error!("cannot fork a child: {e}; dropping the connection");
-                self.table.set_state(slot, State::Free);
                 listen::close(conn);
                 None
             }
         }
     }
 
-    /// In a new child: drops the parent's machinery and builds its [`Member`].
-    /// The listener is kept only if KEEP_LISTEN (or AVOID_FORK) asks for it
-    /// and free memory allows.
+    /// In a new child: drops the parent's machinery (the wake pipe, the
+    /// pidfds, every slot but its own) and builds its [`Member`]. The
+    /// listener is kept only if KEEP_LISTEN (or AVOID_FORK) asks for it and
+    /// free memory allows.
     fn become_child(&self, slot: usize, parent: i32) -> Member {
         sys::close_wake_pipe(self.wake);
-        let pid = sys::getpid();
-        self.table.slot(slot).pid.store(pid, Relaxed);
+        for c in &self.children {
+            if let Some(fd) = c.pidfd {
+                sys::close(fd);
+            }
+        }
+        self.table.keep_only(slot);
         let threshold = self.cfg.listen_threshold();
-        let keep = self.cfg.keep_listen > 0 && self.table.memory().enough(threshold);
-        let mut m = Member {
-            table: self.table,
-            slot,
+        let header = self.table.header();
+        let keep = self.cfg.keep_listen > 0 && header.memory().enough(threshold);
+        let mut m = Member::new(
+            self.table.slot(slot),
+            header,
             parent,
-            listener: Some(self.listener),
-            notice_pending: true,
-            keep_listen: self.cfg.keep_listen,
+            Some(self.listener),
+            self.cfg.keep_listen,
             threshold,
-            max_busy: self.cfg.max_busy_worker,
-        };
+            self.cfg.max_busy_worker,
+        );
+        if !die_with_parent_now(parent) {
+            sys::STOP.store(true, Relaxed);
+        }
         if !keep {
             m.close_listener();
         }
@@ -646,61 +742,92 @@ impl Parent<'_> {
         }
     }
 
-    /// Reaps every exited child (no zombies, ever), freeing its slot and
-    /// logging abnormal ends.
+    /// Reaps every exited child of the parent's own record (waitpid on each
+    /// pid, never -1: the preloaded application's own subprocesses are its
+    /// business), freeing its slot and logging abnormal ends.
     fn reap(&mut self) {
-        while let Some((pid, how)) = sys::reap_child() {
-            if let Some(i) =
-                (0..self.table.slots.len()).find(|&i| self.table.slot(i).pid.load(Relaxed) == pid)
-            {
-                self.table.set_state(i, State::Free);
-                self.table.slot(i).pid.store(0, Relaxed);
-                self.live -= 1;
-                if self.live == 0 {
-                    self.childless_since_ms = sys::now_ms();
-                }
+        let mut i = 0;
+        while i < self.children.len() {
+            let Some(how) = reap_pid(self.children[i].pid) else {
+                i += 1;
+                continue;
+            };
+            let now = sys::now_ms();
+            self.observe_one(i, now);
+            let c = self.children.swap_remove(i);
+            if let Some(fd) = c.pidfd {
+                sys::close(fd);
+            }
+            self.used[c.slot] = false;
+            if self.children.is_empty() {
+                self.childless_since_ms = now;
             }
             match how {
                 ChildExit::Code(0) => {}
-                ChildExit::Code(c) => crate::warn!("child {pid} exited with status {c}"),
-                ChildExit::Signal(s) => crate::warn!("child {pid} was killed by signal {s}"),
+                ChildExit::Code(code) => crate::warn!("child {} exited with status {code}", c.pid),
+                ChildExit::Signal(s) => crate::warn!("child {} was killed by signal {s}", c.pid),
             }
+            self.crash_loop(&c, how, now);
         }
     }
 
-    /// Logs the child table (on SIGUSR2): counts by state, then each child.
+    /// Reads child `i`'s hints one last time (it may have started after the
+    /// last tick).
+    fn observe_one(&mut self, i: usize, now: u64) {
+        look(&self.table, &mut self.children[i], now);
+    }
+
+    /// Crash-loop back-off: children that die abnormally before they start
+    /// serving delay the next fork, doubling from 100 ms to 8 s; a child that
+    /// starts serving ends the streak. Logged once per interval.
+    fn crash_loop(&mut self, c: &Child, how: ChildExit, now: u64) {
+        if c.started {
+            self.crashes_in_a_row = 0;
+            return;
+        }
+        if how == ChildExit::Code(0) {
+            return;
+        }
+        self.crashes_in_a_row = self.crashes_in_a_row.saturating_add(1);
+        let (first, most) = CRASH_BACKOFF_MS;
+        let delay = first
+            .saturating_mul(1 << (self.crashes_in_a_row - 1).min(16))
+            .min(most);
+        self.fork_paused_until = now + delay;
+        if let Some(suppressed) = self.crash_log.allow(now) {
+            crate::error!(
+                "children die before serving ({} in a row, {suppressed} unreported); \
+                 forking again in {delay} ms",
+                self.crashes_in_a_row
+            );
+        }
+    }
+
+    /// Logs the child table (on SIGUSR2): counts by what children say, then
+    /// each child as pid:state:requests the parent has seen begin, with the
+    /// parent-measured time of a busy child's request.
     fn log_status(&self) {
         use std::fmt::Write;
         let now = sys::now_ms();
-        let mut counts = [0u32; 4];
         let mut list = String::new();
-        for i in self.table.live() {
-            let s = self.table.slot(i);
-            let state = self.table.state(i);
-            counts[state as usize] += 1;
-            let _ = write!(
-                list,
-                " {}:{}:{}",
-                s.pid.load(Relaxed),
-                state.name(),
-                s.requests.load(Relaxed)
-            );
-            if state == State::Busy {
-                let _ = write!(
-                    list,
-                    ":{}ms",
-                    now.saturating_sub(s.req_start_ms.load(Relaxed))
-                );
+        for c in &self.children {
+            let name = c.said.map_or("?", State::name);
+            let _ = write!(list, " {}:{}:{}", c.pid, name, c.counted);
+            if c.said == Some(State::Busy) {
+                let _ = write!(list, ":{}ms", now.saturating_sub(c.progress_ms));
+            }
+            if let Some(r) = c.retire {
+                let _ = write!(list, ":retiring({})", reason_of(r.reason));
             }
         }
-        let m = self.table.memory();
+        let m = self.table.header().memory();
         crate::info!(
             "status: {} children (busy {}, idle {}, accepting {}), limit {}+{}, \
              free memory {} MiB;{}",
-            self.live,
-            counts[State::Busy as usize],
-            counts[State::Idle as usize],
-            counts[State::Accepting as usize],
+            self.children.len(),
+            self.count(State::Busy),
+            self.count(State::Idle),
+            self.count(State::Accepting),
             self.cfg.children,
             self.cfg.extra_children,
             m.available >> 20,
@@ -712,28 +839,30 @@ impl Parent<'_> {
     /// finishes its request in flight, then exits), a bounded wait, SIGKILL
     /// for the rest. The parent leaves last.
     fn shutdown(&mut self, why: Exit) -> Exit {
-        crate::info!("stopping the process group ({why}); {} children", self.live);
+        crate::info!(
+            "stopping the process group ({why}); {} children",
+            self.children.len()
+        );
         listen::close(self.listener);
-        for i in self.table.live() {
-            let _ = sys::kill(self.table.slot(i).pid.load(Relaxed), libc::SIGTERM);
-        }
         let grace = self.cfg.max_process_time.min(STOP_GRACE_MAX_SECS) * 1000;
-        let deadline = sys::now_ms() + grace;
-        while self.live > 0 && sys::now_ms() < deadline {
+        let now = sys::now_ms();
+        for i in 0..self.children.len() {
+            self.retire(i, Reason::Stopping, now, grace, Some(libc::SIGTERM));
+        }
+        let deadline = now + grace;
+        while !self.children.is_empty() && sys::now_ms() < deadline {
             let _ = self.wait(false, 100);
             self.reap();
         }
-        if self.live > 0 {
+        if !self.children.is_empty() {
             crate::warn!(
-                "{} children still busy after {} s; killing them",
-                self.live,
+                "{} children still running after {} s; killing them",
+                self.children.len(),
                 grace / 1000
             );
-            for i in self.table.live() {
-                let _ = sys::kill(self.table.slot(i).pid.load(Relaxed), libc::SIGKILL);
-            }
+            self.escalate(sys::now_ms().max(deadline));
             let deadline = sys::now_ms() + 5000;
-            while self.live > 0 && sys::now_ms() < deadline {
+            while !self.children.is_empty() && sys::now_ms() < deadline {
                 let _ = self.wait(false, 20);
                 self.reap();
             }
@@ -741,6 +870,109 @@ impl Parent<'_> {
         sys::close_wake_pipe(self.wake);
         why
     }
+}
+
+/// Reads child `c`'s hints into its record, timing them with the parent's clock.
+fn look(table: &Table, c: &mut Child, now: u64) {
+    let s = table.slot(c.slot);
+    let said = State::from_u32(s.state.load(Relaxed));
+    let requests = s.requests.load(Relaxed);
+    if requests != c.seen_requests {
+        // A jump counts as what it claims (saturating), a step back as one.
+        let step = requests.checked_sub(c.seen_requests).unwrap_or(1).max(1);
+        c.counted = c.counted.saturating_add(step);
+        c.seen_requests = requests;
+        c.progress_ms = now;
+        c.active_ms = now;
+        if matches!(
+            c.retire,
+            Some(Retire {
+                reason: Reason::Surplus | Reason::Stale,
+                killed: false,
+                ..
+            })
+        ) {
+            // It took a request after all: the idle-based request lapses.
+            c.retire = None;
+            s.exit.store(0, Relaxed);
+        }
+    }
+    if said == Some(State::Busy) {
+        c.active_ms = now;
+    }
+    let greeted = s.greeted.load(Relaxed) != 0;
+    c.started |= greeted || requests != 0 || !matches!(said, Some(State::Starting));
+    c.said = said;
+}
+
+fn reason_of(r: Reason) -> &'static str {
+    r.text()
+}
+
+/// Sends `sig` to child `c`: through its pidfd where there is one, else by
+/// its pid, which is safe because the record exists only until the parent
+/// reaps it (and a pid from fork is always > 0).
+fn signal(c: &Child, sig: libc::c_int) {
+    if let Some(fd) = c.pidfd {
+        // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+    if c.pid > 0 {
+        // ESRCH: it already exited; the reaper frees its record.
+        let _ = sys::kill(c.pid, sig);
+    }
+}
+
+/// A pidfd for our child `pid` (not yet reaped, so it names that child), or
+/// `None` on kernels without pidfd_open (before 5.3) or without descriptors.
+fn pidfd_open(pid: i32) -> Option<RawFd> {
+    // SAFETY: pidfd_open with integer arguments; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let fd = fd as RawFd;
+    // SAFETY: fcntl on a descriptor we own: close-on-exec, so an
+    // application's exec in the parent does not carry it along.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Some(fd)
+}
+
+/// Reaps child `pid` if it has exited (never blocks).
+fn reap_pid(pid: i32) -> Option<ChildExit> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a live local; pid > 0 names one child of ours.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Some(if libc::WIFSIGNALED(status) {
+                ChildExit::Signal(libc::WTERMSIG(status))
+            } else {
+                ChildExit::Code(libc::WEXITSTATUS(status))
+            });
+        }
+        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// In a new child: SIGTERM once the parent dies (it finishes its request,
+/// then leaves); false when the parent is already gone.
+fn die_with_parent_now(parent: i32) -> bool {
+    crate::status::die_with_parent(parent, libc::SIGTERM)
 }
 
 /// Logs why the parent stopped.
@@ -756,72 +988,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_are_one_cache_line_and_zero_is_free() {
-        assert_eq!(std::mem::size_of::<Slot>(), 64);
-        assert_eq!(std::mem::size_of::<Header>(), 64);
+    fn slots_have_a_page_each_and_zero_is_starting() {
         let t = Table::new(3).unwrap();
-        assert_eq!(t.live().count(), 0);
-        assert!((0..3).all(|i| t.state(i) == State::Free));
+        for i in 0..3 {
+            assert_eq!(
+                t.slot(i) as *const Slot as usize - t.header() as *const Header as usize,
+                (i + 1) * PAGE
+            );
+            assert_eq!(t.slot(i).state.load(Relaxed), State::Starting as u32);
+        }
     }
 
     #[test]
-    fn counters_follow_states_exactly_once() {
-        let t = Table::new(2).unwrap();
-        t.set_state(0, State::Idle);
-        t.set_state(0, State::Busy);
-        t.set_state(1, State::Accepting);
-        assert_eq!((t.busy(), t.accepting()), (1, 1));
-        t.set_state(1, State::Busy);
-        assert_eq!((t.busy(), t.accepting()), (2, 0));
-        t.set_state(0, State::Idle);
-        t.set_state(1, State::Free); // reaped while busy
-        assert_eq!((t.busy(), t.accepting()), (0, 0));
-        t.set_state(1, State::Free);
-        assert_eq!((t.busy(), t.accepting()), (0, 0));
-    }
-
-    #[test]
-    fn children_see_the_parents_writes() {
-        let t = Table::new(1).unwrap();
+    fn children_see_the_parents_writes_and_only_their_own_slot() {
+        let t = Table::new(3).unwrap();
+        t.slot(1).exit.store(1, Relaxed);
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            t.slot(0).requests.store(42, Relaxed);
-            t.set_state(0, State::Busy);
-            unsafe { libc::_exit(0) };
+            t.keep_only(1);
+            let ok = t.slot(1).exit.load(Relaxed) == 1;
+            t.slot(1).requests.store(42, Relaxed);
+            // Another slot's page is gone: mincore reports ENOMEM for it.
+            let mut v = 0u8;
+            let gone = unsafe { libc::mincore(t.base.add(PAGE).cast(), PAGE, &mut v) } != 0
+                && unsafe { libc::mincore(t.base.add(3 * PAGE).cast(), PAGE, &mut v) } != 0;
+            unsafe { libc::_exit(if ok && gone { 0 } else { 1 }) };
         }
         let mut status = 0;
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(t.slot(0).requests.load(Relaxed), 42);
-        assert_eq!(t.busy(), 1);
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+        assert_eq!(t.slot(1).requests.load(Relaxed), 42);
     }
 
     #[test]
-    fn keep_listen_policy() {
-        let t = Table::new(1).unwrap();
-        t.set_memory(Memory {
-            total: 100 << 30,
-            available: 50 << 30,
-        });
-        let m = |keep_listen, threshold| Member {
-            table: t,
-            slot: 0,
-            parent: 1,
-            listener: None,
-            notice_pending: false,
-            keep_listen,
-            threshold,
-            max_busy: Some(1),
-        };
-        assert!(!m(0, 1 << 30).keep_listening(0));
-        assert!(m(1, 1 << 30).keep_listening(9));
-        assert!(!m(1, 1 << 30).keep_listening(10));
-        assert!(m(2, 1 << 30).keep_listening(100_000));
-        // Below the threshold and below a tenth of the total: stop taking connections.
-        t.set_memory(Memory {
-            total: 100 << 30,
-            available: 5 << 30,
-        });
-        assert!(!m(2, 6 << 30).keep_listening(0));
-        assert!(m(2, 4 << 30).keep_listening(0));
+    fn throttle_allows_one_line_per_interval() {
+        let mut t = Throttle::default();
+        assert_eq!(t.allow(1000), Some(0));
+        assert_eq!(t.allow(2000), None);
+        assert_eq!(t.allow(3000), None);
+        assert_eq!(t.allow(1000 + LOG_INTERVAL_MS), Some(2));
     }
 }

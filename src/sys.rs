@@ -245,28 +245,6 @@ pub enum ChildExit {
     Signal(i32),
 }
 
-/// Reaps one exited child without blocking: `None` when no child has exited
-/// (or there are no children).
-pub fn reap_child() -> Option<(i32, ChildExit)> {
-    let mut status = 0;
-    loop {
-        // SAFETY: status is a live local.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            let how = if libc::WIFSIGNALED(status) {
-                ChildExit::Signal(libc::WTERMSIG(status))
-            } else {
-                ChildExit::Code(libc::WEXITSTATUS(status))
-            };
-            return Some((pid, how));
-        }
-        if pid < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        return None;
-    }
-}
-
 /// Sends `sig` to process `pid`.
 pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: kill(2) with integer arguments.

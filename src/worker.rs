@@ -4,11 +4,11 @@
 //!
 //! The same loop serves a Worker-mode process and a ProcessGroup child; a
 //! child also keeps its slot in the group's table up to date and applies the
-//! policies that are its own to apply (see [`crate::pgroup::Member`]).
+//! policies that are its own to apply (see [`crate::status::Member`]).
 
 use crate::config::Config;
 use crate::listen;
-use crate::pgroup::Member;
+use crate::status::Member;
 use crate::suexec::Gate;
 use crate::sys::{self, STOP};
 use crate::wsgi::{self, Runtime};
@@ -51,6 +51,10 @@ pub struct Worker<'a> {
     conn: Conn,
     /// Requests served by this process.
     pub requests: u64,
+    /// LSAPI_MAX_REQS less this process's random share of
+    /// LSAPI_MAX_REQS_JITTER, so processes started together do not all
+    /// leave (and get re-forked) together.
+    max_reqs: u64,
     /// The pid whose disappearance ends this process (None: never).
     starter: Option<i32>,
     last_active_ms: u64,
@@ -70,6 +74,7 @@ impl<'a> Worker<'a> {
             rt,
             conn: Conn::new(),
             requests: 0,
+            max_reqs: jittered(cfg.max_reqs, cfg.max_reqs_jitter),
             starter,
             last_active_ms: sys::now_ms(),
             group: None,
@@ -149,7 +154,7 @@ impl<'a> Worker<'a> {
 
     /// Whether this process has served its quota of requests.
     pub fn exhausted(&self) -> bool {
-        self.requests >= self.cfg.max_reqs
+        self.requests >= self.max_reqs
     }
 
     /// Worker mode on a listener: accepts and serves connections until
@@ -238,6 +243,9 @@ impl<'a> Worker<'a> {
             .is_some_and(|m| std::mem::take(&mut m.notice_pending));
         if notice {
             sys::write_all_fd(self.conn.fd(), &pid_notice(sys::getpid()));
+            if let Some(m) = &self.group {
+                m.greeted();
+            }
         } else if self.cfg.accept_notify {
             let _ = self.conn.send_req_received();
         }
@@ -284,7 +292,7 @@ impl<'a> Worker<'a> {
             }
             // Known before serving: this request is the connection's last.
             let last = STOP.load(Ordering::Relaxed)
-                || self.requests + 1 >= self.cfg.max_reqs
+                || self.requests + 1 >= self.max_reqs
                 || self.group.as_ref().is_some_and(Member::too_many_busy);
             self.conn.set_close_after(last);
             let started = self.request_started(range);
@@ -422,7 +430,35 @@ impl Backoff {
     }
 }
 
+/// `max` less a random share of up to `percent` % of it (at least 1): the
+/// spread of LSAPI_MAX_REQS_JITTER. Without randomness, `max` itself.
+fn jittered(max: u64, percent: u8) -> u64 {
+    let spread = (u128::from(max) * u128::from(percent.min(100)) / 100) as u64;
+    let mut b = [0u8; 8];
+    if spread == 0 || getrandom::fill(&mut b).is_err() {
+        return max;
+    }
+    let cut = (u128::from(u64::from_ne_bytes(b)) % (u128::from(spread) + 1)) as u64;
+    max.saturating_sub(cut).max(1)
+}
+
 /// Closes a listener we own.
 pub fn close_listener(fd: RawFd) {
     listen::close(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+
+    #[test]
+    fn jitter_only_lowers_max_reqs_within_its_spread() {
+        let draws: Vec<u64> = (0..200).map(|_| jittered(1000, 10)).collect();
+        assert!(draws.iter().all(|&n| (900..=1000).contains(&n)));
+        assert!(draws.iter().any(|&n| n != draws[0]));
+        assert_eq!(jittered(1000, 0), 1000);
+        assert_eq!(jittered(3, 10), 3);
+        assert!(jittered(u64::MAX, 100) >= 1);
+        assert!((1..=2).contains(&jittered(2, 100)));
+    }
 }

@@ -1,5 +1,6 @@
 //! A bounded soak in CI (the long run is `cargo bench --bench soak`): 50 000
-//! requests mixing good ones, malformed packets and application crashes over
+//! requests mixing good ones, malformed packets, application crashes and
+//! stuck children over
 //! 8 connections to a ProcessGroup worker.
 
 #[path = "../bench/soak_driver.rs"]
@@ -19,7 +20,13 @@ fn soak_mixed_traffic_in_process_group_mode() {
     eprintln!("{r:?}");
     let log = std::fs::read_to_string(dir.join("soak.log")).unwrap_or_default();
     assert_eq!(r.good_failed, 0, "good requests failed: {r:?}\n{log}");
-    assert_eq!(r.good_ok + r.malformed + r.crashes, r.requests, "{r:?}");
+    assert_eq!(
+        r.good_ok + r.malformed + r.crashes + r.stuck,
+        r.requests,
+        "{r:?}"
+    );
+    assert!(r.stuck >= 4 && r.stuck_killed >= r.stuck, "{r:?}\n{log}");
+    assert_eq!(r.leaked, 0, "processes left after stop: {r:?}");
     assert!(r.malformed >= 4000 && r.crashes >= 5, "{r:?}");
     assert_eq!(r.zombies, 0, "{r:?}");
     assert_eq!(r.fds.0, r.fds.1, "parent descriptors leaked: {r:?}");

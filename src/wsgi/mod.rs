@@ -179,8 +179,14 @@ pub fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: main thread holding the GIL, as the PyOS_* fork calls require.
     unsafe {
         py::ffi::PyOS_BeforeFork();
+        let parent = libc::getpid();
         let pid = libc::fork();
         if pid == 0 {
+            // Before the application's at-fork hooks, which may hang: the
+            // child dies with its parent (and at once if it already has).
+            if !crate::status::die_with_parent(parent, libc::SIGKILL) {
+                libc::_exit(1);
+            }
             py::ffi::PyOS_AfterFork_Child();
             after_fork();
             return Ok(0);
