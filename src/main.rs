@@ -9,6 +9,7 @@
 
 mod config;
 mod listen;
+mod lve;
 mod pgroup;
 mod suexec;
 mod sys;
@@ -158,7 +159,7 @@ fn main() -> ExitCode {
         }
     }
 
-    if let Err(e) = wsgi::init_python() {
+    if let Err(e) = wsgi::init_python(daemon.is_some()) {
         error!("{e}");
         return ExitCode::FAILURE;
     }
@@ -192,10 +193,17 @@ fn main() -> ExitCode {
                 }
             }
             pgroup::Role::Child(member, conn) => {
+                if let Some(d) = &daemon {
+                    // Root stays only the saved uid until the final switch.
+                    if let Err(e) = suexec::hold_as(d.default.0, d.default.1) {
+                        error!("{e}");
+                        sys::exit_now(1);
+                    }
+                }
                 let mut w = worker::Worker::new(&cfg, rt, None);
                 w.join_group(member);
-                if let Some((secret, default)) = daemon {
-                    w.guard(suexec::Gate::new(secret, default));
+                if let Some(d) = daemon {
+                    w.guard(suexec::Gate::new(d.secret, d.default, d.floor, d.lve));
                 }
                 let why = w.serve_child(conn);
                 w.log_exit(&why);
@@ -221,8 +229,14 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A suEXEC daemon's secret and the user to fall back to.
-type Daemon = (suexec::Secret, (u32, u32));
+/// What a suEXEC daemon's children need to admit a connection.
+struct Daemon {
+    secret: suexec::Secret,
+    /// The user for requests without suEXEC credentials.
+    default: (u32, u32),
+    floor: suexec::Floor,
+    lve: Option<lve::Lve>,
+}
 
 /// Applies the root rules of LSAPI.md section 7. Started as root with
 /// LSAPI_SECRET: a suEXEC daemon (returned: the secret and the fallback
@@ -244,10 +258,16 @@ fn privileges(cfg: &mut Config) -> Result<Option<Daemon>, String> {
             }
             cfg.keep_listen = 0;
             cfg.avoid_fork = None;
+            let lve = lve::Lve::init(cfg.lve_enable)?;
             info!(
                 "suEXEC daemon mode: children switch to the authenticated user of each connection"
             );
-            Ok(Some((secret, default)))
+            Ok(Some(Daemon {
+                secret,
+                default,
+                floor: suexec::Floor::new(cfg),
+                lve,
+            }))
         }
         None => {
             suexec::switch_user(default.0, default.1)

@@ -423,28 +423,93 @@ pub fn fold_stdout_into_stderr() {
 
 /// Opens `path` for appending and makes it fd 2 (and fd 1). Paths that lead
 /// into /etc (after resolving `..` and symbolic links of the directory) are
-/// refused: a misconfigured log must not overwrite system files.
+/// refused: a misconfigured log must not overwrite system files. The file
+/// itself is never a symbolic link (O_NOFOLLOW: a planted link cannot make
+/// root create or append to its target) and, checked on the descriptor, is
+/// a regular file with no other hard links; when root, no directory above
+/// it may be writable by group or others unless sticky, so that nobody else
+/// can swap it.
 pub fn redirect_stderr(path: &str) -> io::Result<()> {
+    let refuse = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
     if under_etc(path) {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "log files under /etc are refused",
-        ));
+        return Err(refuse("log files under /etc are refused".into()));
     }
     let c = std::ffi::CString::new(path)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: c is a valid C string; dup2/close on integer descriptors.
+    // SAFETY: geteuid takes no arguments.
+    if unsafe { libc::geteuid() } == 0 {
+        writable_by_others_above(path).map_or(Ok(()), |d| {
+            Err(refuse(format!(
+                "the directory {d} is writable by others; a root process only logs where nobody \
+                 else can replace the file"
+            )))
+        })?;
+    }
+    // SAFETY: c is a valid C string; fstat fills a plain struct; dup2/close
+    // on integer descriptors; fd is closed on every path.
     unsafe {
-        let fd = cvt(libc::open(
+        let fd = libc::open(
             c.as_ptr(),
-            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+            libc::O_WRONLY
+                | libc::O_APPEND
+                | libc::O_CREAT
+                | libc::O_CLOEXEC
+                | libc::O_NOFOLLOW
+                | libc::O_NOCTTY
+                | libc::O_NONBLOCK,
             0o644,
-        ))?;
+        );
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return Err(refuse("it is a symbolic link; name the file itself".into()));
+            }
+            return Err(e);
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        let why = if libc::fstat(fd, &mut st) != 0 {
+            Some(io::Error::last_os_error().to_string())
+        } else if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            Some("it is not a regular file".into())
+        } else if st.st_nlink > 1 {
+            Some("it has other hard links".into())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            libc::close(fd);
+            return Err(refuse(why));
+        }
+        // Back to blocking writes for the log itself.
+        libc::fcntl(fd, libc::F_SETFL, libc::O_APPEND);
         libc::dup2(fd, 2);
         libc::dup2(fd, 1);
         libc::close(fd);
     }
     Ok(())
+}
+
+/// The first directory above `path` (resolved) that group or others may
+/// write and that is not sticky, if any.
+fn writable_by_others_above(path: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let p = std::path::Path::new(path);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let dir = std::fs::canonicalize(abs.parent()?).ok()?;
+    let mut cur = Some(dir.as_path());
+    while let Some(d) = cur {
+        if let Ok(m) = std::fs::metadata(d) {
+            if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+                return Some(d.display().to_string());
+            }
+        }
+        cur = d.parent();
+    }
+    None
 }
 
 /// Whether `path` names /etc or something inside it, once made absolute and
