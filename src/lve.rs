@@ -50,7 +50,9 @@ impl Lve {
         unsafe {
             let lib = libc::dlopen(c"liblve.so.0".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
             if lib.is_null() {
-                crate::warn!("LSAPI_LVE_ENABLE={mode} but liblve.so.0 cannot be loaded; LVE is off");
+                crate::warn!(
+                    "LSAPI_LVE_ENABLE={mode} but liblve.so.0 cannot be loaded; LVE is off"
+                );
                 return Ok(None);
             }
             let Some(avail) = sym(lib, c"lve_is_available") else {
@@ -62,7 +64,8 @@ impl Lve {
                 crate::warn!("LVE is not available on this host; LVE is off");
                 return Ok(None);
             }
-            let (Some(init), Some(enter)) = (sym(lib, c"lve_instance_init"), sym(lib, c"lve_enter"))
+            let (Some(init), Some(enter)) =
+                (sym(lib, c"lve_instance_init"), sym(lib, c"lve_enter"))
             else {
                 return Err("liblve.so.0 lacks lve_instance_init or lve_enter".into());
             };
@@ -71,7 +74,11 @@ impl Lve {
             let jail = if mode >= 2 {
                 match sym(lib, c"jail") {
                     Some(j) => Some(std::mem::transmute::<*mut c_void, Jail>(j)),
-                    None => return Err("LSAPI_LVE_ENABLE asks for CageFS but liblve.so.0 has no jail".into()),
+                    None => {
+                        return Err(
+                            "LSAPI_LVE_ENABLE asks for CageFS but liblve.so.0 has no jail".into(),
+                        )
+                    }
                 }
             } else {
                 None
@@ -87,7 +94,9 @@ impl Lve {
             let rc = init(instance);
             if rc != 0 {
                 libc::free(instance);
-                return Err(format!("cannot initialise LVE: lve_instance_init returned {rc}"));
+                return Err(format!(
+                    "cannot initialise LVE: lve_instance_init returned {rc}"
+                ));
             }
             crate::info!(
                 "LVE enabled (mode {mode}{})",
@@ -105,7 +114,11 @@ impl Lve {
     /// Before the switch to `ids`: enters the uid's LVE, then (CageFS) jails
     /// the process. Returns the ids to switch to: `default` when mode 3's
     /// jail says the user is not in CageFS.
-    pub fn enter_and_jail(&self, ids: (u32, u32), default: (u32, u32)) -> Result<(u32, u32), Refusal> {
+    pub fn enter_and_jail(
+        &self,
+        ids: (u32, u32),
+        default: (u32, u32),
+    ) -> Result<(u32, u32), Refusal> {
         let mut cookie = 0u32;
         // SAFETY: the instance was initialised by lve_instance_init; cookie
         // is a valid out pointer.
@@ -132,7 +145,10 @@ impl Lve {
             errbuf[1023] = 0;
             if rc < 0 {
                 let msg = CStr::from_ptr(errbuf.as_ptr()).to_string_lossy();
-                return Err(Refusal::Drop(format!("CageFS jail({}) failed ({rc}): {msg}", ids.0)));
+                return Err(Refusal::Drop(format!(
+                    "CageFS jail({}) failed ({rc}): {msg}",
+                    ids.0
+                )));
             }
             if rc == 1 && self.mode == CAGEFS_NO_SUEXEC {
                 return Ok(default);

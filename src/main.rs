@@ -83,6 +83,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Cli, String> {
 
 fn main() -> ExitCode {
     let starter = sys::getppid();
+    sys::close_inherited_fds();
+    let lsapi_env = sys::original_lsapi_env();
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Cli::Run(a)) => a,
         Ok(Cli::Exit(code)) => return code,
@@ -150,6 +152,9 @@ fn main() -> ExitCode {
             std::env::remove_var(&k);
         }
     }
+    // SAFETY: every LSAPI_* entry was just removed from the environment and
+    // the configuration holds copies, so nothing points into the block.
+    unsafe { sys::wipe_env_block(&lsapi_env) };
     if let Ok(root) = std::env::var("WSGI_ROOT") {
         if !root.is_empty() {
             if let Err(e) = std::env::set_current_dir(&root) {

@@ -79,13 +79,22 @@ impl Secret {
     /// bytes. The bytes go straight from the kernel into the secret page.
     pub fn load(path: &str) -> Result<Secret, String> {
         let c = CString::new(path).map_err(|_| format!("LSAPI_SECRET {path:?}: NUL in path"))?;
-        let os = |what: &str| format!("LSAPI_SECRET {path}: {what}: {}", std::io::Error::last_os_error());
+        let os = |what: &str| {
+            format!(
+                "LSAPI_SECRET {path}: {what}: {}",
+                std::io::Error::last_os_error()
+            )
+        };
         // SAFETY: c is a valid C string; fstat fills a plain struct; fd is
         // closed on every path below.
         unsafe {
             let fd = libc::open(
                 c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+                libc::O_RDONLY
+                    | libc::O_NOFOLLOW
+                    | libc::O_CLOEXEC
+                    | libc::O_NOCTTY
+                    | libc::O_NONBLOCK,
             );
             if fd < 0 {
                 let e = std::io::Error::last_os_error();
@@ -125,7 +134,9 @@ impl Secret {
                 let mut got = 0;
                 while got < SECRET_LEN {
                     let n = libc::read(fd, s.page.add(got).cast(), SECRET_LEN - got);
-                    if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    if n < 0
+                        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                    {
                         continue;
                     }
                     if n <= 0 {
@@ -317,7 +328,9 @@ fn parse_uid(v: &str) -> Result<u32, String> {
     unsafe {
         let pw = libc::getpwnam(c.as_ptr());
         if pw.is_null() {
-            return Err(format!("LSAPI_DEFAULT_UID={v:?} is neither a number nor a known user"));
+            return Err(format!(
+                "LSAPI_DEFAULT_UID={v:?} is neither a number nor a known user"
+            ));
         }
         Ok((*pw).pw_uid)
     }
@@ -334,7 +347,9 @@ fn parse_gid(v: &str) -> Result<u32, String> {
     unsafe {
         let gr = libc::getgrnam(c.as_ptr());
         if gr.is_null() {
-            return Err(format!("LSAPI_DEFAULT_GID={v:?} is neither a number nor a known group"));
+            return Err(format!(
+                "LSAPI_DEFAULT_GID={v:?} is neither a number nor a known group"
+            ));
         }
         Ok((*gr).gr_gid)
     }
@@ -603,29 +618,49 @@ mod tests {
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
         ];
-        assert!(matches!(s.authenticate(env.iter().copied()), Auth::Invalid(_)));
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
         // Signed with another secret.
-        let (ugid, auth) = entries(1001, 1002, [7; 16], &Secret::from_bytes(b"fedcba9876543210"));
+        let (ugid, auth) = entries(
+            1001,
+            1002,
+            [7; 16],
+            &Secret::from_bytes(b"fedcba9876543210"),
+        );
         let env = [
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
         ];
-        assert!(matches!(s.authenticate(env.iter().copied()), Auth::Invalid(_)));
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
         // Wrong order, or not at the end.
         let (ugid, auth) = entries(1001, 1002, [7; 16], &s);
         let env = [
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
         ];
-        assert!(matches!(s.authenticate(env.iter().copied()), Auth::Invalid(_)));
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
         let env = [
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
             (b"LATE".as_slice(), b"1".as_slice()),
         ];
-        assert!(matches!(s.authenticate(env.iter().copied()), Auth::Invalid(_)));
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
         let env = [(b"\0SUEXEC_UGID".as_slice(), ugid.as_slice())];
-        assert!(matches!(s.authenticate(env.iter().copied()), Auth::Invalid(_)));
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
         assert_eq!(s.authenticate(std::iter::empty()), Auth::Absent);
         let env = [(b"OTHER".as_slice(), b"x".as_slice())];
         assert_eq!(s.authenticate(env.iter().copied()), Auth::Absent);
@@ -652,7 +687,10 @@ mod tests {
                 _ => None,
             })
         };
-        assert_eq!(default_ids(&cfg(Some("4321"), Some("4322"))), Ok((4321, 4322)));
+        assert_eq!(
+            default_ids(&cfg(Some("4321"), Some("4322"))),
+            Ok((4321, 4322))
+        );
         let nobody = default_ids(&cfg(Some("nobody"), Some("4322"))).unwrap();
         assert!(nobody.0 >= 11 && nobody.1 == 4322);
         assert!(default_ids(&cfg(Some("4321"), Some("no-such-group-x")))

@@ -415,6 +415,73 @@ pub fn move_off_stdin(fd: RawFd) -> io::Result<RawFd> {
     }
 }
 
+/// Closes every descriptor above 2 the starter left open, except fd 3 when
+/// it is a socket (LiteSpeed may hand a Worker-mode process an already
+/// connected socket there). Called first thing, before anything is opened.
+pub fn close_inherited_fds() {
+    // SAFETY: fstat fills a plain struct.
+    let fd3_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(3, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    };
+    let first = if fd3_socket { 4 } else { 3 };
+    // SAFETY: close_range on descriptors nothing in this process uses yet;
+    // the fallback closes them one by one.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        ) != 0
+        {
+            let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as RawFd;
+            for fd in first..max {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// The bytes of each LSAPI_* entry of the environment block the kernel set
+/// up at exec (what /proc/self/environ shows): pointer and length. Call
+/// before anything changes the environment, so every entry is still in that
+/// block.
+pub fn original_lsapi_env() -> Vec<(*mut u8, usize)> {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    let mut out = Vec::new();
+    // SAFETY: environ is the NULL-terminated array of NUL-terminated strings
+    // glibc set up from the exec block; nothing has modified it yet and only
+    // this thread runs.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let e = std::ffi::CStr::from_ptr(*p);
+            if e.to_bytes().starts_with(b"LSAPI_") {
+                out.push(((*p).cast(), e.to_bytes().len()));
+            }
+            p = p.add(1);
+        }
+    }
+    out
+}
+
+/// Zeroes the entries [`original_lsapi_env`] found, once they are out of
+/// the environment array, so that /proc/PID/environ no longer shows them.
+///
+/// # Safety
+/// The entries must have been removed from `environ` (std::env::remove_var)
+/// and nothing may still point into them.
+pub unsafe fn wipe_env_block(entries: &[(*mut u8, usize)]) {
+    for &(p, len) in entries {
+        for i in 0..len {
+            std::ptr::write_volatile(p.add(i), 0);
+        }
+    }
+}
+
 /// Points fd 1 at fd 2: a stray print must never reach the server's channel.
 pub fn fold_stdout_into_stderr() {
     // SAFETY: dup2 on standard descriptors.

@@ -381,7 +381,10 @@ fn send_resource_limit_page(conn: &mut Conn) {
     conn.head.clear();
     let len = LIMIT_PAGE.len().to_string();
     for (k, v) in [
-        (&b"Cache-Control"[..], &b"private, no-cache, no-store, must-revalidate, max-age=0"[..]),
+        (
+            &b"Cache-Control"[..],
+            &b"private, no-cache, no-store, must-revalidate, max-age=0"[..],
+        ),
         (b"Pragma", b"no-cache"),
         (b"Retry-After", b"60"),
         (b"Content-Type", b"text/html; charset=utf-8"),

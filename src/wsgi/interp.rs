@@ -49,7 +49,11 @@ fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
             std::fs::metadata(&bin).map_err(|e| format!("LS_PYTHONBIN={bin}: {e}"))?;
         }
         if isolated {
-            let bin = if bin.contains('/') { bin.clone() } else { which(&bin) };
+            let bin = if bin.contains('/') {
+                bin.clone()
+            } else {
+                which(&bin)
+            };
             // Its directory's parent is the virtualenv (pyvenv.cfg,
             // site-packages) when there is one.
             let venv = Path::new(&bin).parent().and_then(Path::parent);
@@ -105,7 +109,8 @@ fn which(name: &str) -> String {
 /// process may run or import from without running a tenant's code.
 fn root_controlled(path: &Path, what: &str) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    let real = std::fs::canonicalize(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let real =
+        std::fs::canonicalize(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let mut p = Some(real.as_path());
     while let Some(cur) = p {
         let m = std::fs::metadata(cur).map_err(|e| format!("{what} {}: {e}", cur.display()))?;
@@ -237,8 +242,16 @@ pub fn adopt_pythonpath() {
         if path.is_null() || ffi::PyList_Check(path) == 0 {
             return;
         }
-        for (i, entry) in pp.as_bytes().split(|&b| b == b':').filter(|e| !e.is_empty()).enumerate() {
-            let s = ffi::PyUnicode_DecodeFSDefaultAndSize(entry.as_ptr().cast(), entry.len() as ffi::Py_ssize_t);
+        for (i, entry) in pp
+            .as_bytes()
+            .split(|&b| b == b':')
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            let s = ffi::PyUnicode_DecodeFSDefaultAndSize(
+                entry.as_ptr().cast(),
+                entry.len() as ffi::Py_ssize_t,
+            );
             if s.is_null() {
                 ffi::PyErr_Clear();
                 continue;
