@@ -198,7 +198,11 @@ fn main() -> ExitCode {
                 }
             }
             pgroup::Role::Child(member, conn) => {
+                let tenant = daemon.is_some();
                 if let Some(d) = &daemon {
+                    // The tenant's own processes start in this child's group
+                    // (see suexec::end_tenant_group).
+                    suexec::own_group();
                     // Root stays only the saved uid until the final switch.
                     if let Err(e) = suexec::hold_as(d.default.0, d.default.1) {
                         error!("{e}");
@@ -214,6 +218,9 @@ fn main() -> ExitCode {
                 w.log_exit(&why);
                 drop(w);
                 wsgi::run_exit_hooks();
+                if tenant {
+                    suexec::end_tenant_group();
+                }
                 sys::exit_now(0)
             }
         };

@@ -411,6 +411,48 @@ pub fn hold_as(uid: u32, gid: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// In a freshly forked daemon child: leads a process group of its own, so
+/// that whatever the tenant's code starts (and does not move out with
+/// setsid/setpgid) can be found and ended with it.
+pub fn own_group() {
+    // SAFETY: setpgid on this process; failure only loses the clean-up.
+    unsafe { libc::setpgid(0, 0) };
+}
+
+/// At a daemon child's exit: moves this process back into its parent's
+/// group and SIGKILLs the group it led, i.e. every process the tenant
+/// started from it that is still there. The kill runs as the tenant's uid,
+/// so it can reach nothing the tenant could not signal itself.
+pub fn end_tenant_group() {
+    // SAFETY: plain process-group calls on our own ids; own_group made
+    // our pid a group id, and it is > 0, so kill never gets 0 or -1.
+    unsafe {
+        let me = libc::getpid();
+        if libc::getpgrp() != me {
+            return;
+        }
+        let parent_group = libc::getpgid(libc::getppid());
+        if parent_group > 0 && libc::setpgid(0, parent_group) == 0 && me > 1 {
+            libc::kill(-me, libc::SIGKILL);
+        }
+    }
+}
+
+/// Undoes [`hold_as`]: root again as effective ids (only possible while
+/// root is the real and saved uid).
+fn regain_root() -> Result<(), String> {
+    // SAFETY: plain credential system calls.
+    unsafe {
+        if libc::geteuid() != 0
+            && libc::getuid() == 0
+            && (libc::seteuid(0) != 0 || libc::setegid(0) != 0)
+        {
+            return Err(format!("seteuid(0): {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
 /// Becomes `uid:gid` for good: setgid, supplementary groups (initgroups when
 /// the user's primary group is `gid`, else just `gid`), then setuid. Refuses
 /// uid 0 and verifies that root cannot be regained. A process that holds
@@ -419,11 +461,9 @@ pub fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
     if uid == 0 {
         return Err("refusing to serve as root (uid 0)".into());
     }
+    regain_root()?;
     // SAFETY: plain credential system calls; getpwuid's record is read at once.
     unsafe {
-        if libc::geteuid() != 0 && libc::getuid() == 0 && libc::seteuid(0) != 0 {
-            return Err(format!("seteuid(0): {}", std::io::Error::last_os_error()));
-        }
         if libc::setgid(gid) != 0 {
             return Err(format!(
                 "setgid({gid}): {}",
@@ -542,6 +582,8 @@ impl Gate {
             ))
         })?;
         if let Some(lve) = &self.lve {
+            // lve_enter and jail need root's effective ids.
+            regain_root().map_err(Refusal::Drop)?;
             ids = lve.enter_and_jail(ids, self.default)?;
         }
         switch_user(ids.0, ids.1).map_err(Refusal::Drop)?;

@@ -615,3 +615,203 @@ fn python_build() -> (String, String) {
     let exe = rest.trim_start_matches('(').trim_end_matches(')');
     (format!("{}.{}", ver[0], ver[1]), exe.to_string())
 }
+
+/// Effective uid of `pid` (the second field of Uid:).
+fn effective_uid(pid: i32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("Uid:"))?;
+    l.split_whitespace().nth(2).map(String::from)
+}
+
+fn children_of(pid: u32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A tenant app reporting what it inherited: its open descriptors, whether
+/// the kernel's copy of its environment still shows LSAPI_*, and the pid of
+/// a subprocess it leaves behind.
+const INHERIT: &str = r#"
+import ctypes, os, subprocess
+def application(environ, start_response):
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: may read its /proc files
+    fds = sorted(int(f) for f in os.listdir('/proc/self/fd'))
+    env = open('/proc/self/environ', 'rb').read()
+    p = subprocess.Popen(['sleep', '300'])
+    start_response('200 OK', [])
+    return [('%s|%d|%d' % (','.join(map(str, fds)), b'LSAPI_' in env, p.pid)).encode()]
+"#;
+
+#[test]
+fn children_inherit_no_descriptors_no_lsapi_env_no_root_and_leave_no_processes() {
+    require_root();
+    let (dir, _, secret) = setup("suexec-inherit");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let app = put(&dir, "inherit.wsgi", INHERIT);
+    // A descriptor the starter leaks (no close-on-exec), as fd 57.
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto an unused number; the test keeps it open until the end.
+    assert_eq!(unsafe { libc::dup2(devnull.as_raw_fd(), 57) }, 57);
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LSAPI_MAX_REQS", "1"),
+        ],
+    );
+    // SAFETY: closing the number dup2 made above.
+    unsafe { libc::close(57) };
+    assert!(w.wait_log("suEXEC daemon mode", Duration::from_secs(10)));
+    // A connection that has not sent a request: its child is not root.
+    let mut c = w.connect();
+    let mut waiting = Vec::new();
+    for _ in 0..100 {
+        waiting = children_of(w.pid());
+        if !waiting.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!waiting.is_empty(), "no child forked");
+    for pid in &waiting {
+        assert_ne!(
+            effective_uid(*pid).as_deref(),
+            Some("0"),
+            "child {pid} waits for its first request as root"
+        );
+    }
+    let mut spec = RequestSpec::new("GET", "/i.wsgi", app.to_str().unwrap(), "/i.wsgi");
+    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    let r = call_ok(&mut c, &spec, b"");
+    let text = r.text();
+    let parts: Vec<&str> = text.split('|').collect();
+    assert_eq!(parts.len(), 3, "{text} {}", w.log_text());
+    let fds: Vec<i32> = parts[0].split(',').map(|f| f.parse().unwrap()).collect();
+    assert!(!fds.contains(&57), "the leaked descriptor reached the tenant: {text}");
+    assert_eq!(parts[1], "0", "/proc/self/environ shows LSAPI_*: {text}");
+    let leftover: i32 = parts[2].parse().unwrap();
+    drop(c);
+    // The child leaves after its one request; the tenant's sleep goes with it.
+    let mut gone = false;
+    for _ in 0..150 {
+        let stat = std::fs::read_to_string(format!("/proc/{leftover}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+        if stat.is_empty() || state == Some("Z") {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !gone {
+        // SAFETY: the pid is the tenant's sleep, still alive; clean up.
+        unsafe { libc::kill(leftover, libc::SIGKILL) };
+    }
+    assert!(gone, "the tenant's subprocess {leftover} outlived its child");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A stand-in liblve.so.0: records every call (with the effective uid) to
+/// $LVE_STUB_LOG and fails lve_enter for uid 4999.
+const LVE_STUB: &str = r#"
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static void rec(const char *fmt, ...) {
+    const char *path = getenv("LVE_STUB_LOG");
+    FILE *f = path ? fopen(path, "a") : NULL;
+    if (!f) return;
+    va_list ap; va_start(ap, fmt); vfprintf(f, fmt, ap); va_end(ap);
+    fclose(f);
+}
+int lve_is_available(void) { rec("is_available euid=%d\n", (int)geteuid()); return 1; }
+int lve_instance_init(void *p) { rec("instance_init %s\n", p ? "buf" : "NULL"); return p ? 0 : 128; }
+int lve_enter(void *p, uint32_t uid, int32_t a, int32_t b, uint32_t *cookie) {
+    rec("enter %u %d %d euid=%d\n", uid, a, b, (int)geteuid());
+    if (!p) return -2;
+    *cookie = 7;
+    return uid == 4999 ? -1 : 0;
+}
+int jail(struct passwd *pw, char *err) {
+    rec("jail %s euid=%d\n", pw->pw_name, (int)geteuid());
+    err[0] = 0;
+    return 0;
+}
+"#;
+
+#[test]
+fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
+    require_root();
+    let (dir, app, secret) = setup("suexec-lve");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let libdir = dir.join("lib");
+    std::fs::create_dir(&libdir).unwrap();
+    let src = put(&dir, "lve.c", LVE_STUB);
+    let st = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(libdir.join("liblve.so.0"))
+        .arg(&src)
+        .status()
+        .expect("cc");
+    assert!(st.success());
+    let rec = dir.join("calls");
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "3"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LSAPI_LVE_ENABLE", "2"),
+            ("LD_LIBRARY_PATH", libdir.to_str().unwrap()),
+            ("LVE_STUB_LOG", rec.to_str().unwrap()),
+        ],
+    );
+    assert!(w.wait_log("LVE enabled (mode 2, CageFS)", Duration::from_secs(10)), "{}", w.log_text());
+    // nobody exists in passwd, so jail() is called for it.
+    let mut c = w.connect();
+    let r = call_ok(&mut c, &whoami(&app, identity(65534, 65534, &secret_bytes, false)), b"");
+    assert!(r.text().starts_with("65534 65534"), "{}", w.log_text());
+    drop(c);
+    // An account at its limit: 508, uncacheable, retry in 60 s; never served.
+    let mut c = w.connect();
+    let r = c.call(&whoami(&app, identity(4999, 4999, &secret_bytes, false)), b"").unwrap();
+    assert_eq!(r.status, 508, "{}", w.log_text());
+    assert_eq!(r.header("Retry-After"), Some("60"));
+    assert!(r.header("Cache-Control").unwrap_or("").contains("no-cache"));
+    assert!(r.text().contains("Resource Limit Is Reached"));
+    assert!(w.wait_log("lve_enter(4999) failed", Duration::from_secs(5)));
+    drop(c);
+    let calls = std::fs::read_to_string(&rec).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(
+        &lines[..3],
+        &["is_available euid=0", "instance_init NULL", "instance_init buf"],
+        "{calls}"
+    );
+    assert!(lines.contains(&"enter 65534 -1 -1 euid=0"), "{calls}");
+    assert!(lines.contains(&"jail nobody euid=0"), "{calls}");
+    assert!(lines.contains(&"enter 4999 -1 -1 euid=0"), "{calls}");
+    assert!(!calls.contains("jail 4999"), "{calls}");
+    drop(w);
+
+    // Without the library: LVE is off (logged) and requests are served.
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LVE_ENABLE", "1"),
+        ],
+    );
+    assert!(w.wait_log("liblve.so.0 cannot be loaded; LVE is off", Duration::from_secs(10)));
+    let mut c = w.connect();
+    let r = call_ok(&mut c, &whoami(&app, identity(4321, 4322, &secret_bytes, false)), b"");
+    assert!(r.text().starts_with("4321 4322"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
