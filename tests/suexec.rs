@@ -692,7 +692,10 @@ fn children_inherit_no_descriptors_no_lsapi_env_no_root_and_leave_no_processes()
     let parts: Vec<&str> = text.split('|').collect();
     assert_eq!(parts.len(), 3, "{text} {}", w.log_text());
     let fds: Vec<i32> = parts[0].split(',').map(|f| f.parse().unwrap()).collect();
-    assert!(!fds.contains(&57), "the leaked descriptor reached the tenant: {text}");
+    assert!(
+        !fds.contains(&57),
+        "the leaked descriptor reached the tenant: {text}"
+    );
     assert_eq!(parts[1], "0", "/proc/self/environ shows LSAPI_*: {text}");
     let leftover: i32 = parts[2].parse().unwrap();
     drop(c);
@@ -700,7 +703,12 @@ fn children_inherit_no_descriptors_no_lsapi_env_no_root_and_leave_no_processes()
     let mut gone = false;
     for _ in 0..150 {
         let stat = std::fs::read_to_string(format!("/proc/{leftover}/stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
         if stat.is_empty() || state == Some("Z") {
             gone = true;
             break;
@@ -711,7 +719,10 @@ fn children_inherit_no_descriptors_no_lsapi_env_no_root_and_leave_no_processes()
         // SAFETY: the pid is the tenant's sleep, still alive; clean up.
         unsafe { libc::kill(leftover, libc::SIGKILL) };
     }
-    assert!(gone, "the tenant's subprocess {leftover} outlived its child");
+    assert!(
+        gone,
+        "the tenant's subprocess {leftover} outlived its child"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -772,15 +783,28 @@ fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
             ("LVE_STUB_LOG", rec.to_str().unwrap()),
         ],
     );
-    assert!(w.wait_log("LVE enabled (mode 2, CageFS)", Duration::from_secs(10)), "{}", w.log_text());
+    assert!(
+        w.wait_log("LVE enabled (mode 2, CageFS)", Duration::from_secs(10)),
+        "{}",
+        w.log_text()
+    );
     // nobody exists in passwd, so jail() is called for it.
     let mut c = w.connect();
-    let r = call_ok(&mut c, &whoami(&app, identity(65534, 65534, &secret_bytes, false)), b"");
+    let r = call_ok(
+        &mut c,
+        &whoami(&app, identity(65534, 65534, &secret_bytes, false)),
+        b"",
+    );
     assert!(r.text().starts_with("65534 65534"), "{}", w.log_text());
     drop(c);
     // An account at its limit: 508, uncacheable, retry in 60 s; never served.
     let mut c = w.connect();
-    let r = c.call(&whoami(&app, identity(4999, 4999, &secret_bytes, false)), b"").unwrap();
+    let r = c
+        .call(
+            &whoami(&app, identity(4999, 4999, &secret_bytes, false)),
+            b"",
+        )
+        .unwrap();
     assert_eq!(r.status, 508, "{}", w.log_text());
     assert_eq!(r.header("Retry-After"), Some("60"));
     assert!(r.header("Cache-Control").unwrap_or("").contains("no-cache"));
@@ -791,7 +815,11 @@ fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
     let lines: Vec<&str> = calls.lines().collect();
     assert_eq!(
         &lines[..3],
-        &["is_available euid=0", "instance_init NULL", "instance_init buf"],
+        &[
+            "is_available euid=0",
+            "instance_init NULL",
+            "instance_init buf"
+        ],
         "{calls}"
     );
     assert!(lines.contains(&"enter 65534 -1 -1 euid=0"), "{calls}");
@@ -809,9 +837,16 @@ fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
             ("LVE_ENABLE", "1"),
         ],
     );
-    assert!(w.wait_log("liblve.so.0 cannot be loaded; LVE is off", Duration::from_secs(10)));
+    assert!(w.wait_log(
+        "liblve.so.0 cannot be loaded; LVE is off",
+        Duration::from_secs(10)
+    ));
     let mut c = w.connect();
-    let r = call_ok(&mut c, &whoami(&app, identity(4321, 4322, &secret_bytes, false)), b"");
+    let r = call_ok(
+        &mut c,
+        &whoami(&app, identity(4321, 4322, &secret_bytes, false)),
+        b"",
+    );
     assert!(r.text().starts_with("4321 4322"));
     std::fs::remove_dir_all(dir).unwrap();
 }
