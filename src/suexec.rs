@@ -264,12 +264,12 @@ fn wipe(b: &mut [u8]) {
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Overwrites the stack below the caller's frame (64 KiB, far more than the
+/// Overwrites the stack below the caller's frame (16 KiB, far more than the
 /// MD5 and authentication frames use), where spilled hash registers of the
 /// compression function may remain.
 #[inline(never)]
 fn scrub_stack() {
-    let mut area = [0u8; 64 * 1024];
+    let mut area = [0u8; 16 * 1024];
     wipe(&mut area);
     std::hint::black_box(&area);
 }
