@@ -850,3 +850,37 @@ fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
     assert!(r.text().starts_with("4321 4322"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_root_owned_virtualenv_still_serves_in_daemon_mode() {
+    require_root();
+    let venv = std::env::var("LSWSGI_TEST_VENV")
+        .expect("LSWSGI_TEST_VENV: the test virtualenv with Flask (scripts/test.sh sets it)");
+    let (dir, _, secret) = setup("suexec-venv");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let app = put(
+        &dir,
+        "flaskver.wsgi",
+        "import sys, flask\ndef application(e, sr):\n    sr('200 OK', [])\n    return [sys.prefix.encode()]\n",
+    );
+    let python = format!("{venv}/bin/python");
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LS_PYTHONBIN", &python),
+        ],
+    );
+    let mut c = w.connect();
+    let mut spec = RequestSpec::new("GET", "/f.wsgi", app.to_str().unwrap(), "/f.wsgi");
+    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    let r = call_ok(&mut c, &spec, b"");
+    assert!(
+        r.text().ends_with(".venv-test"),
+        "{} {}",
+        r.text(),
+        w.log_text()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -54,12 +54,10 @@ fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
             } else {
                 which(&bin)
             };
-            // Its directory's parent is the virtualenv (pyvenv.cfg,
-            // site-packages) when there is one.
-            let venv = Path::new(&bin).parent().and_then(Path::parent);
             root_controlled(Path::new(&bin), "LS_PYTHONBIN")?;
-            if let Some(v) = venv {
-                root_controlled_tree(v, "LS_PYTHONBIN's virtualenv")?;
+            // Its directory's parent: a virtualenv or an installation prefix.
+            if let Some(prefix) = Path::new(&bin).parent().and_then(Path::parent) {
+                root_controlled_prefix(prefix, "LS_PYTHONBIN")?;
             }
         }
         return Ok((bin, None));
@@ -67,7 +65,7 @@ fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
     if let Some(home) = env("PYTHONHOME") {
         if isolated {
             // The environment is ignored when isolated: pass it explicitly.
-            root_controlled_tree(Path::new(&home), "PYTHONHOME")?;
+            root_controlled_prefix(Path::new(&home), "PYTHONHOME")?;
             return Ok((BUILD_EXECUTABLE.into(), Some(home)));
         }
         return Ok((BUILD_EXECUTABLE.into(), None));
@@ -131,9 +129,27 @@ fn root_controlled(path: &Path, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// [`root_controlled`] for `dir` and everything in it, to a depth of 6
-/// (pyvenv.cfg, lib/pythonX.Y/site-packages and the .pth files there).
-fn root_controlled_tree(dir: &Path, what: &str) -> Result<(), String> {
+/// The parts of a Python prefix that run at start-up must be root's: for a
+/// virtualenv (pyvenv.cfg present) the whole of its lib/ (site-packages and
+/// its .pth files); for an installation, lib/pythonX.Y and the packages in
+/// it. Elsewhere in the prefix (share/, other languages' trees) is not read.
+fn root_controlled_prefix(prefix: &Path, what: &str) -> Result<(), String> {
+    root_controlled(prefix, what)?;
+    let cfg = prefix.join("pyvenv.cfg");
+    if cfg.exists() {
+        root_controlled(&cfg, what)?;
+        return root_controlled_tree(&prefix.join("lib"), what, 4);
+    }
+    let lib = prefix.join(format!("lib/python{BUILD_VERSION}"));
+    root_controlled_tree(&lib, what, 2)
+}
+
+/// [`root_controlled`] for `dir` and everything in it, `depth` levels down
+/// (nothing to check when it does not exist).
+fn root_controlled_tree(dir: &Path, what: &str, depth: u32) -> Result<(), String> {
+    if !dir.exists() {
+        return Ok(());
+    }
     root_controlled(dir, what)?;
     fn walk(d: &Path, depth: u32, what: &str) -> Result<(), String> {
         use std::os::unix::fs::MetadataExt;
@@ -159,7 +175,7 @@ fn root_controlled_tree(dir: &Path, what: &str) -> Result<(), String> {
         }
         Ok(())
     }
-    walk(dir, 4, what)
+    walk(dir, depth, what)
 }
 
 unsafe fn status_error(what: &str, st: ffi::PyStatus) -> Result<(), String> {
