@@ -66,10 +66,17 @@ pub struct Config {
     pub stderr_log: Option<String>,
     /// LSAPI_SECRET: path of the suEXEC shared secret file.
     pub secret_file: Option<String>,
-    /// LSAPI_DEFAULT_UID.
-    pub default_uid: Option<u32>,
-    /// LSAPI_DEFAULT_GID.
-    pub default_gid: Option<u32>,
+    /// LSAPI_DEFAULT_UID: a number or a user name (resolved by suexec).
+    pub default_uid: Option<String>,
+    /// LSAPI_DEFAULT_GID: a number or a group name (resolved by suexec).
+    pub default_gid: Option<String>,
+    /// LSAPI_MIN_UID: the lowest uid ever served as (default 11, never 0).
+    pub min_uid: u32,
+    /// LSAPI_MIN_GID: the lowest gid ever served as (default 10, never 0).
+    pub min_gid: u32,
+    /// LSAPI_LVE_ENABLE (or LVE_ENABLE): 0 off, 1 LVE, 2 LVE + CageFS,
+    /// 3 CageFS without the user switch.
+    pub lve_enable: u8,
     /// LSAPI_MAX_APP_GROUPS (0–1000, default 10): most application groups
     /// (sub-interpreters) one process creates.
     pub max_app_groups: u32,
@@ -137,12 +144,13 @@ impl Config {
             .is_some()
             .then(|| num("LSAPI_PGRP_MAX_IDLE", 0, MAX_SECS))
             .filter(|&s| s > 0);
-        let default_uid = get("LSAPI_DEFAULT_UID")
-            .is_some()
-            .then(|| num("LSAPI_DEFAULT_UID", 0, u32::MAX as u64) as u32);
-        let default_gid = get("LSAPI_DEFAULT_GID")
-            .is_some()
-            .then(|| num("LSAPI_DEFAULT_GID", 0, u32::MAX as u64) as u32);
+        let min_uid = num("LSAPI_MIN_UID", 11, u32::MAX as u64 - 1) as u32;
+        let min_gid = num("LSAPI_MIN_GID", 10, u32::MAX as u64 - 1) as u32;
+        let lve_enable = if get("LSAPI_LVE_ENABLE").is_some() {
+            num("LSAPI_LVE_ENABLE", 0, 3)
+        } else {
+            num("LVE_ENABLE", 0, 3)
+        } as u8;
 
         let avoid_fork = match get("LSAPI_AVOID_FORK") {
             None => None,
@@ -190,8 +198,11 @@ impl Config {
             max_busy_worker,
             stderr_log: nonempty("LSAPI_STDERR_LOG").or_else(|| nonempty("LS_STDERR_LOG")),
             secret_file: nonempty("LSAPI_SECRET"),
-            default_uid,
-            default_gid,
+            default_uid: nonempty("LSAPI_DEFAULT_UID"),
+            default_gid: nonempty("LSAPI_DEFAULT_GID"),
+            min_uid,
+            min_gid,
+            lve_enable,
             shutdown_timeout,
             max_app_groups,
             warnings: warnings.into_inner(),
@@ -323,7 +334,7 @@ mod tests {
     }
 
     /// Every numeric variable at u64::MAX, and beyond it.
-    const NUMERIC: [&str; 15] = [
+    const NUMERIC: [&str; 16] = [
         "LSAPI_MAX_APP_GROUPS",
         "LSAPI_CHILDREN",
         "LSAPI_EXTRA_CHILDREN",
@@ -337,8 +348,9 @@ mod tests {
         "LSAPI_SLOW_REQ_MSECS",
         "LSAPI_MAX_BUSY_WORKER",
         "LSAPI_SHUTDOWN_TIMEOUT",
-        "LSAPI_DEFAULT_UID",
-        "LSAPI_DEFAULT_GID",
+        "LSAPI_MAX_REQS_JITTER",
+        "LSAPI_MIN_UID",
+        "LSAPI_MIN_GID",
     ];
 
     fn check_clamped(c: &Config) {
@@ -355,8 +367,8 @@ mod tests {
         assert_eq!(c.max_busy_worker, Some(MAX_CHILDREN));
         assert_eq!(c.shutdown_timeout, 3600);
         assert_eq!(c.max_app_groups, 1000);
-        assert_eq!(c.default_uid, Some(u32::MAX));
-        assert_eq!(c.default_gid, Some(u32::MAX));
+        assert_eq!(c.max_reqs_jitter, 100);
+        assert_eq!((c.min_uid, c.min_gid), (u32::MAX - 1, u32::MAX - 1));
         assert_eq!(c.warnings.len(), NUMERIC.len(), "{:?}", c.warnings);
         // Every millisecond figure derived from them stays exact.
         for secs in [c.max_idle, c.max_process_time, c.pgrp_max_idle.unwrap()] {

@@ -9,6 +9,7 @@
 
 mod config;
 mod listen;
+mod lve;
 mod pgroup;
 mod status;
 mod suexec;
@@ -83,6 +84,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Cli, String> {
 
 fn main() -> ExitCode {
     let starter = sys::getppid();
+    sys::close_inherited_fds();
+    let lsapi_env = sys::original_lsapi_env();
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Cli::Run(a)) => a,
         Ok(Cli::Exit(code)) => return code,
@@ -150,6 +153,9 @@ fn main() -> ExitCode {
             std::env::remove_var(&k);
         }
     }
+    // SAFETY: every LSAPI_* entry was just removed from the environment and
+    // the configuration holds copies, so nothing points into the block.
+    unsafe { sys::wipe_env_block(&lsapi_env) };
     if let Ok(root) = std::env::var("WSGI_ROOT") {
         if !root.is_empty() {
             if let Err(e) = std::env::set_current_dir(&root) {
@@ -159,7 +165,7 @@ fn main() -> ExitCode {
         }
     }
 
-    if let Err(e) = wsgi::init_python() {
+    if let Err(e) = wsgi::init_python(daemon.is_some()) {
         error!("{e}");
         return ExitCode::FAILURE;
     }
@@ -193,13 +199,27 @@ fn main() -> ExitCode {
                 wsgi::shutdown(rt, wsgi::End::Finalize, cfg.shutdown_timeout, code)
             }
             pgroup::Role::Child(member, conn) => {
+                let tenant = daemon.is_some();
+                if let Some(d) = &daemon {
+                    // The tenant's own processes start in this child's group
+                    // (see suexec::end_tenant_group).
+                    suexec::own_group();
+                    // Root stays only the saved uid until the final switch.
+                    if let Err(e) = suexec::hold_as(d.default.0, d.default.1) {
+                        error!("{e}");
+                        sys::exit_now(1);
+                    }
+                }
                 let mut w = worker::Worker::new(&cfg, rt, None);
                 w.join_group(member);
-                if let Some((secret, default)) = daemon {
-                    w.guard(suexec::Gate::new(secret, default));
+                if let Some(d) = daemon {
+                    w.guard(suexec::Gate::new(d.secret, d.default, d.floor, d.lve));
                 }
                 let why = w.serve_child(conn);
                 w.log_exit(&why);
+                if tenant {
+                    sys::before_exit_now(suexec::end_tenant_group);
+                }
                 wsgi::shutdown(w.into_runtime(), wsgi::End::Exit, cfg.shutdown_timeout, 0)
             }
         }
@@ -223,8 +243,14 @@ fn main() -> ExitCode {
     )
 }
 
-/// A suEXEC daemon's secret and the user to fall back to.
-type Daemon = (suexec::Secret, (u32, u32));
+/// What a suEXEC daemon's children need to admit a connection.
+struct Daemon {
+    secret: suexec::Secret,
+    /// The user for requests without suEXEC credentials.
+    default: (u32, u32),
+    floor: suexec::Floor,
+    lve: Option<lve::Lve>,
+}
 
 /// Applies the root rules of LSAPI.md section 7. Started as root with
 /// LSAPI_SECRET: a suEXEC daemon (returned: the secret and the fallback
@@ -246,10 +272,16 @@ fn privileges(cfg: &mut Config) -> Result<Option<Daemon>, String> {
             }
             cfg.keep_listen = 0;
             cfg.avoid_fork = None;
+            let lve = lve::Lve::init(cfg.lve_enable)?;
             info!(
                 "suEXEC daemon mode: children switch to the authenticated user of each connection"
             );
-            Ok(Some((secret, default)))
+            Ok(Some(Daemon {
+                secret,
+                default,
+                floor: suexec::Floor::new(cfg),
+                lve,
+            }))
         }
         None => {
             suexec::switch_user(default.0, default.1)

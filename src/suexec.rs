@@ -3,81 +3,237 @@
 //! Started as root with LSAPI_SECRET, the worker group stays root and each
 //! child authenticates the user LiteSpeed names in the request's special env
 //! (`\0SUEXEC_UGID`: uid and gid as native int32; `\0SUEXEC_AUTH`: a 16-byte
-//! nonce and MD5(nonce ‖ secret ‖ ugid)) before switching to it. Anything
-//! that fails falls back to LSAPI_DEFAULT_UID/GID or `nobody`: application
-//! code never runs as root.
+//! nonce and MD5(nonce ‖ secret ‖ ugid)) before switching to it. A request
+//! without suEXEC credentials is served as LSAPI_DEFAULT_UID/GID (or
+//! `nobody`); one whose credentials are wrong, or name a user below the
+//! LSAPI_MIN_UID/LSAPI_MIN_GID floor, is refused and its connection dropped.
+//! Application code never runs as root.
+//!
+//! The secret lives in one anonymous page (never dumped, never swapped), is
+//! read into it straight from the file descriptor, and the MD5 state runs in
+//! that page too; before the user switch the page is wiped and unmapped and
+//! the stack the hash ran on is overwritten, so no copy remains in a process
+//! where tenant code can run.
 
 use crate::config::Config;
 use std::ffi::CString;
 
 /// Bytes of the shared secret used (the first 16 of the file).
 const SECRET_LEN: usize = 16;
+/// Offset in the secret page of the MD5 state (64: aligned for any field).
+const HASH_OFF: usize = 64;
+/// Size of the secret page, bytes (one page on every Linux target).
+const PAGE: usize = 4096;
 
-/// The suEXEC shared secret, wiped from memory when dropped.
-pub struct Secret([u8; SECRET_LEN]);
+/// The suEXEC shared secret, in its own page; wiped and unmapped on drop.
+/// Only a pointer moves: the bytes never leave the page.
+pub struct Secret {
+    page: *mut u8,
+}
 
 impl Secret {
-    /// Reads the secret file: a regular file, not readable or writable by
-    /// group or others, of at least 16 bytes.
-    pub fn load(path: &str) -> Result<Secret, String> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).map_err(|e| format!("LSAPI_SECRET {path}: {e}"))?;
-        if !meta.is_file() {
-            return Err(format!("LSAPI_SECRET {path} is not a regular file"));
+    /// A fresh zeroed, locked, never-dumped page.
+    fn map() -> Result<Secret, String> {
+        // SAFETY: an anonymous private mapping owned by the returned Secret;
+        // madvise/mlock only affect that range.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return Err(format!(
+                    "cannot map a page for the secret: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // Best effort: not in core dumps, not swapped out.
+            libc::madvise(p, PAGE, libc::MADV_DONTDUMP);
+            libc::mlock(p, PAGE);
+            Ok(Secret { page: p.cast() })
         }
-        if meta.mode() & 0o077 != 0 {
-            return Err(format!(
-                "LSAPI_SECRET {path} has mode {:04o}; it must not be accessible to group or others (chmod 600)",
-                meta.mode() & 0o7777
-            ));
-        }
-        let mut data = std::fs::read(path).map_err(|e| format!("LSAPI_SECRET {path}: {e}"))?;
-        if data.len() < SECRET_LEN {
-            wipe(&mut data);
-            return Err(format!(
-                "LSAPI_SECRET {path} holds {} bytes; at least {SECRET_LEN} are needed",
-                data.len()
-            ));
-        }
-        let mut s = [0u8; SECRET_LEN];
-        s.copy_from_slice(&data[..SECRET_LEN]);
-        wipe(&mut data);
-        Ok(Secret(s))
     }
 
-    /// Checks the suEXEC entries at the end of a request's special env and
-    /// returns the authenticated `(uid, gid)`; `None` if absent or forged.
+    #[cfg(test)]
+    fn from_bytes(b: &[u8; SECRET_LEN]) -> Secret {
+        let s = Secret::map().unwrap();
+        // SAFETY: the page is PAGE bytes long and ours.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), s.page, SECRET_LEN) };
+        s
+    }
+
+    /// The secret bytes, inside the page.
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the page is live while self is, and its first SECRET_LEN
+        // bytes are initialised (zeroed by mmap, then read).
+        unsafe { std::slice::from_raw_parts(self.page, SECRET_LEN) }
+    }
+
+    /// Reads the secret file, opened once without following a symbolic
+    /// link and checked on the open descriptor: a regular file owned by this
+    /// (root) user, with no group or other permission bits, of at least 16
+    /// bytes. The bytes go straight from the kernel into the secret page.
+    pub fn load(path: &str) -> Result<Secret, String> {
+        let c = CString::new(path).map_err(|_| format!("LSAPI_SECRET {path:?}: NUL in path"))?;
+        let os = |what: &str| {
+            format!(
+                "LSAPI_SECRET {path}: {what}: {}",
+                std::io::Error::last_os_error()
+            )
+        };
+        // SAFETY: c is a valid C string; fstat fills a plain struct; fd is
+        // closed on every path below.
+        unsafe {
+            let fd = libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY
+                    | libc::O_NOFOLLOW
+                    | libc::O_CLOEXEC
+                    | libc::O_NOCTTY
+                    | libc::O_NONBLOCK,
+            );
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(if e.raw_os_error() == Some(libc::ELOOP) {
+                    format!("LSAPI_SECRET {path} is a symbolic link; name the file itself")
+                } else {
+                    format!("LSAPI_SECRET {path}: {e}")
+                });
+            }
+            let r = (|| {
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::fstat(fd, &mut st) != 0 {
+                    return Err(os("fstat"));
+                }
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Err(format!("LSAPI_SECRET {path} is not a regular file"));
+                }
+                if st.st_uid != libc::geteuid() {
+                    return Err(format!(
+                        "LSAPI_SECRET {path} is owned by uid {}; it must belong to root",
+                        st.st_uid
+                    ));
+                }
+                if st.st_mode & 0o077 != 0 {
+                    return Err(format!(
+                        "LSAPI_SECRET {path} has mode {:04o}; it must not be accessible to group or others (chmod 600)",
+                        st.st_mode & 0o7777
+                    ));
+                }
+                if (st.st_size as u64) < SECRET_LEN as u64 {
+                    return Err(format!(
+                        "LSAPI_SECRET {path} holds {} bytes; at least {SECRET_LEN} are needed",
+                        st.st_size
+                    ));
+                }
+                let s = Secret::map()?;
+                let mut got = 0;
+                while got < SECRET_LEN {
+                    let n = libc::read(fd, s.page.add(got).cast(), SECRET_LEN - got);
+                    if n < 0
+                        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                    {
+                        continue;
+                    }
+                    if n <= 0 {
+                        return Err(if n == 0 {
+                            format!("LSAPI_SECRET {path} shrank while being read")
+                        } else {
+                            os("read")
+                        });
+                    }
+                    got += n as usize;
+                }
+                Ok(s)
+            })();
+            libc::close(fd);
+            r
+        }
+    }
+
+    /// Checks the suEXEC entries at the end of a request's special env.
     pub fn authenticate<'a>(
         &self,
         special_env: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-    ) -> Option<(u32, u32)> {
-        let (mut ugid, mut auth) = (None, None);
+    ) -> Auth {
+        let (mut ugid, mut auth, mut present) = (None, None, false);
         for (key, value) in special_env {
             // The pair must be the last two entries, UGID then AUTH.
             match key {
                 b"\0SUEXEC_UGID" => {
+                    present = true;
                     ugid = Some(value);
                     auth = None;
                 }
                 b"\0SUEXEC_AUTH" if ugid.is_some() => auth = Some(value),
                 _ => {
+                    present |= key == b"\0SUEXEC_AUTH";
                     ugid = None;
                     auth = None;
                 }
             }
         }
-        let (ugid, auth) = (ugid?, auth?);
-        if ugid.len() < 8 || auth.len() < 32 {
-            return None;
+        if !present {
+            return Auth::Absent;
         }
-        let expected = md5(&[&auth[..16], &self.0, &ugid[..8]]);
+        let (Some(ugid), Some(auth)) = (ugid, auth) else {
+            return Auth::Invalid("malformed suEXEC credentials");
+        };
+        if ugid.len() != 8 || auth.len() != 32 {
+            return Auth::Invalid("malformed suEXEC credentials");
+        }
+        let expected = self.md5(&auth[..16], &ugid[..8]);
         if !constant_time_eq(&expected, &auth[16..32]) {
-            return None;
+            return Auth::Invalid("failed authentication");
         }
-        let uid = i32::from_ne_bytes(ugid[0..4].try_into().ok()?);
-        let gid = i32::from_ne_bytes(ugid[4..8].try_into().ok()?);
-        (uid > 0 && gid >= 0).then_some((uid as u32, gid as u32))
+        let uid = u32::from_ne_bytes(ugid[0..4].try_into().expect("4 bytes"));
+        let gid = u32::from_ne_bytes(ugid[4..8].try_into().expect("4 bytes"));
+        Auth::Valid(uid, gid)
     }
+
+    /// MD5(nonce ‖ secret ‖ ugid), with the hash state inside the secret
+    /// page (wiped after use): the secret is never copied to the stack by us.
+    #[inline(never)]
+    fn md5(&self, nonce: &[u8], ugid: &[u8]) -> [u8; 16] {
+        use md5::{Digest, Md5};
+        const { assert!(HASH_OFF + std::mem::size_of::<Md5>() <= PAGE) };
+        const { assert!(HASH_OFF % std::mem::align_of::<Md5>() == 0) };
+        let mut out = [0u8; 16];
+        // SAFETY: the hash slot lies inside the live page, aligned (asserted
+        // above), and holds no live value: it is written before use and
+        // wiped after. Md5 owns no heap memory, so overwriting it leaks
+        // nothing.
+        unsafe {
+            let slot = self.page.add(HASH_OFF).cast::<Md5>();
+            slot.write(Md5::new());
+            let h = &mut *slot;
+            h.update(nonce);
+            h.update(self.bytes());
+            h.update(ugid);
+            h.finalize_into_reset((&mut out).into());
+            wipe(std::slice::from_raw_parts_mut(
+                self.page.add(HASH_OFF),
+                std::mem::size_of::<Md5>(),
+            ));
+        }
+        out
+    }
+}
+
+/// What a request's suEXEC entries say.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// No suEXEC credentials at all: the default user applies.
+    Absent,
+    /// Credentials present but wrong or malformed: refuse the request.
+    Invalid(&'static str),
+    /// Authentic credentials for this uid and gid (not yet checked against
+    /// the floor).
+    Valid(u32, u32),
 }
 
 impl std::fmt::Debug for Secret {
@@ -89,7 +245,13 @@ impl std::fmt::Debug for Secret {
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        wipe(&mut self.0);
+        // SAFETY: the page is ours and live until munmap; nothing refers to
+        // it after drop.
+        unsafe {
+            wipe(std::slice::from_raw_parts_mut(self.page, PAGE));
+            libc::munlock(self.page.cast(), PAGE);
+            libc::munmap(self.page.cast(), PAGE);
+        }
     }
 }
 
@@ -102,23 +264,101 @@ fn wipe(b: &mut [u8]) {
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }
 
-/// MD5 over the concatenation of `parts`.
-fn md5(parts: &[&[u8]]) -> [u8; 16] {
-    use md5::{Digest, Md5};
-    let mut h = Md5::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.finalize().into()
+/// Overwrites the stack below the caller's frame (16 KiB, far more than the
+/// MD5 and authentication frames use), where spilled hash registers of the
+/// compression function may remain.
+#[inline(never)]
+fn scrub_stack() {
+    let mut area = [0u8; 16 * 1024];
+    wipe(&mut area);
+    std::hint::black_box(&area);
 }
 
 /// Compares without an early exit, so timing reveals nothing of the match.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
-/// The user to serve as when no authenticated one is available:
-/// LSAPI_DEFAULT_UID/GID, else `nobody` (and its group).
+/// The lowest uid and gid this worker will ever serve as (LSAPI_MIN_UID,
+/// LSAPI_MIN_GID; defaults 11 and 10 as LiteSpeed's CGI limits; never 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Floor {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Floor {
+    /// From the configuration; a floor of 0 is raised to 1 (root is never
+    /// allowed).
+    pub fn new(cfg: &Config) -> Floor {
+        Floor {
+            uid: cfg.min_uid.max(1),
+            gid: cfg.min_gid.max(1),
+        }
+    }
+
+    /// `Err` names why `uid:gid` may not be served as. u32::MAX is
+    /// `(uid_t)-1`, which set*id calls read as "unchanged".
+    pub fn check(&self, uid: u32, gid: u32) -> Result<(), String> {
+        if uid < self.uid || uid == u32::MAX {
+            return Err(format!(
+                "uid {uid} is below LSAPI_MIN_UID={} or invalid",
+                self.uid
+            ));
+        }
+        if gid < self.gid || gid == u32::MAX {
+            return Err(format!(
+                "gid {gid} is below LSAPI_MIN_GID={} or invalid",
+                self.gid
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A uid from LSAPI_DEFAULT_UID: a number, or a user name that resolves.
+fn parse_uid(v: &str) -> Result<u32, String> {
+    let v = v.trim();
+    if let Ok(n) = v.parse::<u32>() {
+        return Ok(n);
+    }
+    let c = CString::new(v).map_err(|_| format!("LSAPI_DEFAULT_UID={v:?} is not a user"))?;
+    // SAFETY: getpwnam returns NULL or a pointer to a static record read at once.
+    unsafe {
+        let pw = libc::getpwnam(c.as_ptr());
+        if pw.is_null() {
+            return Err(format!(
+                "LSAPI_DEFAULT_UID={v:?} is neither a number nor a known user"
+            ));
+        }
+        Ok((*pw).pw_uid)
+    }
+}
+
+/// A gid from LSAPI_DEFAULT_GID: a number, or a group name that resolves.
+fn parse_gid(v: &str) -> Result<u32, String> {
+    let v = v.trim();
+    if let Ok(n) = v.parse::<u32>() {
+        return Ok(n);
+    }
+    let c = CString::new(v).map_err(|_| format!("LSAPI_DEFAULT_GID={v:?} is not a group"))?;
+    // SAFETY: getgrnam returns NULL or a pointer to a static record read at once.
+    unsafe {
+        let gr = libc::getgrnam(c.as_ptr());
+        if gr.is_null() {
+            return Err(format!(
+                "LSAPI_DEFAULT_GID={v:?} is neither a number nor a known group"
+            ));
+        }
+        Ok((*gr).gr_gid)
+    }
+}
+
+/// The user to serve as when a request carries no suEXEC identity (and
+/// whenever a worker started as root has no secret): LSAPI_DEFAULT_UID/GID
+/// (numbers or names that resolve), else `nobody` (and its group), checked
+/// against the floor. Anything unusable is a start-up error.
 pub fn default_ids(cfg: &Config) -> Result<(u32, u32), String> {
     let nobody = || -> Result<(u32, u32), String> {
         // SAFETY: getpwnam returns NULL or a pointer to a static record read
@@ -131,12 +371,21 @@ pub fn default_ids(cfg: &Config) -> Result<(u32, u32), String> {
             Ok(((*pw).pw_uid, (*pw).pw_gid))
         }
     };
-    match (cfg.default_uid, cfg.default_gid) {
-        (Some(u), Some(g)) => Ok((u, g)),
-        (Some(u), None) => Ok((u, nobody().map(|(_, g)| g).unwrap_or(u))),
-        (None, Some(g)) => Ok((nobody()?.0, g)),
-        (None, None) => nobody(),
+    let uid = cfg.default_uid.as_deref().map(parse_uid).transpose()?;
+    let gid = cfg.default_gid.as_deref().map(parse_gid).transpose()?;
+    let ids = match (uid, gid) {
+        (Some(u), Some(g)) => (u, g),
+        (Some(u), None) => (u, nobody().map(|(_, g)| g).unwrap_or(u)),
+        (None, Some(g)) => (nobody()?.0, g),
+        (None, None) => nobody()?,
+    };
+    if ids.0 == 0 {
+        return Err("refusing to serve as root (uid 0)".into());
     }
+    Floor::new(cfg)
+        .check(ids.0, ids.1)
+        .map_err(|e| format!("the default user {}:{}: {e}", ids.0, ids.1))?;
+    Ok(ids)
 }
 
 /// Whether the process runs as root.
@@ -145,13 +394,74 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 || libc::getuid() == 0 }
 }
 
+/// In a freshly forked daemon child: takes effective ids of the default
+/// user, keeping root only as the saved set-user-ID, so that the request
+/// path up to authentication does not run with root's effective rights.
+/// [`switch_user`] regains root only to make the final switch.
+pub fn hold_as(uid: u32, gid: u32) -> Result<(), String> {
+    // SAFETY: plain credential system calls with -1 meaning "unchanged".
+    unsafe {
+        if libc::setresgid(u32::MAX, gid, 0) != 0 || libc::setresuid(u32::MAX, uid, 0) != 0 {
+            return Err(format!(
+                "cannot take the placeholder ids {uid}:{gid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// In a freshly forked daemon child: leads a process group of its own, so
+/// that whatever the tenant's code starts (and does not move out with
+/// setsid/setpgid) can be found and ended with it.
+pub fn own_group() {
+    // SAFETY: setpgid on this process; failure only loses the clean-up.
+    unsafe { libc::setpgid(0, 0) };
+}
+
+/// At a daemon child's exit: moves this process back into its parent's
+/// group and SIGKILLs the group it led, i.e. every process the tenant
+/// started from it that is still there. The kill runs as the tenant's uid,
+/// so it can reach nothing the tenant could not signal itself.
+pub fn end_tenant_group() {
+    // SAFETY: plain process-group calls on our own ids; own_group made
+    // our pid a group id, and it is > 0, so kill never gets 0 or -1.
+    unsafe {
+        let me = libc::getpid();
+        if libc::getpgrp() != me {
+            return;
+        }
+        let parent_group = libc::getpgid(libc::getppid());
+        if parent_group > 0 && libc::setpgid(0, parent_group) == 0 && me > 1 {
+            libc::kill(-me, libc::SIGKILL);
+        }
+    }
+}
+
+/// Undoes [`hold_as`]: root again as effective ids (only possible while
+/// root is the real and saved uid).
+fn regain_root() -> Result<(), String> {
+    // SAFETY: plain credential system calls.
+    unsafe {
+        if libc::geteuid() != 0
+            && libc::getuid() == 0
+            && (libc::seteuid(0) != 0 || libc::setegid(0) != 0)
+        {
+            return Err(format!("seteuid(0): {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
 /// Becomes `uid:gid` for good: setgid, supplementary groups (initgroups when
 /// the user's primary group is `gid`, else just `gid`), then setuid. Refuses
-/// uid 0 and verifies that root cannot be regained.
+/// uid 0 and verifies that root cannot be regained. A process that holds
+/// root only as its saved id (see [`hold_as`]) regains it first.
 pub fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
     if uid == 0 {
         return Err("refusing to serve as root (uid 0)".into());
     }
+    regain_root()?;
     // SAFETY: plain credential system calls; getpwuid's record is read at once.
     unsafe {
         if libc::setgid(gid) != 0 {
@@ -179,7 +489,11 @@ pub fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
                 std::io::Error::last_os_error()
             ));
         }
-        if libc::getuid() != uid || libc::geteuid() != uid || libc::setuid(0) == 0 {
+        if libc::getuid() != uid
+            || libc::geteuid() != uid
+            || libc::setuid(0) == 0
+            || libc::setegid(0) == 0
+        {
             return Err(format!(
                 "could not drop root for good (now uid {})",
                 libc::getuid()
@@ -189,6 +503,15 @@ pub fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a request was not admitted; in each case the process leaves.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Drop the connection without an answer (logged with this reason).
+    Drop(String),
+    /// The account's LVE is at its limit: answer 508, then leave.
+    Limit(String),
+}
+
 /// The identity check a suEXEC daemon-mode child applies to each request of
 /// its connection: the first authenticates and switches user for good; later
 /// ones must name the same user.
@@ -196,15 +519,25 @@ pub struct Gate {
     /// Held until the first request is authenticated, then wiped.
     secret: Option<Secret>,
     default: (u32, u32),
+    floor: Floor,
+    lve: Option<crate::lve::Lve>,
     serving_as: Option<(u32, u32)>,
 }
 
 impl Gate {
-    /// A gate that authenticates with `secret`, falling back to `default`.
-    pub fn new(secret: Secret, default: (u32, u32)) -> Gate {
+    /// A gate that authenticates with `secret`, falling back to `default`
+    /// for requests without credentials, entering `lve` when there is one.
+    pub fn new(
+        secret: Secret,
+        default: (u32, u32),
+        floor: Floor,
+        lve: Option<crate::lve::Lve>,
+    ) -> Gate {
         Gate {
             secret: Some(secret),
             default,
+            floor,
+            lve,
             serving_as: None,
         }
     }
@@ -214,35 +547,47 @@ impl Gate {
     pub fn admit<'a>(
         &mut self,
         special_env: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         if let Some(current) = self.serving_as {
             return match requested_ugid(special_env) {
-                Some(ids) if ids != current => Err(format!(
+                Some(ids) if ids != current => Err(Refusal::Drop(format!(
                     "request for {}:{} on a connection serving {}:{}",
                     ids.0, ids.1, current.0, current.1
-                )),
+                ))),
                 _ => Ok(()),
             };
         }
-        let secret = self.secret.take().expect("secret held until first request");
-        let ids = match secret.authenticate(special_env.clone()) {
-            Some(ids) => ids,
-            None => {
-                let why = if requested_ugid(special_env).is_some() {
-                    "failed authentication"
-                } else {
-                    "no suEXEC identity"
-                };
-                crate::warn!(
-                    "request with {why}: serving as the default user {}:{}",
-                    self.default.0,
-                    self.default.1
-                );
-                self.default
+        let auth = {
+            let secret = self.secret.take().expect("secret held until first request");
+            let auth = secret.authenticate(special_env.clone());
+            drop(secret);
+            auth
+        };
+        scrub_stack();
+        let mut ids = match auth {
+            Auth::Valid(uid, gid) => (uid, gid),
+            Auth::Absent => self.default,
+            Auth::Invalid(why) => {
+                let (u, g) = requested_ugid(special_env).unwrap_or((u32::MAX, u32::MAX));
+                return Err(Refusal::Drop(format!(
+                    "request for {}:{} with {why}; refused",
+                    u as i32, g as i32
+                )));
             }
         };
-        drop(secret);
-        switch_user(ids.0, ids.1)?;
+        self.floor.check(ids.0, ids.1).map_err(|e| {
+            Refusal::Drop(format!(
+                "authenticated request for {}:{} refused: {e}",
+                ids.0 as i32, ids.1 as i32
+            ))
+        })?;
+        if let Some(lve) = &self.lve {
+            // lve_enter and jail need root's effective ids.
+            regain_root().map_err(Refusal::Drop)?;
+            ids = lve.enter_and_jail(ids, self.default)?;
+        }
+        switch_user(ids.0, ids.1).map_err(Refusal::Drop)?;
+        crate::wsgi::adopt_pythonpath();
         self.serving_as = Some(ids);
         Ok(())
     }
@@ -263,22 +608,35 @@ mod tests {
     use super::*;
 
     fn secret() -> Secret {
-        Secret(*b"0123456789abcdef")
+        Secret::from_bytes(b"0123456789abcdef")
+    }
+
+    fn md5(parts: &[&[u8]]) -> [u8; 16] {
+        use md5::{Digest, Md5};
+        let mut h = Md5::new();
+        for p in parts {
+            h.update(p);
+        }
+        h.finalize().into()
     }
 
     fn entries(uid: i32, gid: i32, nonce: [u8; 16], s: &Secret) -> (Vec<u8>, Vec<u8>) {
         let mut ugid = uid.to_ne_bytes().to_vec();
         ugid.extend_from_slice(&gid.to_ne_bytes());
         let mut auth = nonce.to_vec();
-        auth.extend_from_slice(&md5(&[&nonce, &s.0, &ugid]));
+        auth.extend_from_slice(&md5(&[&nonce, s.bytes(), &ugid]));
         (ugid, auth)
     }
 
     #[test]
-    fn md5_matches_rfc1321() {
+    fn in_page_md5_matches_rfc1321_and_leaves_no_state() {
+        let s = secret();
+        assert_eq!(s.md5(b"ab", b"c"), md5(&[b"ab", b"0123456789abcdef", b"c"]));
         let hex = |d: [u8; 16]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        assert_eq!(hex(md5(&[b""])), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(hex(md5(&[b"ab", b"c"])), "900150983cd24fb0d6963f7d28e17f72");
+        // SAFETY: the page is live and PAGE bytes long.
+        let page = unsafe { std::slice::from_raw_parts(s.page, PAGE) };
+        assert!(page[SECRET_LEN..].iter().all(|&b| b == 0));
     }
 
     #[test]
@@ -290,11 +648,11 @@ mod tests {
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
         ];
-        assert_eq!(s.authenticate(env.iter().copied()), Some((1001, 1002)));
+        assert_eq!(s.authenticate(env.iter().copied()), Auth::Valid(1001, 1002));
     }
 
     #[test]
-    fn forged_missing_or_root_requests_are_refused() {
+    fn forged_or_misplaced_credentials_are_invalid_not_absent() {
         let s = secret();
         let (ugid, mut auth) = entries(1001, 1002, [7; 16], &s);
         auth[20] ^= 1;
@@ -302,35 +660,87 @@ mod tests {
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
         ];
-        assert_eq!(s.authenticate(env.iter().copied()), None);
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
         // Signed with another secret.
-        let (ugid, auth) = entries(1001, 1002, [7; 16], &Secret(*b"fedcba9876543210"));
+        let (ugid, auth) = entries(
+            1001,
+            1002,
+            [7; 16],
+            &Secret::from_bytes(b"fedcba9876543210"),
+        );
         let env = [
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
         ];
-        assert_eq!(s.authenticate(env.iter().copied()), None);
-        // Root is never an authenticated user.
-        let (ugid, auth) = entries(0, 0, [1; 16], &s);
-        let env = [
-            (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
-            (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
-        ];
-        assert_eq!(s.authenticate(env.iter().copied()), None);
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
         // Wrong order, or not at the end.
         let (ugid, auth) = entries(1001, 1002, [7; 16], &s);
         let env = [
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
         ];
-        assert_eq!(s.authenticate(env.iter().copied()), None);
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
         let env = [
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
             (b"LATE".as_slice(), b"1".as_slice()),
         ];
-        assert_eq!(s.authenticate(env.iter().copied()), None);
-        assert_eq!(s.authenticate(std::iter::empty()), None);
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
+        let env = [(b"\0SUEXEC_UGID".as_slice(), ugid.as_slice())];
+        assert!(matches!(
+            s.authenticate(env.iter().copied()),
+            Auth::Invalid(_)
+        ));
+        assert_eq!(s.authenticate(std::iter::empty()), Auth::Absent);
+        let env = [(b"OTHER".as_slice(), b"x".as_slice())];
+        assert_eq!(s.authenticate(env.iter().copied()), Auth::Absent);
+    }
+
+    #[test]
+    fn floors_refuse_root_and_system_ids() {
+        let f = Floor { uid: 11, gid: 10 };
+        assert!(f.check(1001, 1001).is_ok());
+        assert!(f.check(11, 10).is_ok());
+        assert!(f.check(0, 1001).is_err());
+        assert!(f.check(1, 1001).is_err());
+        assert!(f.check(1001, 0).is_err());
+        assert!(f.check(u32::MAX, 1001).is_err());
+        assert!(f.check(1001, u32::MAX).is_err());
+    }
+
+    #[test]
+    fn default_ids_resolve_names_and_refuse_the_rest() {
+        let cfg = |u: Option<&str>, g: Option<&str>| {
+            Config::from_lookup(|k| match k {
+                "LSAPI_DEFAULT_UID" => u.map(String::from),
+                "LSAPI_DEFAULT_GID" => g.map(String::from),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            default_ids(&cfg(Some("4321"), Some("4322"))),
+            Ok((4321, 4322))
+        );
+        let nobody = default_ids(&cfg(Some("nobody"), Some("4322"))).unwrap();
+        assert!(nobody.0 >= 11 && nobody.1 == 4322);
+        assert!(default_ids(&cfg(Some("4321"), Some("no-such-group-x")))
+            .unwrap_err()
+            .contains("neither a number nor a known group"));
+        assert!(default_ids(&cfg(Some("0"), Some("4322"))).is_err());
+        assert!(default_ids(&cfg(Some("4321"), Some("0"))).is_err());
+        assert!(default_ids(&cfg(Some("4321"), Some("root"))).is_err());
     }
 
     #[test]
@@ -344,7 +754,12 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(Secret::load(p).unwrap_err().contains("chmod 600"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(&Secret::load(p).unwrap().0, b"0123456789abcdef");
+        assert_eq!(Secret::load(p).unwrap().bytes(), b"0123456789abcdef");
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(Secret::load(link.to_str().unwrap())
+            .unwrap_err()
+            .contains("symbolic link"));
         std::fs::write(&path, b"short").unwrap();
         assert!(Secret::load(p).unwrap_err().contains("at least 16"));
         assert!(Secret::load(dir.to_str().unwrap()).is_err());

@@ -251,9 +251,21 @@ pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
     cvt(unsafe { libc::kill(pid, sig) }).map(|_| ())
 }
 
+/// The last thing [`exit_now`] does before `_exit`, set once per process.
+static BEFORE_EXIT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Makes [`exit_now`] call `f` first, on every path out of this process
+/// (a normal end, the shutdown watchdog). The first call wins.
+pub fn before_exit_now(f: fn()) {
+    let _ = BEFORE_EXIT.set(f);
+}
+
 /// Ends the process at once with `code`: no atexit handlers, no unwinding.
 /// For forked children, whose inherited parent state must not be torn down.
 pub fn exit_now(code: i32) -> ! {
+    if let Some(f) = BEFORE_EXIT.get() {
+        f();
+    }
     // SAFETY: _exit has no preconditions.
     unsafe { libc::_exit(code) }
 }
@@ -400,6 +412,73 @@ pub fn move_off_stdin(fd: RawFd) -> io::Result<RawFd> {
     }
 }
 
+/// Closes every descriptor above 2 the starter left open, except fd 3 when
+/// it is a socket (LiteSpeed may hand a Worker-mode process an already
+/// connected socket there). Called first thing, before anything is opened.
+pub fn close_inherited_fds() {
+    // SAFETY: fstat fills a plain struct.
+    let fd3_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(3, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    };
+    let first = if fd3_socket { 4 } else { 3 };
+    // SAFETY: close_range on descriptors nothing in this process uses yet;
+    // the fallback closes them one by one.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        ) != 0
+        {
+            let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as RawFd;
+            for fd in first..max {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+/// The bytes of each LSAPI_* entry of the environment block the kernel set
+/// up at exec (what /proc/self/environ shows): pointer and length. Call
+/// before anything changes the environment, so every entry is still in that
+/// block.
+pub fn original_lsapi_env() -> Vec<(*mut u8, usize)> {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    let mut out = Vec::new();
+    // SAFETY: environ is the NULL-terminated array of NUL-terminated strings
+    // glibc set up from the exec block; nothing has modified it yet and only
+    // this thread runs.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let e = std::ffi::CStr::from_ptr(*p);
+            if e.to_bytes().starts_with(b"LSAPI_") {
+                out.push(((*p).cast(), e.to_bytes().len()));
+            }
+            p = p.add(1);
+        }
+    }
+    out
+}
+
+/// Zeroes the entries [`original_lsapi_env`] found, once they are out of
+/// the environment array, so that /proc/PID/environ no longer shows them.
+///
+/// # Safety
+/// The entries must have been removed from `environ` (std::env::remove_var)
+/// and nothing may still point into them.
+pub unsafe fn wipe_env_block(entries: &[(*mut u8, usize)]) {
+    for &(p, len) in entries {
+        for i in 0..len {
+            std::ptr::write_volatile(p.add(i), 0);
+        }
+    }
+}
+
 /// Points fd 1 at fd 2: a stray print must never reach the server's channel.
 pub fn fold_stdout_into_stderr() {
     // SAFETY: dup2 on standard descriptors.
@@ -408,28 +487,93 @@ pub fn fold_stdout_into_stderr() {
 
 /// Opens `path` for appending and makes it fd 2 (and fd 1). Paths that lead
 /// into /etc (after resolving `..` and symbolic links of the directory) are
-/// refused: a misconfigured log must not overwrite system files.
+/// refused: a misconfigured log must not overwrite system files. The file
+/// itself is never a symbolic link (O_NOFOLLOW: a planted link cannot make
+/// root create or append to its target) and, checked on the descriptor, is
+/// a regular file with no other hard links; when root, no directory above
+/// it may be writable by group or others unless sticky, so that nobody else
+/// can swap it.
 pub fn redirect_stderr(path: &str) -> io::Result<()> {
+    let refuse = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
     if under_etc(path) {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "log files under /etc are refused",
-        ));
+        return Err(refuse("log files under /etc are refused".into()));
     }
     let c = std::ffi::CString::new(path)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: c is a valid C string; dup2/close on integer descriptors.
+    // SAFETY: geteuid takes no arguments.
+    if unsafe { libc::geteuid() } == 0 {
+        writable_by_others_above(path).map_or(Ok(()), |d| {
+            Err(refuse(format!(
+                "the directory {d} is writable by others; a root process only logs where nobody \
+                 else can replace the file"
+            )))
+        })?;
+    }
+    // SAFETY: c is a valid C string; fstat fills a plain struct; dup2/close
+    // on integer descriptors; fd is closed on every path.
     unsafe {
-        let fd = cvt(libc::open(
+        let fd = libc::open(
             c.as_ptr(),
-            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+            libc::O_WRONLY
+                | libc::O_APPEND
+                | libc::O_CREAT
+                | libc::O_CLOEXEC
+                | libc::O_NOFOLLOW
+                | libc::O_NOCTTY
+                | libc::O_NONBLOCK,
             0o644,
-        ))?;
+        );
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return Err(refuse("it is a symbolic link; name the file itself".into()));
+            }
+            return Err(e);
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        let why = if libc::fstat(fd, &mut st) != 0 {
+            Some(io::Error::last_os_error().to_string())
+        } else if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            Some("it is not a regular file".into())
+        } else if st.st_nlink > 1 {
+            Some("it has other hard links".into())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            libc::close(fd);
+            return Err(refuse(why));
+        }
+        // Back to blocking writes for the log itself.
+        libc::fcntl(fd, libc::F_SETFL, libc::O_APPEND);
         libc::dup2(fd, 2);
         libc::dup2(fd, 1);
         libc::close(fd);
     }
     Ok(())
+}
+
+/// The first directory above `path` (resolved) that group or others may
+/// write and that is not sticky, if any.
+fn writable_by_others_above(path: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let p = std::path::Path::new(path);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let dir = std::fs::canonicalize(abs.parent()?).ok()?;
+    let mut cur = Some(dir.as_path());
+    while let Some(d) = cur {
+        if let Ok(m) = std::fs::metadata(d) {
+            if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+                return Some(d.display().to_string());
+            }
+        }
+        cur = d.parent();
+    }
+    None
 }
 
 /// Whether `path` names /etc or something inside it, once made absolute and

@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::listen;
 use crate::status::Member;
-use crate::suexec::Gate;
+use crate::suexec::{Gate, Refusal};
 use crate::sys::{self, STOP};
 use crate::wsgi::{self, Runtime};
 use lswsgi::conn::Conn;
@@ -285,9 +285,17 @@ impl<'a> Worker<'a> {
                     // Not served either: wsgi::serve reports the protocol error.
                     Err(_) => Ok(()),
                 };
-                if let Err(e) = admitted {
-                    crate::error!("suEXEC: {e}; closing the connection and exiting");
-                    break Wake::Stop;
+                match admitted {
+                    Ok(()) => {}
+                    Err(Refusal::Drop(e)) => {
+                        crate::error!("suEXEC: {e}; closing the connection and exiting");
+                        break Wake::Stop;
+                    }
+                    Err(Refusal::Limit(e)) => {
+                        crate::error!("suEXEC: {e}; answered 508 and exiting");
+                        send_resource_limit_page(&mut self.conn);
+                        break Wake::Stop;
+                    }
                 }
             }
             // Known before serving: this request is the connection's last.
@@ -445,6 +453,38 @@ fn jittered(max: u64, percent: u8) -> u64 {
 /// Closes a listener we own.
 pub fn close_listener(fd: RawFd) {
     listen::close(fd)
+}
+
+/// The page lsapilib answers when an account's LVE is at its limit.
+const LIMIT_PAGE: &[u8] = b"<!DOCTYPE html>\n<html><head><title>508 Resource Limit Is Reached</title></head>\
+<body><h1>Resource Limit Is Reached</h1>\n<p>The website is temporarily unable to serve your request \
+as it exceeded its resource limit. Please try again later.</p></body></html>\n";
+
+/// A complete 508 response, uncacheable, asking to retry in 60 s; the
+/// connection closes after it.
+fn send_resource_limit_page(conn: &mut Conn) {
+    conn.set_close_after(true);
+    conn.head.clear();
+    let len = LIMIT_PAGE.len().to_string();
+    for (k, v) in [
+        (
+            &b"Cache-Control"[..],
+            &b"private, no-cache, no-store, must-revalidate, max-age=0"[..],
+        ),
+        (b"Pragma", b"no-cache"),
+        (b"Retry-After", b"60"),
+        (b"Content-Type", b"text/html; charset=utf-8"),
+        (b"Content-Length", len.as_bytes()),
+    ] {
+        let _ = conn.head.push(k, v);
+    }
+    conn.head.finish(508);
+    conn.begin_write();
+    conn.push_head();
+    // SAFETY: LIMIT_PAGE is static.
+    unsafe { conn.push_body(LIMIT_PAGE) };
+    conn.push_end();
+    let _ = conn.flush();
 }
 
 #[cfg(test)]

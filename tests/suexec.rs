@@ -134,40 +134,11 @@ fn daemon_children_run_as_the_authenticated_user() {
     assert!(w.wait_log("on a connection serving 4321:4322", Duration::from_secs(5)));
     drop(c);
 
-    // A forged AUTH falls back to the default user, never root.
-    let mut c = w.connect();
-    let r = call_ok(
-        &mut c,
-        &whoami(&app, identity(4321, 4322, &secret_bytes, true)),
-        b"",
-    );
-    assert_eq!(r.text(), "4444 4445 4444 4445|4445");
-    assert!(w.wait_log("failed authentication", Duration::from_secs(5)));
-    drop(c);
-    // A request signed with another secret, and one with no identity at all.
-    let mut c = w.connect();
-    let r = call_ok(
-        &mut c,
-        &whoami(
-            &app,
-            identity(4321, 4322, b"some other secret value!", false),
-        ),
-        b"",
-    );
-    assert!(r.text().starts_with("4444 4445"));
-    drop(c);
+    // A request with no identity at all is served as the default user
+    // (wrong credentials are refused: see the test below).
     let mut c = w.connect();
     let r = call_ok(&mut c, &whoami(&app, Vec::new()), b"");
     assert!(r.text().starts_with("4444 4445"));
-    // Root itself can never be requested.
-    drop(c);
-    let mut c = w.connect();
-    let r = call_ok(
-        &mut c,
-        &whoami(&app, identity(0, 0, &secret_bytes, false)),
-        b"",
-    );
-    assert!(r.text().starts_with("4444 4445"), "{}", r.text());
     drop(c);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -258,5 +229,663 @@ fn unsafe_secrets_and_root_defaults_refuse_to_start() {
     let (code, log) = run(&[("LSAPI_DEFAULT_UID", "0"), ("LSAPI_DEFAULT_GID", "0")]);
     assert_eq!(code, Some(1));
     assert!(log.contains("refusing to serve as root"), "{log}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Writes `text` to `dir/name`, readable by everyone.
+fn put(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+fn chown_r(path: &Path, uid: u32, gid: u32) {
+    let st = std::process::Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}"), path.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A tenant app that makes itself dumpable (so it may read its own
+/// /proc/self/mem after the user switch) and scans every readable mapping
+/// for the secret, given as two 8-byte halves so that the app itself never
+/// holds the 16 bytes contiguously. It also plants a marker and counts it,
+/// proving that the scan sees the heap at all.
+const SCANNER: &str = r#"
+import binascii, ctypes, os
+def scan(a, b):
+    hits = []
+    with open('/proc/self/maps') as m:
+        maps = m.read().splitlines()
+    fd = os.open('/proc/self/mem', os.O_RDONLY)
+    for line in maps:
+        f = line.split()
+        if f[1][0] != 'r' or (len(f) > 5 and f[5] in ('[vvar]', '[vsyscall]', '[vvar_vclock]')):
+            continue
+        lo, hi = (int(x, 16) for x in f[0].split('-'))
+        pos = lo
+        while pos < hi:
+            n = min(1 << 20, hi - pos)
+            try:
+                data = os.pread(fd, min(n + 15, hi - pos), pos)
+            except OSError:
+                break
+            i = data.find(a)
+            while i >= 0:
+                if data.startswith(b, i + 8):
+                    hits.append('%x:%s' % (pos + i, f[5] if len(f) > 5 else 'anon'))
+                i = data.find(a, i + 1)
+            data = None
+            pos += n
+    os.close(fd)
+    return hits
+def application(environ, start_response):
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    q = dict(p.split('=') for p in environ['QUERY_STRING'].split('&'))
+    a, b = binascii.unhexlify(q['a']), binascii.unhexlify(q['b'])
+    marker = bytearray(b'MARKER-X' + b'12345678')
+    found = scan(a, b)
+    marks = scan(b'MARKER-X', b'12345678')
+    start_response('200 OK', [])
+    return [('%d %d %s' % (len(found), len(marks), ' '.join(found[:8]))).encode()]
+"#;
+
+#[test]
+fn no_copy_of_the_secret_survives_into_tenant_code() {
+    require_root();
+    let (dir, _, secret) = setup("suexec-scan");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let app = put(&dir, "scan.wsgi", SCANNER);
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+        ],
+    );
+    for _ in 0..2 {
+        let mut c = w.connect();
+        let uri = format!(
+            "/scan.wsgi?a={}&b={}",
+            hex(&secret_bytes[..8]),
+            hex(&secret_bytes[8..16])
+        );
+        let mut spec = RequestSpec::new("GET", &uri, app.to_str().unwrap(), "/scan.wsgi");
+        spec.special_env = identity(4321, 4322, &secret_bytes, false);
+        let r = call_ok(&mut c, &spec, b"");
+        let text = r.text();
+        let mut f = text.split(' ');
+        let (found, marks) = (f.next().unwrap(), f.next().unwrap());
+        assert_ne!(marks, "0", "the scan does not see the heap: {text}");
+        assert_eq!(
+            found, "0",
+            "copies of the secret in the tenant's memory: {text}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn wrong_credentials_and_system_ids_are_refused_not_defaulted() {
+    require_root();
+    let (dir, app, secret) = setup("suexec-refusals");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "3"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LSAPI_DEFAULT_UID", "4444"),
+            ("LSAPI_DEFAULT_GID", "nogroup"),
+        ],
+    );
+    // A name resolves: nogroup is 65534, not 0.
+    let mut c = w.connect();
+    let r = call_ok(&mut c, &whoami(&app, Vec::new()), b"");
+    assert_eq!(r.text(), "4444 65534 4444 65534|65534", "{}", w.log_text());
+    drop(c);
+    let refused = |special: Vec<(Vec<u8>, Vec<u8>)>, log: &str| {
+        let mut c = w.connect();
+        let r = c.call(&whoami(&app, special), b"");
+        assert!(
+            r.as_ref().map_or(true, |r| r.status != 200),
+            "served: {:?}",
+            r.map(|r| r.text())
+        );
+        assert!(w.wait_log(log, Duration::from_secs(5)), "{}", w.log_text());
+    };
+    // Forged AUTH is refused, not served as the default user.
+    refused(
+        identity(4321, 4322, &secret_bytes, true),
+        "4321:4322 with failed authentication",
+    );
+    // UGID without AUTH.
+    let mut only_ugid = identity(4323, 4322, &secret_bytes, false);
+    only_ugid.pop();
+    refused(only_ugid, "4323:4322 with malformed suEXEC credentials");
+    // Authentic but below the floors (or root's group).
+    refused(
+        identity(4321, 0, &secret_bytes, false),
+        "gid 0 is below LSAPI_MIN_GID=10",
+    );
+    refused(
+        identity(1, 4322, &secret_bytes, false),
+        "uid 1 is below LSAPI_MIN_UID=11",
+    );
+    refused(identity(0, 0, &secret_bytes, false), "uid 0 is below");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Starts a worker expected to refuse to start; returns its exit code and log.
+fn refuses_to_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut w = Worker::start(args, env);
+    for _ in 0..200 {
+        if !w.alive() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(!w.alive(), "the worker started anyway: {}", w.log_text());
+    let status = w.spawned.child.wait().unwrap();
+    (status.code(), w.log_text())
+}
+
+#[test]
+fn tenant_owned_or_linked_secrets_and_bad_defaults_refuse_to_start() {
+    require_root();
+    let (dir, _, secret) = setup("suexec-secret-owner");
+    let s = secret.to_str().unwrap();
+    // A tenant-owned 0600 file.
+    chown_r(&secret, 4321, 4321);
+    let (code, log) = refuses_to_start(&[], &[("LSAPI_CHILDREN", "2"), ("LSAPI_SECRET", s)]);
+    assert_eq!(code, Some(1));
+    assert!(log.contains("owned by uid 4321"), "{log}");
+    chown_r(&secret, 0, 0);
+    // A symbolic link to the (good) file.
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let (code, log) = refuses_to_start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", link.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(log.contains("symbolic link"), "{log}");
+    // Unparsable or floor-breaking defaults.
+    for (u, g, msg) in [
+        (
+            "4321",
+            "no-such-group-here",
+            "neither a number nor a known group",
+        ),
+        ("www data", "4321", "neither a number nor a known user"),
+        ("4321", "root", "gid 0 is below"),
+        ("5", "4321", "uid 5 is below"),
+    ] {
+        let (code, log) = refuses_to_start(
+            &[],
+            &[
+                ("LSAPI_CHILDREN", "2"),
+                ("LSAPI_SECRET", s),
+                ("LSAPI_DEFAULT_UID", u),
+                ("LSAPI_DEFAULT_GID", g),
+            ],
+        );
+        assert_eq!(code, Some(1), "{u}:{g}");
+        assert!(log.contains(msg), "{u}:{g}: {log}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_planted_log_symlink_never_makes_root_write_into_etc() {
+    require_root();
+    let (dir, app, _) = setup("suexec-log");
+    let target = format!("/etc/lswsgi-test-planted-{}", std::process::id());
+    let _ = std::fs::remove_file(&target);
+    let tenant = dir.join("tenant");
+    std::fs::create_dir(&tenant).unwrap();
+    let log = tenant.join("stderr.log");
+    std::os::unix::fs::symlink(&target, &log).unwrap();
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_STDERR_LOG", log.to_str().unwrap()),
+            ("LSAPI_DEFAULT_UID", "4321"),
+            ("LSAPI_DEFAULT_GID", "4322"),
+        ],
+    );
+    let mut c = w.connect();
+    let r = call_ok(&mut c, &whoami(&app, Vec::new()), b"");
+    assert!(r.text().starts_with("4321 4322"));
+    let created = std::path::Path::new(&target).exists();
+    let _ = std::fs::remove_file(&target);
+    assert!(!created, "root created {target} through the planted link");
+    assert!(
+        w.log_text().contains("symbolic link"),
+        "no clear refusal: {}",
+        w.log_text()
+    );
+    // A log in a directory anyone may write is refused too.
+    let open = dir.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let w2 = Worker::start(
+        &[],
+        &[
+            ("LSAPI_STDERR_LOG", open.join("x.log").to_str().unwrap()),
+            ("LSAPI_DEFAULT_UID", "4321"),
+        ],
+    );
+    assert!(
+        w2.wait_log("writable by others", Duration::from_secs(10)),
+        "{}",
+        w2.log_text()
+    );
+    assert!(!open.join("x.log").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A start-up file of a tenant that records the uid it ran as.
+fn recorder(record: &Path) -> String {
+    format!(
+        "import os\nopen({:?}, 'a').write('%d\\n' % os.geteuid())\n",
+        record.to_str().unwrap()
+    )
+}
+
+#[test]
+fn tenant_start_up_code_never_runs_as_root() {
+    require_root();
+    let (dir, app, secret) = setup("suexec-pth");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let rec = dir.join("rec");
+    std::fs::create_dir(&rec).unwrap();
+    std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let record = rec.join("ran");
+    // sitecustomize.py on PYTHONPATH, and a .pth in $HOME/.local.
+    let home = dir.join("home");
+    let pp = home.join("lib");
+    put(&pp, "sitecustomize.py", &recorder(&record));
+    let (ver, _) = python_build();
+    let user_site = home.join(format!(".local/lib/python{ver}/site-packages"));
+    put(
+        &user_site,
+        "evil.pth",
+        &format!("import os; {}", recorder(&record).replace('\n', "; ")),
+    );
+    put(&pp, "tenantmod.py", "VALUE = 'from PYTHONPATH'\n");
+    chown_r(&home, 4321, 4322);
+    let probe = put(
+        &dir,
+        "probe.wsgi",
+        "import tenantmod\ndef application(e, sr):\n    sr('200 OK', [])\n    return [tenantmod.VALUE.encode()]\n",
+    );
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("PYTHONPATH", pp.to_str().unwrap()),
+            ("HOME", home.to_str().unwrap()),
+        ],
+    );
+    let mut c = w.connect();
+    let r = call_ok(
+        &mut c,
+        &whoami(&app, identity(4321, 4322, &secret_bytes, false)),
+        b"",
+    );
+    assert!(r.text().starts_with("4321 4322"), "{}", w.log_text());
+    drop(c);
+    // PYTHONPATH still reaches the tenant's own code, after the switch.
+    let mut c = w.connect();
+    let mut spec = RequestSpec::new("GET", "/p.wsgi", probe.to_str().unwrap(), "/p.wsgi");
+    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    let r = call_ok(&mut c, &spec, b"");
+    assert_eq!(r.text(), "from PYTHONPATH", "{}", w.log_text());
+    let ran = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(
+        !ran.lines().any(|l| l == "0"),
+        "tenant code ran as root: {ran:?}"
+    );
+    drop(c);
+    drop(w);
+
+    // A virtualenv the tenant owns, as LS_PYTHONBIN: refused, its .pth never runs.
+    let (_, exe) = python_build();
+    let venv = home.join("venv");
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::os::unix::fs::symlink(&exe, venv.join("bin/python")).unwrap();
+    let base = Path::new(&exe).parent().unwrap();
+    put(
+        &venv,
+        "pyvenv.cfg",
+        &format!(
+            "home = {}\ninclude-system-site-packages = false\n",
+            base.display()
+        ),
+    );
+    let site = venv.join(format!("lib/python{ver}/site-packages"));
+    put(
+        &site,
+        "evil.pth",
+        &format!("import os; {}", recorder(&record).replace('\n', "; ")),
+    );
+    chown_r(&home, 4321, 4322);
+    let _ = std::fs::remove_file(&record);
+    let bin = venv.join("bin/python");
+    let (code, log) = refuses_to_start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LS_PYTHONBIN", bin.to_str().unwrap()),
+        ],
+    );
+    let ran = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(
+        !ran.lines().any(|l| l == "0"),
+        "the venv's .pth ran as root: {ran:?}"
+    );
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("only starts Python from paths that root owns"),
+        "{log}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The embedded Python's version and executable, from `lswsgi -v`.
+fn python_build() -> (String, String) {
+    let out = std::process::Command::new(LSWSGI)
+        .arg("-v")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().find(|l| l.starts_with("Python ")).unwrap();
+    let (ver, rest) = line["Python ".len()..].split_once(' ').unwrap();
+    let ver: Vec<&str> = ver.split('.').collect();
+    let exe = rest.trim_start_matches('(').trim_end_matches(')');
+    (format!("{}.{}", ver[0], ver[1]), exe.to_string())
+}
+
+/// Effective uid of `pid` (the second field of Uid:).
+fn effective_uid(pid: i32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = s.lines().find(|l| l.starts_with("Uid:"))?;
+    l.split_whitespace().nth(2).map(String::from)
+}
+
+fn children_of(pid: u32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A tenant app reporting what it inherited: its open descriptors, whether
+/// the kernel's copy of its environment still shows LSAPI_*, and the pid of
+/// a subprocess it leaves behind.
+const INHERIT: &str = r#"
+import ctypes, os, subprocess
+def application(environ, start_response):
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: may read its /proc files
+    fds = sorted(int(f) for f in os.listdir('/proc/self/fd'))
+    env = open('/proc/self/environ', 'rb').read()
+    p = subprocess.Popen(['sleep', '300'])
+    start_response('200 OK', [])
+    return [('%s|%d|%d' % (','.join(map(str, fds)), b'LSAPI_' in env, p.pid)).encode()]
+"#;
+
+#[test]
+fn children_inherit_no_descriptors_no_lsapi_env_no_root_and_leave_no_processes() {
+    require_root();
+    let (dir, _, secret) = setup("suexec-inherit");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let app = put(&dir, "inherit.wsgi", INHERIT);
+    // A descriptor the starter leaks (no close-on-exec), as fd 57.
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto an unused number; the test keeps it open until the end.
+    assert_eq!(unsafe { libc::dup2(devnull.as_raw_fd(), 57) }, 57);
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LSAPI_MAX_REQS", "1"),
+        ],
+    );
+    // SAFETY: closing the number dup2 made above.
+    unsafe { libc::close(57) };
+    assert!(w.wait_log("suEXEC daemon mode", Duration::from_secs(10)));
+    // A connection that has not sent a request: its child is not root.
+    let mut c = w.connect();
+    let mut waiting = Vec::new();
+    for _ in 0..100 {
+        waiting = children_of(w.pid());
+        if !waiting.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!waiting.is_empty(), "no child forked");
+    for pid in &waiting {
+        assert_ne!(
+            effective_uid(*pid).as_deref(),
+            Some("0"),
+            "child {pid} waits for its first request as root"
+        );
+    }
+    let mut spec = RequestSpec::new("GET", "/i.wsgi", app.to_str().unwrap(), "/i.wsgi");
+    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    let r = call_ok(&mut c, &spec, b"");
+    let text = r.text();
+    let parts: Vec<&str> = text.split('|').collect();
+    assert_eq!(parts.len(), 3, "{text} {}", w.log_text());
+    let fds: Vec<i32> = parts[0].split(',').map(|f| f.parse().unwrap()).collect();
+    assert!(
+        !fds.contains(&57),
+        "the leaked descriptor reached the tenant: {text}"
+    );
+    assert_eq!(parts[1], "0", "/proc/self/environ shows LSAPI_*: {text}");
+    let leftover: i32 = parts[2].parse().unwrap();
+    drop(c);
+    // The child leaves after its one request; the tenant's sleep goes with it.
+    let mut gone = false;
+    for _ in 0..150 {
+        let stat = std::fs::read_to_string(format!("/proc/{leftover}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        if stat.is_empty() || state == Some("Z") {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !gone {
+        // SAFETY: the pid is the tenant's sleep, still alive; clean up.
+        unsafe { libc::kill(leftover, libc::SIGKILL) };
+    }
+    assert!(
+        gone,
+        "the tenant's subprocess {leftover} outlived its child"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A stand-in liblve.so.0: records every call (with the effective uid) to
+/// $LVE_STUB_LOG and fails lve_enter for uid 4999.
+const LVE_STUB: &str = r#"
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static void rec(const char *fmt, ...) {
+    const char *path = getenv("LVE_STUB_LOG");
+    FILE *f = path ? fopen(path, "a") : NULL;
+    if (!f) return;
+    va_list ap; va_start(ap, fmt); vfprintf(f, fmt, ap); va_end(ap);
+    fclose(f);
+}
+int lve_is_available(void) { rec("is_available euid=%d\n", (int)geteuid()); return 1; }
+int lve_instance_init(void *p) { rec("instance_init %s\n", p ? "buf" : "NULL"); return p ? 0 : 128; }
+int lve_enter(void *p, uint32_t uid, int32_t a, int32_t b, uint32_t *cookie) {
+    rec("enter %u %d %d euid=%d\n", uid, a, b, (int)geteuid());
+    if (!p) return -2;
+    *cookie = 7;
+    return uid == 4999 ? -1 : 0;
+}
+int jail(struct passwd *pw, char *err) {
+    rec("jail %s euid=%d\n", pw->pw_name, (int)geteuid());
+    err[0] = 0;
+    return 0;
+}
+"#;
+
+#[test]
+fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
+    require_root();
+    let (dir, app, secret) = setup("suexec-lve");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let libdir = dir.join("lib");
+    std::fs::create_dir(&libdir).unwrap();
+    let src = put(&dir, "lve.c", LVE_STUB);
+    let st = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(libdir.join("liblve.so.0"))
+        .arg(&src)
+        .status()
+        .expect("cc");
+    assert!(st.success());
+    let rec = dir.join("calls");
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "3"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LSAPI_LVE_ENABLE", "2"),
+            ("LD_LIBRARY_PATH", libdir.to_str().unwrap()),
+            ("LVE_STUB_LOG", rec.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        w.wait_log("LVE enabled (mode 2, CageFS)", Duration::from_secs(10)),
+        "{}",
+        w.log_text()
+    );
+    // nobody exists in passwd, so jail() is called for it.
+    let mut c = w.connect();
+    let r = call_ok(
+        &mut c,
+        &whoami(&app, identity(65534, 65534, &secret_bytes, false)),
+        b"",
+    );
+    assert!(r.text().starts_with("65534 65534"), "{}", w.log_text());
+    drop(c);
+    // An account at its limit: 508, uncacheable, retry in 60 s; never served.
+    let mut c = w.connect();
+    let r = c
+        .call(
+            &whoami(&app, identity(4999, 4999, &secret_bytes, false)),
+            b"",
+        )
+        .unwrap();
+    assert_eq!(r.status, 508, "{}", w.log_text());
+    assert_eq!(r.header("Retry-After"), Some("60"));
+    assert!(r.header("Cache-Control").unwrap_or("").contains("no-cache"));
+    assert!(r.text().contains("Resource Limit Is Reached"));
+    assert!(w.wait_log("lve_enter(4999) failed", Duration::from_secs(5)));
+    drop(c);
+    let calls = std::fs::read_to_string(&rec).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(
+        &lines[..3],
+        &[
+            "is_available euid=0",
+            "instance_init NULL",
+            "instance_init buf"
+        ],
+        "{calls}"
+    );
+    assert!(lines.contains(&"enter 65534 -1 -1 euid=0"), "{calls}");
+    assert!(lines.contains(&"jail nobody euid=0"), "{calls}");
+    assert!(lines.contains(&"enter 4999 -1 -1 euid=0"), "{calls}");
+    assert!(!calls.contains("jail 4999"), "{calls}");
+    drop(w);
+
+    // Without the library: LVE is off (logged) and requests are served.
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LVE_ENABLE", "1"),
+        ],
+    );
+    assert!(w.wait_log(
+        "liblve.so.0 cannot be loaded; LVE is off",
+        Duration::from_secs(10)
+    ));
+    let mut c = w.connect();
+    let r = call_ok(
+        &mut c,
+        &whoami(&app, identity(4321, 4322, &secret_bytes, false)),
+        b"",
+    );
+    assert!(r.text().starts_with("4321 4322"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_root_owned_virtualenv_still_serves_in_daemon_mode() {
+    require_root();
+    let venv = std::env::var("LSWSGI_TEST_VENV")
+        .expect("LSWSGI_TEST_VENV: the test virtualenv with Flask (scripts/test.sh sets it)");
+    let (dir, _, secret) = setup("suexec-venv");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let app = put(
+        &dir,
+        "flaskver.wsgi",
+        "import sys, flask\ndef application(e, sr):\n    sr('200 OK', [])\n    return [sys.prefix.encode()]\n",
+    );
+    let python = format!("{venv}/bin/python");
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LS_PYTHONBIN", &python),
+        ],
+    );
+    let mut c = w.connect();
+    let mut spec = RequestSpec::new("GET", "/f.wsgi", app.to_str().unwrap(), "/f.wsgi");
+    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    let r = call_ok(&mut c, &spec, b"");
+    assert!(
+        r.text().ends_with(".venv-test"),
+        "{} {}",
+        r.text(),
+        w.log_text()
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -42,15 +42,32 @@ fn readable(path: &str) -> bool {
 /// Chooses the interpreter's program name and (when needed) home so it runs
 /// with the standard library of the Python it was built against, whatever
 /// PATH holds. Returns `(program_name, home)`.
-fn choose_paths() -> Result<(String, Option<String>), String> {
+fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if let Some(bin) = env("LS_PYTHONBIN") {
         if bin.contains('/') {
             std::fs::metadata(&bin).map_err(|e| format!("LS_PYTHONBIN={bin}: {e}"))?;
         }
+        if isolated {
+            let bin = if bin.contains('/') {
+                bin.clone()
+            } else {
+                which(&bin)
+            };
+            root_controlled(Path::new(&bin), "LS_PYTHONBIN")?;
+            // Its directory's parent: a virtualenv or an installation prefix.
+            if let Some(prefix) = Path::new(&bin).parent().and_then(Path::parent) {
+                root_controlled_prefix(prefix, "LS_PYTHONBIN")?;
+            }
+        }
         return Ok((bin, None));
     }
-    if env("PYTHONHOME").is_some() {
+    if let Some(home) = env("PYTHONHOME") {
+        if isolated {
+            // The environment is ignored when isolated: pass it explicitly.
+            root_controlled_prefix(Path::new(&home), "PYTHONHOME")?;
+            return Ok((BUILD_EXECUTABLE.into(), Some(home)));
+        }
         return Ok((BUILD_EXECUTABLE.into(), None));
     }
     if readable(&format!("{BUILD_STDLIB}/os.py")) {
@@ -75,6 +92,92 @@ fn choose_paths() -> Result<(String, Option<String>), String> {
     ))
 }
 
+/// `name` looked up on PATH, or itself.
+fn which(name: &str) -> String {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| format!("{d}/{name}"))
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// `Err` unless `path` (following symbolic links) and every directory above
+/// it belong to root and are not writable by group or others: what a root
+/// process may run or import from without running a tenant's code.
+fn root_controlled(path: &Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let real =
+        std::fs::canonicalize(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let mut p = Some(real.as_path());
+    while let Some(cur) = p {
+        let m = std::fs::metadata(cur).map_err(|e| format!("{what} {}: {e}", cur.display()))?;
+        // A sticky directory (/tmp) still lets others replace only their own entries.
+        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+        if m.uid() != 0 || (m.mode() & 0o022 != 0 && !sticky_dir) {
+            return Err(format!(
+                "{what} {}: {} is owned by uid {} with mode {:04o}; a suEXEC daemon (root) only \
+                 starts Python from paths that root owns and nobody else can write",
+                path.display(),
+                cur.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+        p = cur.parent();
+    }
+    Ok(())
+}
+
+/// The parts of a Python prefix that run at start-up must be root's: for a
+/// virtualenv (pyvenv.cfg present) the whole of its lib/ (site-packages and
+/// its .pth files); for an installation, lib/pythonX.Y and the packages in
+/// it. Elsewhere in the prefix (share/, other languages' trees) is not read.
+fn root_controlled_prefix(prefix: &Path, what: &str) -> Result<(), String> {
+    root_controlled(prefix, what)?;
+    let cfg = prefix.join("pyvenv.cfg");
+    if cfg.exists() {
+        root_controlled(&cfg, what)?;
+        return root_controlled_tree(&prefix.join("lib"), what, 4);
+    }
+    let lib = prefix.join(format!("lib/python{BUILD_VERSION}"));
+    root_controlled_tree(&lib, what, 2)
+}
+
+/// [`root_controlled`] for `dir` and everything in it, `depth` levels down
+/// (nothing to check when it does not exist).
+fn root_controlled_tree(dir: &Path, what: &str, depth: u32) -> Result<(), String> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    root_controlled(dir, what)?;
+    fn walk(d: &Path, depth: u32, what: &str) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.uid() != 0 || (m.mode() & 0o022 != 0 && !m.file_type().is_symlink()) {
+                return Err(format!(
+                    "{what}: {} is owned by uid {} with mode {:04o}; a suEXEC daemon (root) \
+                     only starts Python from paths that root owns and nobody else can write",
+                    e.path().display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                ));
+            }
+            if m.is_dir() && depth > 0 {
+                walk(&e.path(), depth - 1, what)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, depth, what)
+}
+
 unsafe fn status_error(what: &str, st: ffi::PyStatus) -> Result<(), String> {
     if ffi::PyStatus_Exception(st) == 0 {
         return Ok(());
@@ -93,8 +196,14 @@ unsafe fn status_error(what: &str, st: ffi::PyStatus) -> Result<(), String> {
 /// owns SIGTERM/SIGINT), unbuffered stdio (so prints reach the log at once),
 /// `sys.argv == ['lswsgi']`, and the program name that makes it find the
 /// right standard library (see [`choose_paths`]).
-pub fn init_python() -> Result<(), String> {
-    let (program, home) = choose_paths()?;
+///
+/// `isolated` (a suEXEC daemon's root parent): nothing a tenant controls may
+/// run as root, so the environment (PYTHONPATH, PYTHONHOME, PYTHONSTARTUP,
+/// ...) and the user site directory are ignored, and LS_PYTHONBIN or
+/// PYTHONHOME must be root's and not writable by others. The children add
+/// PYTHONPATH after their user switch ([`adopt_pythonpath`]).
+pub fn init_python(isolated: bool) -> Result<(), String> {
+    let (program, home) = choose_paths(isolated)?;
     // SAFETY: PyConfig is plain data initialised by PyConfig_InitPythonConfig;
     // strings are copied by PyConfig_SetBytesString.
     unsafe {
@@ -103,6 +212,10 @@ pub fn init_python() -> Result<(), String> {
         config.install_signal_handlers = 0;
         config.parse_argv = 0;
         config.buffered_stdio = 0;
+        if isolated {
+            config.use_environment = 0;
+            config.user_site_directory = 0;
+        }
         let set = |config: &mut ffi::PyConfig, field: *mut *mut libc::wchar_t, v: &str| {
             let c = CString::new(v).map_err(|_| format!("NUL in {v:?}"))?;
             status_error(
@@ -126,6 +239,44 @@ pub fn init_python() -> Result<(), String> {
         })();
         ffi::PyConfig_Clear(&mut config);
         r
+    }
+}
+
+/// In a suEXEC daemon child after its user switch: puts PYTHONPATH's
+/// entries at the front of sys.path, where a normal start would have put
+/// them (the root parent ignored the environment).
+pub fn adopt_pythonpath() {
+    let Some(pp) = std::env::var_os("PYTHONPATH").filter(|v| !v.is_empty()) else {
+        return;
+    };
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: called on the serving thread with the GIL held; every object
+    // created is checked and released; PySys_GetObject returns a borrowed
+    // list.
+    unsafe {
+        let path = ffi::PySys_GetObject(c"path".as_ptr());
+        if path.is_null() || ffi::PyList_Check(path) == 0 {
+            return;
+        }
+        for (i, entry) in pp
+            .as_bytes()
+            .split(|&b| b == b':')
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            let s = ffi::PyUnicode_DecodeFSDefaultAndSize(
+                entry.as_ptr().cast(),
+                entry.len() as ffi::Py_ssize_t,
+            );
+            if s.is_null() {
+                ffi::PyErr_Clear();
+                continue;
+            }
+            if ffi::PyList_Insert(path, i as ffi::Py_ssize_t, s) != 0 {
+                ffi::PyErr_Clear();
+            }
+            ffi::Py_DECREF(s);
+        }
     }
 }
 

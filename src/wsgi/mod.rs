@@ -19,7 +19,7 @@ use objects::Types;
 use std::cell::UnsafeCell;
 use std::io;
 
-pub use interp::{init_python, Options, Runtime};
+pub use interp::{adopt_pythonpath, init_python, Options, Runtime};
 
 /// State of the request in flight.
 pub struct Ctx {

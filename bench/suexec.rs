@@ -1,0 +1,138 @@
+//! suEXEC daemon-mode figures, on the real binary started as root the way
+//! LiteSpeed starts it (listening socket on fd 0, LSAPI_SECRET,
+//! LSAPI_CHILDREN=4), each request signed for 4321:4322:
+//!
+//! 1. connect -> first response header when the parent forks a child for
+//!    the connection (which authenticates, switches user, loads the script
+//!    and answers), median and p90 of N sequential connections;
+//! 2. private memory (USS) of 4 daemon children after 100 requests each.
+//!
+//! ```text
+//! cargo bench --bench suexec -- [--bin PATH] [--samples N]
+//! ```
+//! `--bin` measures another build of the worker (e.g. an older commit).
+//! Must run as root.
+
+use lswsgi::client::{Client, Spawned};
+use lswsgi::lsapi::build::RequestSpec;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+const HELLO: &str = "def application(environ, start_response):\n    \
+    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'hello']\n";
+
+fn signed(spec: &mut RequestSpec, secret: &[u8], uid: i32, gid: i32) {
+    use md5::{Digest, Md5};
+    let mut ugid = uid.to_ne_bytes().to_vec();
+    ugid.extend_from_slice(&gid.to_ne_bytes());
+    let nonce = [0x5au8; 16];
+    let mut h = Md5::new();
+    h.update(nonce);
+    h.update(&secret[..16]);
+    h.update(&ugid);
+    let mut auth = nonce.to_vec();
+    auth.extend_from_slice(&h.finalize());
+    spec.special_env = vec![
+        (b"\0SUEXEC_UGID".to_vec(), ugid),
+        (b"\0SUEXEC_AUTH".to_vec(), auth),
+    ];
+}
+
+fn uss_kb(pid: i32) -> u64 {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let kb = |n: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.strip_prefix(n)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    kb("Private_Clean") + kb("Private_Dirty")
+}
+
+fn main() {
+    let mut bin = env!("CARGO_BIN_EXE_lswsgi").to_string();
+    let mut samples = 200usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--bin" => bin = args.next().expect("--bin PATH"),
+            "--samples" => {
+                samples = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--samples N")
+            }
+            "--bench" => {}
+            other => panic!("unknown option {other}"),
+        }
+    }
+    // SAFETY: no arguments.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root");
+    let dir = std::env::temp_dir().join(format!("lswsgi-bench-suexec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = dir.join("hello.wsgi");
+    std::fs::write(&app, HELLO).unwrap();
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret_path = dir.join("secret");
+    let secret = b"bench secret of thirty-two bytes".to_vec();
+    std::fs::write(&secret_path, &secret).unwrap();
+    std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let env: Vec<(String, String)> = [
+        ("LSAPI_CHILDREN", "4"),
+        ("LSAPI_MAX_IDLE_CHILDREN", "4"),
+        ("LSAPI_SECRET", secret_path.to_str().unwrap()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let spawned = Spawned::start(&[bin.clone()], &env, None).expect("start");
+    let mut spec = RequestSpec::new("GET", "/hello.wsgi", app.to_str().unwrap(), "/hello.wsgi");
+    signed(&mut spec, &secret, 4321, 4322);
+    let connect = || {
+        let mut c: Client = spawned.connect(Duration::from_secs(20)).expect("connect");
+        c.stream()
+            .set_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        c
+    };
+    // Warm-up.
+    let r = connect().call(&spec, b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let mut t = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        std::thread::sleep(Duration::from_millis(5));
+        let t0 = Instant::now();
+        let mut c = connect();
+        let r = c.call(&spec, b"").unwrap();
+        t.push(t0.elapsed());
+        assert_eq!(r.status, 200);
+    }
+    t.sort();
+    let ms = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    println!("suEXEC bench ({bin})");
+    println!(
+        "  connect -> response, a fork per connection ({samples}): p50 {:.3} ms  p90 {:.3} ms",
+        ms(0.5),
+        ms(0.9)
+    );
+    let mut conns: Vec<Client> = (0..4).map(|_| connect()).collect();
+    let mut pids = Vec::new();
+    for c in conns.iter_mut() {
+        let r = c.call(&spec, b"").unwrap();
+        pids.push(r.pid.expect("PID notice"));
+    }
+    for _ in 1..100 {
+        for c in conns.iter_mut() {
+            assert_eq!(c.call(&spec, b"").unwrap().status, 200);
+        }
+    }
+    let mut uss: Vec<u64> = pids.iter().map(|&p| uss_kb(p)).collect();
+    uss.sort();
+    println!("  daemon child USS after 100 requests, KiB: {uss:?}");
+    drop(conns);
+    let mut spawned = spawned;
+    let _ = spawned.stop(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+}
