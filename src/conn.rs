@@ -24,6 +24,9 @@ pub const READ_BUF_LEN: usize = MAX_PACKET_LEN + 1 + 16 * 1024;
 /// How long a started request (packet or body) or a response write may stall
 /// before the connection is dropped.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Body reads shorter than this (bytes) go through the read buffer; longer
+/// ones go straight from the socket into the destination.
+const SMALL_READ: usize = 16 * 1024;
 /// Largest iovec count per writev (the kernel's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
@@ -362,12 +365,17 @@ impl Conn {
         self.body_left -= n as u64;
     }
 
-    /// Reads up to `dst.len()` body bytes: buffered ones first, then straight
-    /// from the socket into `dst` (no intermediate copy for large reads).
+    /// Reads up to `dst.len()` body bytes: buffered ones first, then, for a
+    /// small read, through the read buffer (refilled by one kernel read),
+    /// for a large one straight from the socket into `dst` (no copy).
     /// Returns 0 only at the end of the body.
     pub fn read_body(&mut self, dst: &mut [u8]) -> Result<usize, ConnError> {
         if self.body_left == 0 || dst.is_empty() {
             return Ok(0);
+        }
+        if self.start == self.end && dst.len() < SMALL_READ {
+            // A small read: one kernel read fills the buffer for the next ones.
+            self.fill_body()?;
         }
         if self.start < self.end {
             let n = (self.end - self.start)
