@@ -223,3 +223,26 @@ fn str_subclasses_and_start_response_keywords() {
     assert_eq!(r.text(), "TypeError");
     assert_eq!(call_ok(&mut c, &rq("/hello"), b"").text(), "hello");
 }
+
+/// The GIL is released while the worker blocks on the request body: an
+/// application thread keeps running during a slow upload.
+#[test]
+fn application_threads_run_while_the_body_is_awaited() {
+    let w = Worker::start(&[], &[]);
+    let mut c = w.connect();
+    let body = vec![b'a'; 4];
+    let r = c
+        .call_in_pieces(
+            &post("/gil", body.len()),
+            &body,
+            2,
+            std::time::Duration::from_millis(400),
+        )
+        .unwrap();
+    let ticks: u64 = r.text().parse().unwrap_or_else(|_| panic!("{}", r.text()));
+    // ~800 ms of waiting at one tick per ms; without the release, a handful.
+    assert!(
+        ticks > 100,
+        "the app thread ticked {ticks} times during the wait"
+    );
+}

@@ -168,6 +168,15 @@ pub fn without_gil<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// The connection's blocking hook while a request is served: the GIL is
+/// released around each blocking read or write, so application threads keep
+/// running while the worker waits on the server. The system call touches no
+/// Python state, and other threads cannot reach the connection (request
+/// objects check `on_main_thread`).
+fn release_gil(f: &mut dyn FnMut()) {
+    without_gil(f)
+}
+
 /// Shuts the interpreter down, running `atexit` handlers.
 pub fn finalize() {
     // SAFETY: main thread with the GIL, no request in flight.

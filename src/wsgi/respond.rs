@@ -265,7 +265,11 @@ pub(crate) fn serve(
     let body_len = req.body_len();
     // The packet is not used past this point.
     // SAFETY: `conn` is live; no other reference to it exists now.
-    unsafe { (*conn).begin_body(body_len) };
+    // Blocking reads and writes of this request release the GIL.
+    unsafe {
+        (*conn).begin_body(body_len);
+        (*conn).set_blocking_hook(Some(super::release_gil));
+    }
     c.conn.set(conn);
     c.active.set(true);
     c.resp.begin();
@@ -308,10 +312,12 @@ pub(crate) fn serve(
     assert_no_exception();
     // SAFETY: the request is over; this is the only reference.
     let conn = unsafe { &mut *conn };
-    if let Some(why) = fault {
-        return Err(ConnError::Abandoned(why));
-    }
-    conn.drain_body()
+    let r = match fault {
+        Some(why) => Err(ConnError::Abandoned(why)),
+        None => conn.drain_body(),
+    };
+    conn.set_blocking_hook(None);
+    r
 }
 
 /// Calls the application and writes whatever it produces. Never holds a

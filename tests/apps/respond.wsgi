@@ -1,7 +1,5 @@
 # Response-path edge cases (tests/respond.rs). One route per case.
 import gzip
-import os
-import sys
 
 
 class CloseRaises:
@@ -76,5 +74,28 @@ def application(environ, start_response):
             start_response("200 OK", [])
             return [b"TypeError"]
         return [b"accepted"]
+    if path == "/gil":
+        # A thread counts while the request blocks reading a slow body.
+        import threading
+        import time
+
+        ticks = [0]
+        stop = threading.Event()
+
+        def count():
+            while not stop.is_set():
+                ticks[0] += 1
+                time.sleep(0.001)
+
+        t = threading.Thread(target=count)
+        t.start()
+        time.sleep(0.05)
+        start = ticks[0]
+        environ["wsgi.input"].read()
+        during = ticks[0] - start
+        stop.set()
+        t.join()
+        start_response("200 OK", [])
+        return [str(during).encode()]
     start_response("404 Not Found", [])
     return [b"no route"]
