@@ -404,6 +404,18 @@ impl Conn {
     /// for a large one straight from the socket into `dst` (no copy).
     /// Returns 0 only at the end of the body.
     pub fn read_body(&mut self, dst: &mut [u8]) -> Result<usize, ConnError> {
+        // SAFETY: initialised bytes are valid MaybeUninit<u8>, and read_body_uninit
+        // writes only initialised bytes.
+        let dst = unsafe { &mut *(dst as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        self.read_body_uninit(dst)
+    }
+
+    /// [`Conn::read_body`] into memory that may be uninitialised (a fresh
+    /// Python bytes object); the first `n` bytes returned are initialised.
+    pub fn read_body_uninit(
+        &mut self,
+        dst: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<usize, ConnError> {
         if self.body_left == 0 || dst.is_empty() {
             return Ok(0);
         }
@@ -415,7 +427,14 @@ impl Conn {
             let n = (self.end - self.start)
                 .min(dst.len())
                 .min(self.body_left.min(usize::MAX as u64) as usize);
-            dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+            // SAFETY: `n` bytes fit in both; our buffer and `dst` never overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.buf[self.start..].as_ptr(),
+                    dst.as_mut_ptr().cast::<u8>(),
+                    n,
+                )
+            };
             self.consume_body(n);
             return Ok(n);
         }

@@ -141,12 +141,16 @@ unsafe extern "C" fn input_read(
     if b.is_null() {
         return b;
     }
-    let dst = std::slice::from_raw_parts_mut(ffi::PyBytes_AS_STRING(b) as *mut u8, want);
+    // The new bytes object's storage is uninitialised: MaybeUninit until read.
+    let dst = std::slice::from_raw_parts_mut(
+        ffi::PyBytes_AS_STRING(b) as *mut std::mem::MaybeUninit<u8>,
+        want,
+    );
     // SAFETY (with_conn): as above.
     let read = c.with_conn(|conn| {
         let mut got = 0;
         while got < want {
-            match conn.read_body(&mut dst[got..]) {
+            match conn.read_body_uninit(&mut dst[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) => return Err(e),

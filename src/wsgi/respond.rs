@@ -351,7 +351,7 @@ unsafe fn run_app(rt: &mut Runtime, c: &Ctx, app: &Obj, environ: Obj) {
     if plain {
         send_sequence(rt, c, &result);
     } else if rtype.cast() == rt.interp().file_wrapper.ptr() {
-        if !send_file_wrapper(rt, c, &result) {
+        if !send_file_wrapper(c, &result) {
             send_iterable(rt, c, &result);
         }
     } else {
@@ -464,7 +464,7 @@ unsafe fn send_iterable(rt: &mut Runtime, c: &Ctx, result: &Obj) {
 /// gave one — goes out with sendfile(2). `false` (nothing sent) for any
 /// other file-like (gzip.open, BytesIO, …); the caller then iterates it with
 /// read(block size).
-unsafe fn send_file_wrapper(rt: &mut Runtime, c: &Ctx, wrapper: &Obj) -> bool {
+unsafe fn send_file_wrapper(c: &Ctx, wrapper: &Obj) -> bool {
     let attr = |o: *mut ffi::PyObject, name: &std::ffi::CStr| {
         let r = Obj::owned(ffi::PyObject_GetAttrString(o, name.as_ptr()));
         if r.is_none() {
@@ -532,11 +532,11 @@ unsafe fn send_file_wrapper(rt: &mut Runtime, c: &Ctx, wrapper: &Obj) -> bool {
         r.err()
     });
     if let Some(e) = failed {
+        // SAFETY: active request; no Python call inside.
         c.with_conn(|conn| {
             log_request_error(conn, &format!("sending a file response failed: {e}"))
         });
     }
-    let _ = rt;
     true
 }
 
