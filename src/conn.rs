@@ -24,6 +24,9 @@ pub const READ_BUF_LEN: usize = MAX_PACKET_LEN + 1 + 16 * 1024;
 /// How long a started request (packet or body) or a response write may stall
 /// before the connection is dropped.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Body reads shorter than this (bytes) go through the read buffer; longer
+/// ones go straight from the socket into the destination.
+const SMALL_READ: usize = 16 * 1024;
 /// Largest iovec count per writev (the kernel's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
@@ -102,6 +105,31 @@ impl From<WireError> for ConnError {
     }
 }
 
+/// Runs one blocking system call (the closure); an embedder can release a
+/// lock around it — the Python worker releases the GIL so application
+/// threads run while the worker waits on the server. The closure touches
+/// only the connection's own buffers and descriptors.
+pub type BlockingHook = fn(&mut dyn FnMut());
+
+/// Runs `f` through `hook` if one is set.
+#[inline]
+fn blocking<R>(hook: Option<BlockingHook>, mut f: impl FnMut() -> R) -> R {
+    match hook {
+        None => f(),
+        Some(h) => {
+            let (mut r, mut errno) = (None, 0);
+            h(&mut || {
+                r = Some(f());
+                errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            });
+            // The hook may clobber errno after the call: the caller reads it.
+            // SAFETY: __errno_location points at this thread's errno.
+            unsafe { *libc::__errno_location() = errno };
+            r.expect("the blocking hook runs its closure")
+        }
+    }
+}
+
 /// One piece of an outgoing writev.
 #[derive(Clone, Copy)]
 enum Part {
@@ -127,6 +155,8 @@ pub struct Conn {
     close_after: bool,
     /// CONN_CLOSE went out with the last response.
     close_sent: bool,
+    /// Wraps blocking reads and writes (see [`BlockingHook`]).
+    hook: Option<BlockingHook>,
     /// The response header being built for the current request.
     pub head: ResponseHead,
     frames: Vec<[u8; HEADER_LEN]>,
@@ -153,6 +183,7 @@ impl Conn {
             fault: None,
             close_after: false,
             close_sent: false,
+            hook: None,
             head: ResponseHead::new(),
             frames: Vec::with_capacity(64),
             parts: Vec::with_capacity(64),
@@ -189,6 +220,11 @@ impl Conn {
         }
     }
 
+    /// Sets (or clears) the hook that wraps blocking reads and writes.
+    pub fn set_blocking_hook(&mut self, hook: Option<BlockingHook>) {
+        self.hook = hook;
+    }
+
     /// The connection's descriptor.
     pub fn fd(&self) -> RawFd {
         self.fd
@@ -220,7 +256,8 @@ impl Conn {
         let room = (self.buf.len() - self.end).min(max);
         loop {
             // SAFETY: the destination is the unused tail of our own buffer.
-            let n = unsafe { libc::read(self.fd, self.buf[self.end..].as_mut_ptr().cast(), room) };
+            let (fd, dst) = (self.fd, self.buf[self.end..].as_mut_ptr());
+            let n = blocking(self.hook, || unsafe { libc::read(fd, dst.cast(), room) });
             if n >= 0 {
                 self.end += n as usize;
                 return Ok(n as usize);
@@ -362,25 +399,50 @@ impl Conn {
         self.body_left -= n as u64;
     }
 
-    /// Reads up to `dst.len()` body bytes: buffered ones first, then straight
-    /// from the socket into `dst` (no intermediate copy for large reads).
+    /// Reads up to `dst.len()` body bytes: buffered ones first, then, for a
+    /// small read, through the read buffer (refilled by one kernel read),
+    /// for a large one straight from the socket into `dst` (no copy).
     /// Returns 0 only at the end of the body.
     pub fn read_body(&mut self, dst: &mut [u8]) -> Result<usize, ConnError> {
+        // SAFETY: initialised bytes are valid MaybeUninit<u8>, and read_body_uninit
+        // writes only initialised bytes.
+        let dst = unsafe { &mut *(dst as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        self.read_body_uninit(dst)
+    }
+
+    /// [`Conn::read_body`] into memory that may be uninitialised (a fresh
+    /// Python bytes object); the first `n` bytes returned are initialised.
+    pub fn read_body_uninit(
+        &mut self,
+        dst: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<usize, ConnError> {
         if self.body_left == 0 || dst.is_empty() {
             return Ok(0);
+        }
+        if self.start == self.end && dst.len() < SMALL_READ {
+            // A small read: one kernel read fills the buffer for the next ones.
+            self.fill_body()?;
         }
         if self.start < self.end {
             let n = (self.end - self.start)
                 .min(dst.len())
                 .min(self.body_left.min(usize::MAX as u64) as usize);
-            dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+            // SAFETY: `n` bytes fit in both; our buffer and `dst` never overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.buf[self.start..].as_ptr(),
+                    dst.as_mut_ptr().cast::<u8>(),
+                    n,
+                )
+            };
             self.consume_body(n);
             return Ok(n);
         }
         let want = (dst.len() as u64).min(self.body_left) as usize;
         loop {
             // SAFETY: dst is a live mutable slice of at least `want` bytes.
-            let n = unsafe { libc::read(self.fd, dst.as_mut_ptr().cast(), want) };
+            let (fd, p) = (self.fd, dst.as_mut_ptr());
+            let n = blocking(self.hook, || unsafe { libc::read(fd, p.cast(), want) });
             if n > 0 {
                 self.body_left -= n as u64;
                 return Ok(n as usize);
@@ -505,7 +567,8 @@ impl Conn {
             let batch = (self.iov.len() - at).min(IOV_MAX);
             // SAFETY: each iovec points at bytes the caller keeps alive until
             // this flush returns (push_body's contract, our own buffers).
-            let n = unsafe { libc::writev(self.fd, self.iov[at..].as_ptr(), batch as i32) };
+            let (fd, iov) = (self.fd, self.iov[at..].as_ptr());
+            let n = blocking(self.hook, || unsafe { libc::writev(fd, iov, batch as i32) });
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -558,7 +621,10 @@ impl Conn {
             let mut left = chunk;
             while left > 0 {
                 // SAFETY: offset is a live local; descriptors are integers.
-                let n = unsafe { libc::sendfile(self.fd, file, &mut offset, left) };
+                let fd = self.fd;
+                let n = blocking(self.hook, || unsafe {
+                    libc::sendfile(fd, file, &mut offset, left)
+                });
                 if n < 0 {
                     let e = io::Error::last_os_error();
                     if e.kind() == io::ErrorKind::Interrupted {

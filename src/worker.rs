@@ -303,8 +303,9 @@ impl<'a> Worker<'a> {
                 || self.requests + 1 >= self.max_reqs
                 || self.group.as_ref().is_some_and(Member::too_many_busy);
             self.conn.set_close_after(last);
-            let started = self.request_started(range);
-            let served = wsgi::serve(&mut self.rt, &mut self.conn, range);
+            let started = self.request_started();
+            let uri = (self.cfg.slow_req_msecs > 0).then_some(&mut self.uri);
+            let served = wsgi::serve(&mut self.rt, &mut self.conn, range, uri);
             self.request_finished(started);
             if let Err(e) = served {
                 crate::warn!("dropping connection: {e}");
@@ -331,15 +332,11 @@ impl<'a> Worker<'a> {
     }
 
     /// Bookkeeping as a request begins; returns its start time (ms).
-    fn request_started(&mut self, range: (usize, usize)) -> u64 {
+    fn request_started(&mut self) -> u64 {
         let now = sys::now_ms();
-        if self.cfg.slow_req_msecs > 0 {
-            self.uri.clear();
-            if let Ok(req) = Request::parse(self.conn.packet(range)) {
-                let uri = req.env(b"REQUEST_URI").unwrap_or_default();
-                self.uri.push_str(&String::from_utf8_lossy(uri));
-            }
-        }
+        // (The REQUEST_URI for the slow-request log is filled by wsgi::serve,
+        // which parses the packet anyway.)
+        self.uri.clear();
         if let Some(m) = &self.group {
             m.request_started(now);
         }

@@ -4,6 +4,7 @@ Kept in Python because none of it is on the per-request path except
 FileWrapper, whose real files the worker sends with sendfile(2) without
 iterating.
 """
+import io
 import os
 import signal as _signal
 import sys
@@ -11,6 +12,11 @@ import sys
 
 class FileWrapper:
     """wsgi.file_wrapper: yields blocks of a file-like object."""
+
+    # The worker sends these (on a regular file) with sendfile(2): their
+    # bytes are the file's bytes. Anything else is iterated.
+    _fileio = io.FileIO
+    _buffered = io.BufferedReader
 
     def __init__(self, filelike, blksize=8192):
         self.filelike = filelike
@@ -91,8 +97,3 @@ def restrict_signals(log):
     signal.__lswsgi_restricted__ = True
     _signal.signal = signal
 
-
-def scrub_environ(prefix="LSAPI_"):
-    """Removes the worker's own variables from os.environ."""
-    for key in [k for k in os.environ if k.startswith(prefix)]:
-        del os.environ[key]

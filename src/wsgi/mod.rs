@@ -2,11 +2,21 @@
 //! request (PEP 3333) from a parsed LSAPI request to a written response.
 //!
 //! The worker is single-threaded and holds the GIL except while it waits for
-//! the next request (so application threads can run then). Per-request state
-//! lives in one process-wide [`Ctx`], reached from the request objects'
-//! methods through [`ctx`]; it is only ever touched on the main thread with
-//! the GIL held, and no Rust reference to it is kept across a call into
-//! Python.
+//! the next request (so application threads can run then).
+//!
+//! # Request state and aliasing
+//! Per-request state lives in one process-wide [`Ctx`], reached from
+//! `serve` and from the request objects' methods (start_response, write,
+//! wsgi.input, wsgi.errors) through [`ctx`], which hands out only shared
+//! references: every field is a `Cell`, so no `&mut Ctx` ever exists. The
+//! connection is held as a raw pointer and reached only through
+//! [`Ctx::with_conn`], whose closure gets a `&mut Conn` that lives for that
+//! closure alone and must not call into Python (no Python code runs, so no
+//! callback can reach the connection while that `&mut` lives, and
+//! `with_conn` is never nested). `serve` turns the `&mut Conn` it is given
+//! into that raw pointer at once and keeps no reference across a call into
+//! Python. All of it is touched only with the GIL held, which serialises
+//! the main thread with any application thread that calls a request object.
 
 mod environ;
 pub mod interp;
@@ -15,119 +25,108 @@ pub mod py;
 mod respond;
 
 use lswsgi::conn::Conn;
-use objects::Types;
-use std::cell::UnsafeCell;
+use respond::Response;
+use std::cell::Cell;
 use std::io;
 
 pub use interp::{adopt_pythonpath, init_python, Options, Runtime};
 
-/// State of the request in flight.
+/// State of the request in flight (see the module doc for the rules).
 pub struct Ctx {
     /// The connection being served (valid while `active`).
-    conn: *mut Conn,
+    conn: Cell<*mut Conn>,
     /// Incremented per request; request objects remember theirs.
-    generation: u64,
+    generation: Cell<u64>,
     /// A request is in flight.
-    active: bool,
-    /// Status code given to start_response; 0 = not called yet.
-    status: u16,
-    /// RESP_HEADER has gone out.
-    headers_sent: bool,
+    active: Cell<bool>,
+    /// The response of the request in flight and what of it went out.
+    resp: Response,
     /// LSAPI_STDERR_LOG is set: wsgi.errors goes to fd 2, not the server.
-    errors_to_fd2: bool,
+    errors_to_fd2: Cell<bool>,
     /// The thread that runs requests.
-    main_thread: libc::pthread_t,
-    /// Types of the interpreter serving the request.
-    types: Types,
-    /// Scratch for wsgi.input.readline lines that span buffer refills.
-    line: Vec<u8>,
+    main_thread: Cell<libc::pthread_t>,
+    /// Scratch for wsgi.input.readline lines that span buffer refills
+    /// (taken out while in use, put back after).
+    line: Cell<Vec<u8>>,
     /// The `write` callable for the request in flight (a new reference is
     /// handed out by start_response).
-    writer: *mut py::ffi::PyObject,
+    writer: Cell<*mut py::ffi::PyObject>,
 }
 
+/// Capacity the readline scratch is cut back to between requests (bytes).
+const LINE_KEEP: usize = 64 * 1024;
+
 impl Ctx {
-    /// Starts a write on the request's connection with the response head in
-    /// front if it has not gone out yet.
+    /// Runs `f` on the connection of the request in flight.
     ///
     /// # Safety
-    /// A request is active (`conn` points at its live connection).
-    unsafe fn begin_write(&mut self) -> &mut Conn {
-        let conn = &mut *self.conn;
-        conn.begin_write();
-        if !self.headers_sent {
-            conn.head.finish(self.status);
-            conn.push_head();
-            self.headers_sent = true;
-        }
-        conn
+    /// A request is active (`conn` points at its live connection), and `f`
+    /// neither calls into Python nor calls `with_conn` again: the `&mut Conn`
+    /// it gets is then the only reference to the connection while it lives.
+    #[inline]
+    unsafe fn with_conn<R>(&self, f: impl FnOnce(&mut Conn) -> R) -> R {
+        debug_assert!(self.active.get() && !self.conn.get().is_null());
+        f(&mut *self.conn.get())
     }
 
     /// A new reference to this request's `write` callable.
     unsafe fn writer(&self) -> *mut py::ffi::PyObject {
-        py::ffi::Py_INCREF(self.writer);
-        self.writer
+        let w = self.writer.get();
+        py::ffi::Py_INCREF(w);
+        w
     }
 
     /// Whether the caller runs on the thread that serves requests.
     #[inline]
     fn on_main_thread(&self) -> bool {
         // SAFETY: pthread_self has no preconditions.
-        unsafe { libc::pthread_equal(libc::pthread_self(), self.main_thread) != 0 }
+        unsafe { libc::pthread_equal(libc::pthread_self(), self.main_thread.get()) != 0 }
+    }
+
+    /// Cuts the readline scratch back if one request grew it.
+    fn trim_scratch(&self) {
+        let line = self.line.take();
+        if line.capacity() > LINE_KEEP {
+            self.line.set(Vec::with_capacity(1024));
+        } else {
+            self.line.set(line);
+        }
     }
 }
 
-struct Global(UnsafeCell<Ctx>);
-// SAFETY: only touched with the GIL held on the main thread (see module doc);
-// `on_main_thread` guards the entry points other Python threads could reach.
+struct Global(Ctx);
+// SAFETY: only touched with the GIL held (see module doc), which orders every
+// access; `on_main_thread` keeps other threads away from the connection.
 unsafe impl Sync for Global {}
 
-static CTX: Global = Global(UnsafeCell::new(Ctx {
-    conn: std::ptr::null_mut(),
-    generation: 0,
-    active: false,
-    status: 0,
-    headers_sent: false,
-    errors_to_fd2: false,
-    main_thread: 0,
-    types: Types {
-        input: std::ptr::null_mut(),
-        errors: std::ptr::null_mut(),
-        start_response: std::ptr::null_mut(),
-        writer: std::ptr::null_mut(),
-    },
-    line: Vec::new(),
-    writer: std::ptr::null_mut(),
-}));
+static CTX: Global = Global(Ctx {
+    conn: Cell::new(std::ptr::null_mut()),
+    generation: Cell::new(0),
+    active: Cell::new(false),
+    resp: Response::new(),
+    errors_to_fd2: Cell::new(false),
+    main_thread: Cell::new(0),
+    line: Cell::new(Vec::new()),
+    writer: Cell::new(std::ptr::null_mut()),
+});
 
 /// The process-wide request context.
 ///
 /// # Safety
-/// GIL held, main thread (or only reading `active`/`generation` to decide
-/// that the caller is not the main thread's request), and the returned
-/// reference not kept across calls into Python.
-#[allow(clippy::mut_from_ref)]
+/// GIL held.
 #[inline]
-unsafe fn ctx() -> &'static mut Ctx {
-    &mut *CTX.0.get()
-}
-
-/// Sends `data` as body bytes, preceded by the response head if it has not
-/// gone out yet, in one writev.
-unsafe fn send_body(c: &mut Ctx, data: &[u8]) -> io::Result<()> {
-    let conn = c.begin_write();
-    conn.push_body(data);
-    conn.flush()
+unsafe fn ctx() -> &'static Ctx {
+    &CTX.0
 }
 
 /// Writes an error-log line for the request in flight: to the server's log
 /// (STDERR_STREAM) when a request is active and wsgi.errors goes there, to
 /// fd 2 otherwise.
 pub fn log_request_error(conn: &mut Conn, msg: &str) {
-    // SAFETY: main thread with the GIL, no Python call while `c` is used.
+    // SAFETY: GIL held by every caller (main thread, serving).
     let to_server = unsafe {
         let c = ctx();
-        c.active && !c.errors_to_fd2
+        c.active.get() && !c.errors_to_fd2.get()
     };
     if to_server && conn.fd() >= 0 {
         let mut line = String::with_capacity(msg.len() + 24);
@@ -146,12 +145,12 @@ pub fn log_request_error(conn: &mut Conn, msg: &str) {
 /// Sets up [`Ctx`] for the process: the thread that serves requests and where
 /// wsgi.errors goes.
 pub fn init_context(errors_to_fd2: bool) {
-    // SAFETY: called once before serving, on the main thread.
+    // SAFETY: called once before serving, on the main thread with the GIL.
     unsafe {
         let c = ctx();
-        c.main_thread = libc::pthread_self();
-        c.errors_to_fd2 = errors_to_fd2;
-        c.line = Vec::with_capacity(1024);
+        c.main_thread.set(libc::pthread_self());
+        c.errors_to_fd2.set(errors_to_fd2);
+        c.line.set(Vec::with_capacity(1024));
     }
 }
 
@@ -167,6 +166,15 @@ pub fn without_gil<R>(f: impl FnOnce() -> R) -> R {
         py::ffi::PyEval_RestoreThread(state);
         r
     }
+}
+
+/// The connection's blocking hook while a request is served: the GIL is
+/// released around each blocking read or write, so application threads keep
+/// running while the worker waits on the server. The system call touches no
+/// Python state, and other threads cannot reach the connection (request
+/// objects check `on_main_thread`).
+fn release_gil(f: &mut dyn FnMut()) {
+    without_gil(f)
 }
 
 // ---- ProcessGroup support: fork hygiene and child exit -------------------
@@ -205,7 +213,7 @@ pub fn fork() -> io::Result<libc::pid_t> {
 pub fn after_fork() {
     // SAFETY: the forked child has only this thread; no request is in flight.
     unsafe {
-        ctx().main_thread = libc::pthread_self();
+        ctx().main_thread.set(libc::pthread_self());
     }
 }
 
@@ -216,14 +224,18 @@ pub fn after_fork() {
 pub fn gc_freeze() -> Option<usize> {
     // SAFETY: main thread with the GIL; every reference is owned by an Obj.
     unsafe {
-        let gc = py::Obj::owned(py::ffi::PyImport_ImportModule(c"gc".as_ptr()))?;
-        let call = |name: &std::ffi::CStr| {
-            let f = py::ffi::PyObject_GetAttrString(gc.ptr(), name.as_ptr());
-            let f = py::Obj::owned(f)?;
-            py::Obj::owned(py::ffi::PyObject_CallNoArgs(f.ptr()))
+        let count = || {
+            let gc = py::Obj::owned(py::ffi::PyImport_ImportModule(c"gc".as_ptr()))?;
+            let call = |name: &std::ffi::CStr| {
+                let f = py::ffi::PyObject_GetAttrString(gc.ptr(), name.as_ptr());
+                let f = py::Obj::owned(f)?;
+                py::Obj::owned(py::ffi::PyObject_CallNoArgs(f.ptr()))
+            };
+            let n = call(c"freeze").and_then(|_| call(c"get_freeze_count"))?;
+            Some(py::ffi::PyLong_AsSsize_t(n.ptr()))
         };
-        let frozen = call(c"freeze").and_then(|_| call(c"get_freeze_count"));
-        let n = frozen.map(|n| py::ffi::PyLong_AsSsize_t(n.ptr()));
+        let n = count();
+        // Whichever step failed (no gc.freeze before 3.7), nothing stays pending.
         py::ffi::PyErr_Clear();
         n.map(|n| n.max(0) as usize)
     }

@@ -9,8 +9,9 @@
 //! another request's connection: stale input and start_response raise, stale
 //! errors write to fd 2.
 
-use super::py::{self, bytes_of, cstr, ffi, raise, str_latin1};
-use super::{ctx, send_body};
+use super::ctx;
+use super::py::{self, bytes_of, ffi, raise, str_latin1};
+use super::respond::Phase;
 use lswsgi::conn::ConnError;
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -61,7 +62,9 @@ unsafe extern "C" fn dealloc(o: *mut ffi::PyObject) {
 #[inline]
 unsafe fn is_live(o: *mut ffi::PyObject) -> bool {
     let c = ctx();
-    c.active && c.generation == (*(o as *mut ReqObject)).generation && c.on_main_thread()
+    c.active.get()
+        && c.generation.get() == (*(o as *mut ReqObject)).generation
+        && c.on_main_thread()
 }
 
 unsafe fn stale(what: &str) -> *mut ffi::PyObject {
@@ -119,8 +122,9 @@ unsafe extern "C" fn input_read(
     let Some(size) = input_args(slf, args, nargs) else {
         return ptr::null_mut();
     };
-    let conn = &mut *ctx().conn;
-    let left = conn.body_left();
+    let c = ctx();
+    // SAFETY (with_conn): live object, so a request is active; no Python call.
+    let left = c.with_conn(|conn| conn.body_left());
     let want = if size < 0 {
         left
     } else {
@@ -137,18 +141,30 @@ unsafe extern "C" fn input_read(
     if b.is_null() {
         return b;
     }
-    let dst = std::slice::from_raw_parts_mut(ffi::PyBytes_AS_STRING(b) as *mut u8, want);
-    let mut got = 0;
-    while got < want {
-        match conn.read_body(&mut dst[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => {
-                ffi::Py_DECREF(b);
-                return conn_error(e);
+    // The new bytes object's storage is uninitialised: MaybeUninit until read.
+    let dst = std::slice::from_raw_parts_mut(
+        ffi::PyBytes_AS_STRING(b) as *mut std::mem::MaybeUninit<u8>,
+        want,
+    );
+    // SAFETY (with_conn): as above.
+    let read = c.with_conn(|conn| {
+        let mut got = 0;
+        while got < want {
+            match conn.read_body_uninit(&mut dst[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => return Err(e),
             }
         }
-    }
+        Ok(got)
+    });
+    let got = match read {
+        Ok(got) => got,
+        Err(e) => {
+            ffi::Py_DECREF(b);
+            return conn_error(e);
+        }
+    };
     if got < want {
         return py::shrink_bytes(b, got);
     }
@@ -156,42 +172,52 @@ unsafe extern "C" fn input_read(
 }
 
 /// Reads one line of at most `limit` bytes (`-1`: no limit), newline included.
+/// The caller checked that the object is live (a request is active).
 unsafe fn read_line(limit: isize) -> *mut ffi::PyObject {
     let c = ctx();
-    let conn = &mut *c.conn;
     let limit = if limit < 0 {
         usize::MAX
     } else {
         limit as usize
     };
-    let line = &mut c.line;
+    let mut line = c.line.take();
     line.clear();
-    while line.len() < limit {
-        let avail = match conn.fill_body() {
-            Ok(a) => a,
-            Err(e) => return conn_error(e),
-        };
-        if avail.is_empty() {
-            break;
-        }
-        let window = &avail[..avail.len().min(limit - line.len())];
-        let (take, done) = match memchr::memchr(b'\n', window) {
-            Some(i) => (i + 1, true),
-            None => (window.len(), false),
-        };
-        if done && line.is_empty() {
-            // The whole line is buffered: one copy, straight into the result.
-            let r = ffi::PyBytes_FromStringAndSize(window.as_ptr().cast(), take as ffi::Py_ssize_t);
+    // SAFETY (with_conn): a request is active; bytes objects are created
+    // inside, which allocates but runs no Python code.
+    let r = c.with_conn(|conn| {
+        while line.len() < limit {
+            let avail = conn.fill_body()?;
+            if avail.is_empty() {
+                break;
+            }
+            let window = &avail[..avail.len().min(limit - line.len())];
+            let (take, done) = match memchr::memchr(b'\n', window) {
+                Some(i) => (i + 1, true),
+                None => (window.len(), false),
+            };
+            if done && line.is_empty() {
+                // The whole line is buffered: one copy, straight into the result.
+                let r =
+                    ffi::PyBytes_FromStringAndSize(window.as_ptr().cast(), take as ffi::Py_ssize_t);
+                conn.consume_body(take);
+                return Ok(r);
+            }
+            line.extend_from_slice(&window[..take]);
             conn.consume_body(take);
-            return r;
+            if done {
+                break;
+            }
         }
-        line.extend_from_slice(&window[..take]);
-        conn.consume_body(take);
-        if done {
-            break;
-        }
+        Ok(ffi::PyBytes_FromStringAndSize(
+            line.as_ptr().cast(),
+            line.len() as ffi::Py_ssize_t,
+        ))
+    });
+    c.line.set(line);
+    match r {
+        Ok(b) => b,
+        Err(e) => conn_error(e),
     }
-    ffi::PyBytes_FromStringAndSize(line.as_ptr().cast(), line.len() as ffi::Py_ssize_t)
 }
 
 unsafe extern "C" fn input_readline(
@@ -272,11 +298,10 @@ unsafe fn errors_emit(slf: *mut ffi::PyObject, text: &[u8]) {
         return;
     }
     let c = ctx();
-    if is_live(slf) && !c.errors_to_fd2 {
-        let conn = &mut *c.conn;
-        if conn.write_stderr(text).is_ok() {
-            return;
-        }
+    // SAFETY (with_conn): live object, so a request is active; no Python call.
+    if is_live(slf) && !c.errors_to_fd2.get() && c.with_conn(|conn| conn.write_stderr(text)).is_ok()
+    {
+        return;
     }
     crate::sys::write_all_fd(2, text);
 }
@@ -375,62 +400,124 @@ pub fn parse_status(s: &[u8]) -> Option<u16> {
     }
 }
 
-/// Validates `headers` (a list of `(str, str)` tuples) into the connection's
-/// response head. On error an exception is set and the head is left empty.
-unsafe fn stage_headers(headers: *mut ffi::PyObject) -> bool {
-    let conn = &mut *ctx().conn;
-    conn.head.clear();
-    let fast = ffi::PySequence_Fast(headers, cstr(c"response headers must be a list"));
-    if fast.is_null() || (ffi::PyList_Check(headers) == 0 && ffi::PyTuple_Check(headers) == 0) {
-        ffi::Py_XDECREF(fast);
-        if fast.is_null() {
-            return false;
-        }
+/// Validates `headers` (a list of `(str, str)` tuples, str subclasses
+/// accepted) into the connection's response head. Returns the
+/// Content-Length it gives, if any; on error an exception is set and the
+/// head is left empty.
+unsafe fn stage_headers(headers: *mut ffi::PyObject) -> Result<Option<u64>, ()> {
+    if ffi::PyList_Check(headers) == 0 && ffi::PyTuple_Check(headers) == 0 {
         raise(ffi::PyExc_TypeError, "response headers must be a list");
-        return false;
+        return Err(());
     }
-    let n = ffi::PySequence_Fast_GET_SIZE(fast);
-    let items = ffi::PySequence_Fast_ITEMS(fast);
-    let mut ok = true;
-    for i in 0..n as usize {
-        let item = *items.add(i);
-        if ffi::PyTuple_Check(item) == 0 || ffi::PyTuple_GET_SIZE(item) != 2 {
-            raise(
-                ffi::PyExc_TypeError,
-                &format!("response header {i} is not a (name, value) tuple"),
-            );
-            ok = false;
-            break;
-        }
-        let (name, value) = (
-            ffi::PyTuple_GET_ITEM(item, 0),
-            ffi::PyTuple_GET_ITEM(item, 1),
-        );
-        let (Some(n), Some(v)) = (str_latin1(name), str_latin1(value)) else {
-            raise(
-                ffi::PyExc_TypeError,
-                &format!("response header {i}: name and value must be latin-1 str"),
-            );
-            ok = false;
-            break;
-        };
-        if let Err(e) = conn.head.push(n, v) {
-            raise(
-                ffi::PyExc_ValueError,
-                &format!(
-                    "response header {:?}: {e}",
-                    String::from_utf8_lossy(&n[..n.len().min(64)])
-                ),
-            );
-            ok = false;
-            break;
-        }
-    }
-    ffi::Py_DECREF(fast);
-    if !ok {
+    // A list or tuple (or subclass): PySequence_Fast returns it as is.
+    let fast = py::Obj::owned(ffi::PySequence_Fast(headers, c"".as_ptr())).ok_or(())?;
+    let n = ffi::PySequence_Fast_GET_SIZE(fast.ptr()) as usize;
+    let items = ffi::PySequence_Fast_ITEMS(fast.ptr());
+    let c = ctx();
+    // SAFETY (with_conn): a live start_response, so a request is active;
+    // only type checks and borrowed str data inside, no Python code. The
+    // exception is raised after the closure.
+    let r = c.with_conn(|conn| {
         conn.head.clear();
+        let mut length = None;
+        for i in 0..n {
+            let item = *items.add(i);
+            if ffi::PyTuple_Check(item) == 0 || ffi::PyTuple_GET_SIZE(item) != 2 {
+                return Err((
+                    ffi::PyExc_TypeError,
+                    format!("response header {i} is not a (name, value) tuple"),
+                ));
+            }
+            let (name, value) = (
+                ffi::PyTuple_GET_ITEM(item, 0),
+                ffi::PyTuple_GET_ITEM(item, 1),
+            );
+            let (Some(n), Some(v)) = (str_latin1(name), str_latin1(value)) else {
+                return Err((
+                    ffi::PyExc_TypeError,
+                    format!("response header {i}: name and value must be latin-1 str"),
+                ));
+            };
+            if let Err(e) = conn.head.push(n, v) {
+                return Err((
+                    ffi::PyExc_ValueError,
+                    format!(
+                        "response header {:?}: {e}",
+                        String::from_utf8_lossy(&n[..n.len().min(64)])
+                    ),
+                ));
+            }
+            if n.eq_ignore_ascii_case(b"content-length") {
+                length = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+            }
+        }
+        Ok(length)
+    });
+    match r {
+        Ok(length) => Ok(length),
+        Err((exc, msg)) => {
+            c.with_conn(|conn| conn.head.clear());
+            raise(exc, &msg);
+            Err(())
+        }
     }
-    ok
+}
+
+/// start_response's arguments by position or keyword (PEP 3333 names), or
+/// `None` with TypeError set.
+#[allow(clippy::type_complexity)]
+unsafe fn start_response_args(
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> Option<[*mut ffi::PyObject; 3]> {
+    const USAGE: &str = "start_response(status, response_headers, exc_info=None)";
+    let nargs = ffi::PyTuple_GET_SIZE(args) as usize;
+    if nargs > 3 {
+        raise(ffi::PyExc_TypeError, USAGE);
+        return None;
+    }
+    let mut a = [ptr::null_mut(); 3];
+    for (i, slot) in a.iter_mut().enumerate().take(nargs) {
+        *slot = ffi::PyTuple_GET_ITEM(args, i as ffi::Py_ssize_t);
+    }
+    if !kwargs.is_null() {
+        let (mut pos, mut key, mut value) = (0, ptr::null_mut(), ptr::null_mut());
+        while ffi::PyDict_Next(kwargs, &mut pos, &mut key, &mut value) != 0 {
+            let i = [c"status", c"response_headers", c"exc_info"]
+                .iter()
+                .position(|name| {
+                    ffi::PyUnicode_Check(key) != 0
+                        && ffi::PyUnicode_CompareWithASCIIString(key, name.as_ptr()) == 0
+                });
+            match i {
+                Some(i) if a[i].is_null() => a[i] = value,
+                Some(_) => {
+                    raise(
+                        ffi::PyExc_TypeError,
+                        &format!("{USAGE}: argument {} given twice", py::to_string(key)),
+                    );
+                    return None;
+                }
+                None => {
+                    raise(
+                        ffi::PyExc_TypeError,
+                        &format!(
+                            "{USAGE}: unexpected keyword argument {}",
+                            py::to_string(key)
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+    if a[0].is_null() || a[1].is_null() {
+        raise(ffi::PyExc_TypeError, USAGE);
+        return None;
+    }
+    Some(a)
 }
 
 unsafe extern "C" fn start_response_call(
@@ -438,30 +525,16 @@ unsafe extern "C" fn start_response_call(
     args: *mut ffi::PyObject,
     kwargs: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    let nargs = ffi::PyTuple_GET_SIZE(args);
-    let arg = |i: ffi::Py_ssize_t, name: &std::ffi::CStr| -> *mut ffi::PyObject {
-        if i < nargs {
-            ffi::PyTuple_GET_ITEM(args, i)
-        } else if !kwargs.is_null() {
-            ffi::PyDict_GetItemString(kwargs, name.as_ptr())
-        } else {
-            ptr::null_mut()
-        }
+    let Some([status, headers, exc_info]) = start_response_args(args, kwargs) else {
+        return ptr::null_mut();
     };
-    let (status, headers, exc_info) = (arg(0, c"status"), arg(1, c"headers"), arg(2, c"exc_info"));
-    if status.is_null() || headers.is_null() || nargs > 3 {
-        return raise(
-            ffi::PyExc_TypeError,
-            "start_response(status, response_headers, exc_info=None)",
-        );
-    }
     if !is_live(slf) {
         return stale("start_response");
     }
     let c = ctx();
     let has_exc = !exc_info.is_null() && exc_info != ffi::Py_None();
     if has_exc {
-        if c.headers_sent {
+        if c.resp.head_sent() {
             // PEP 3333: too late to change the response; re-raise the error.
             if ffi::PyTuple_Check(exc_info) == 0 || ffi::PyTuple_GET_SIZE(exc_info) != 3 {
                 return raise(ffi::PyExc_TypeError, "exc_info must be a 3-tuple");
@@ -486,10 +559,16 @@ unsafe extern "C" fn start_response_call(
             ffi::PyErr_Restore(item(0), item(1), item(2));
             return ptr::null_mut();
         }
-    } else if c.status != 0 {
+    } else if c.resp.status() != 0 {
         return raise(
             ffi::PyExc_RuntimeError,
             "start_response called a second time without exc_info",
+        );
+    }
+    if c.resp.phase() != Phase::Open {
+        return raise(
+            ffi::PyExc_RuntimeError,
+            "start_response called after the response was sent",
         );
     }
     let code = match str_latin1(status).and_then(parse_status) {
@@ -504,11 +583,13 @@ unsafe extern "C" fn start_response_call(
             )
         }
     };
-    if !stage_headers(headers) {
-        c.status = 0;
-        return ptr::null_mut();
+    match stage_headers(headers) {
+        Ok(length) => c.resp.set_status(code, length),
+        Err(()) => {
+            c.resp.set_status(0, None);
+            return ptr::null_mut();
+        }
     }
-    c.status = code;
     c.writer()
 }
 
@@ -528,15 +609,17 @@ unsafe extern "C" fn write_call(
         return stale("write");
     }
     let c = ctx();
-    if c.status == 0 {
+    if c.resp.status() == 0 {
         return raise(
             ffi::PyExc_RuntimeError,
             "write() called before start_response",
         );
     }
     let d = bytes_of(data);
-    if !d.is_empty() || !c.headers_sent {
-        if let Err(e) = send_body(c, d) {
+    if !d.is_empty() || !c.resp.head_sent() {
+        // SAFETY (with_conn): live object, so a request is active; no Python
+        // call inside (`data` is kept alive by the argument tuple).
+        if let Err(e) = c.with_conn(|conn| c.resp.body(conn, d)) {
             return raise(
                 ffi::PyExc_OSError,
                 &format!("connection to the web server lost: {e}"),

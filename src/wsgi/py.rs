@@ -5,7 +5,7 @@
 //! all the time except while waiting for the next request).
 
 pub use pyo3_ffi as ffi;
-use std::ffi::{c_char, CStr};
+use std::ffi::CStr;
 use std::ptr::{self, NonNull};
 
 extern "C" {
@@ -93,7 +93,9 @@ pub unsafe fn intern(s: &CStr) -> Obj {
 /// encoding, borrowed from the object), or `None` for other strings or types.
 #[inline]
 pub unsafe fn str_latin1<'a>(o: *mut ffi::PyObject) -> Option<&'a [u8]> {
-    if ffi::PyUnicode_Check(o) == 0 || ffi::PyUnicode_IS_COMPACT(o) == 0 {
+    // Exact str and subclasses (enum.StrEnum, …) alike: PyUnicode_DATA reads
+    // a subclass's separately allocated data.
+    if ffi::PyUnicode_Check(o) == 0 {
         return None;
     }
     if ffi::PyUnicode_KIND(o) != ffi::PyUnicode_1BYTE_KIND {
@@ -197,9 +199,4 @@ pub unsafe fn take_exception(formatter: *mut ffi::PyObject) -> String {
     ffi::Py_XDECREF(v);
     ffi::Py_XDECREF(tb);
     text
-}
-
-/// A C string pointer for a static name in a method table.
-pub const fn cstr(s: &'static CStr) -> *const c_char {
-    s.as_ptr()
 }

@@ -4,24 +4,19 @@
 //! block), except that a list or tuple result, whose blocks all exist
 //! already, goes out with its header and RESP_END in a single writev.
 //! Headers go out with the first non-empty block, or at the end.
+//!
+//! What of a response has gone out is owned by one [`Response`], whose
+//! transitions are the only way to write it: exactly one RESP_HEADER and one
+//! RESP_END per request, or a dropped connection.
 
 use super::environ;
 use super::interp::Runtime;
 use super::py::{bytes_of, ffi, lookup_attr, Obj};
-use super::{ctx, log_request_error, send_body, Ctx};
+use super::{ctx, log_request_error, Ctx};
 use lswsgi::conn::{write_req_received, Conn, ConnError, WRITE_FAILED};
-
-/// Where a response body stands after the application's result was consumed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Body {
-    /// Every block went out; the head (if still pending) and RESP_END remain.
-    Complete,
-    /// The response, RESP_END included, is already on the wire.
-    Ended,
-    /// It failed; the failure was logged and answered (500 or dropped).
-    Failed,
-}
 use lswsgi::lsapi::Request;
+use std::cell::Cell;
+use std::io;
 use std::ptr;
 
 const ERROR_PAGE: &[u8] =
@@ -29,80 +24,312 @@ const ERROR_PAGE: &[u8] =
 <body><h1>Internal Server Error</h1><p>The application failed to handle this request; \
 details are in the error log.</p></body></html>\n";
 
+/// How far a response has gone out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Phase {
+    /// Nothing sent yet (start_response may or may not have been called).
+    Open,
+    /// RESP_HEADER went out; body blocks may follow.
+    HeadSent,
+    /// RESP_END went out: nothing more may be written for this request.
+    Ended,
+    /// The response cannot be completed: the connection is dropped without
+    /// RESP_END so the server knows the body is incomplete.
+    Abandoned,
+}
+
+/// The response of the request in flight. Each method is one legal
+/// transition; once `Ended` or `Abandoned` every write is refused, so no
+/// path can send a second head or a second RESP_END.
+pub(super) struct Response {
+    phase: Cell<Phase>,
+    /// Status code given to start_response; 0 = not called yet.
+    status: Cell<u16>,
+    /// The application's Content-Length header, if it gave a valid one.
+    content_length: Cell<Option<u64>>,
+}
+
+impl Response {
+    pub(super) const fn new() -> Response {
+        Response {
+            phase: Cell::new(Phase::Ended),
+            status: Cell::new(0),
+            content_length: Cell::new(None),
+        }
+    }
+
+    /// A new request: nothing sent, start_response not called.
+    fn begin(&self) {
+        self.phase.set(Phase::Open);
+        self.status.set(0);
+        self.content_length.set(None);
+    }
+
+    pub(super) fn phase(&self) -> Phase {
+        self.phase.get()
+    }
+
+    /// Whether RESP_HEADER went out (or can no longer be changed).
+    pub(super) fn head_sent(&self) -> bool {
+        self.phase.get() != Phase::Open
+    }
+
+    pub(super) fn status(&self) -> u16 {
+        self.status.get()
+    }
+
+    /// Records start_response's status and Content-Length (the head itself
+    /// is staged in `conn.head`). Only while nothing went out.
+    pub(super) fn set_status(&self, status: u16, content_length: Option<u64>) {
+        debug_assert_eq!(self.phase.get(), Phase::Open);
+        self.status.set(status);
+        self.content_length.set(content_length);
+    }
+
+    pub(super) fn content_length(&self) -> Option<u64> {
+        self.content_length.get()
+    }
+
+    /// Starts a write with the head in front if it is still pending.
+    /// `false` (nothing started) when the response can take no more bytes.
+    fn begin_write(&self, conn: &mut Conn) -> bool {
+        match self.phase.get() {
+            Phase::Open if self.status.get() != 0 && !conn.is_broken() => {
+                conn.begin_write();
+                conn.head.finish(self.status.get());
+                conn.push_head();
+                self.phase.set(Phase::HeadSent);
+                true
+            }
+            Phase::HeadSent if !conn.is_broken() => {
+                conn.begin_write();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends what was collected; a failed write abandons the response.
+    fn flush(&self, conn: &mut Conn) -> io::Result<()> {
+        let r = conn.flush();
+        if r.is_err() {
+            self.phase.set(Phase::Abandoned);
+        }
+        r
+    }
+
+    /// Body bytes (after the head if it is pending), in one writev.
+    /// Requires start_response to have been called.
+    pub(super) fn body(&self, conn: &mut Conn, data: &[u8]) -> io::Result<()> {
+        if !self.begin_write(conn) {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, WRITE_FAILED));
+        }
+        // SAFETY: `data` outlives the flush just below.
+        unsafe { conn.push_body(data) };
+        self.flush(conn)
+    }
+
+    /// Head (if pending), every block and RESP_END in one writev.
+    fn complete(&self, conn: &mut Conn, blocks: &[&[u8]]) {
+        if !self.begin_write(conn) {
+            return;
+        }
+        for b in blocks {
+            // SAFETY: the blocks outlive the flush just below.
+            unsafe { conn.push_body(b) };
+        }
+        conn.push_end();
+        if self.flush(conn).is_ok() {
+            self.phase.set(Phase::Ended);
+        }
+    }
+
+    /// Ends the response: head if pending, RESP_END. A response nobody
+    /// started (no start_response) becomes a 500.
+    fn finish(&self, conn: &mut Conn) {
+        if self.phase.get() == Phase::Open && self.status.get() == 0 {
+            log_request_error(
+                conn,
+                "the application returned without calling start_response",
+            );
+            self.fail(conn);
+            return;
+        }
+        self.complete(conn, &[]);
+    }
+
+    /// The application failed: a complete 500 page if nothing went out yet,
+    /// otherwise the response is abandoned. Nothing once it has ended.
+    fn fail(&self, conn: &mut Conn) {
+        match self.phase.get() {
+            Phase::Open if !conn.is_broken() => {
+                let mut len_buf = [0u8; 20];
+                let len = fmt_usize(ERROR_PAGE.len(), &mut len_buf);
+                conn.head.clear();
+                let _ = conn.head.push(b"Content-Type", b"text/html; charset=utf-8");
+                let _ = conn.head.push(b"Content-Length", len);
+                self.status.set(500);
+                self.complete(conn, &[ERROR_PAGE]);
+            }
+            Phase::Open | Phase::HeadSent => {
+                conn.set_broken("the application failed after the response headers were sent");
+                self.phase.set(Phase::Abandoned);
+            }
+            Phase::Ended | Phase::Abandoned => {}
+        }
+    }
+
+    /// The request is over: whatever state the response is in, it leaves in
+    /// `Ended` (RESP_END sent once) or `Abandoned` (connection dropped).
+    fn close(&self, conn: &mut Conn) {
+        match self.phase.get() {
+            Phase::Open | Phase::HeadSent => self.finish(conn),
+            Phase::Ended | Phase::Abandoned => {}
+        }
+        if self.phase.get() != Phase::Ended {
+            conn.set_broken("the response could not be completed");
+            self.phase.set(Phase::Abandoned);
+        }
+    }
+
+    /// Abandons the response if the connection broke under it.
+    fn check(&self, conn: &Conn) {
+        if conn.is_broken() && self.phase.get() != Phase::Ended {
+            self.phase.set(Phase::Abandoned);
+        }
+    }
+}
+
+/// Debug builds: no Python exception may be pending when control returns to
+/// the serve loop.
+#[inline]
+fn assert_no_exception() {
+    // SAFETY: GIL held.
+    debug_assert!(
+        unsafe { ffi::PyErr_Occurred().is_null() },
+        "a Python exception was left pending"
+    );
+}
+
 /// Serves the request whose packet is at `range` in the connection's buffer,
 /// including reading or draining its body. `Err` means the connection must
 /// be dropped (the caller logs why); a failure inside the application is not
-/// an error here — it becomes a 500 response.
+/// an error here — it becomes a 500 response. `uri`, when given, receives
+/// the REQUEST_URI (for the slow-request log), so the packet is parsed once.
 pub(crate) fn serve(
     rt: &mut Runtime,
     conn: &mut Conn,
     range: (usize, usize),
+    uri: Option<&mut String>,
 ) -> Result<(), ConnError> {
-    // SAFETY: main thread with the GIL; `c` is not used across Python calls
-    // except through fields re-read after them.
-    let c = unsafe { ctx() };
-    c.generation += 1;
-    let generation = c.generation;
     let ack = conn.ack_due();
-    let (environ, app, body_len) = {
-        let req = Request::parse(conn.packet(range))?;
-        // Acknowledged once valid and before anything slow (loading the
-        // script, the application itself) can run: see write_req_received.
-        if ack {
-            if let Err(e) = write_req_received(conn.fd()) {
-                conn.set_broken(WRITE_FAILED);
-                return Err(e.into());
-            }
-        }
-        let reload = req
-            .env(b"WSGIScriptReloading")
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"on"));
-        let callable = req.env(b"WSGICallableObject").filter(|v| !v.is_empty());
-        let group = req.env(b"WSGIApplicationGroup").unwrap_or(b"");
-        let app = rt.app(group, req.script_filename(), callable, reload);
-        let (multiprocess, root_mount) = (rt.multiprocess, rt.preloaded());
+    // From here the connection is reached only through this raw pointer (and
+    // `Ctx::with_conn` once the request is active): see the module doc of
+    // `wsgi` for why no reference to it may live across a call into Python.
+    let conn: *mut Conn = conn;
+    // SAFETY: GIL held; Ctx hands out shared references only.
+    let c = unsafe { ctx() };
+    c.generation.set(c.generation.get() + 1);
+    let generation = c.generation.get();
+    // The packet is borrowed (shared) while the request is not yet active: no
+    // `&mut Conn` is made anywhere until `active` is set below.
+    // SAFETY: `conn` is live for this call; see above.
+    let packet = unsafe { (*conn).packet(range) };
+    let req = Request::parse(packet)?;
+    if let Some(uri) = uri {
+        uri.clear();
+        uri.push_str(&String::from_utf8_lossy(
+            req.env(b"REQUEST_URI").unwrap_or_default(),
+        ));
+    }
+    // Acknowledged once valid and before anything slow (loading the script,
+    // the application itself) can run: see write_req_received.
+    // SAFETY: as above.
+    if ack && write_req_received(unsafe { (*conn).fd() }).is_err() {
+        // SAFETY: the packet borrow is not used again.
+        unsafe { (*conn).set_broken(WRITE_FAILED) };
+        return Err(ConnError::Abandoned(WRITE_FAILED));
+    }
+    let reload = req
+        .env(b"WSGIScriptReloading")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"on"));
+    let callable = req.env(b"WSGICallableObject").filter(|v| !v.is_empty());
+    let group = req.env(b"WSGIApplicationGroup").unwrap_or(b"");
+    let app = rt.app(group, req.script_filename(), callable, reload);
+    let (multiprocess, root_mount) = (rt.multiprocess, rt.preloaded());
+    let environ = match &app {
         // SAFETY: GIL held.
-        let environ =
-            unsafe { environ::build(rt.interp(), &req, multiprocess, root_mount, generation) };
-        (environ, app, req.body_len())
+        Ok(_) => unsafe { environ::build(rt.interp(), &req, multiprocess, root_mount, generation) },
+        Err(_) => None,
     };
-    conn.begin_body(body_len);
-    c.conn = conn;
-    c.types = rt.interp().types;
-    c.active = true;
-    c.status = 0;
-    c.headers_sent = false;
+    let body_len = req.body_len();
+    // The packet is not used past this point.
+    // SAFETY: `conn` is live; no other reference to it exists now.
+    // Blocking reads and writes of this request release the GIL.
+    unsafe {
+        (*conn).begin_body(body_len);
+        (*conn).set_blocking_hook(Some(super::release_gil));
+    }
+    c.conn.set(conn);
+    c.active.set(true);
+    c.resp.begin();
 
     match (environ, app) {
         (_, Err(msg)) => {
-            log_request_error(conn, &msg);
-            send_error_page(c);
+            // SAFETY: active request; no Python call inside.
+            unsafe {
+                ffi::PyErr_Clear();
+                c.with_conn(|conn| {
+                    log_request_error(conn, &msg);
+                    c.resp.fail(conn);
+                });
+            }
         }
         (None, _) => {
             let msg = rt.interp().take_exception();
-            log_request_error(conn, &format!("cannot build the WSGI environ:\n{msg}"));
-            send_error_page(c);
+            // SAFETY: as above.
+            unsafe {
+                c.with_conn(|conn| {
+                    log_request_error(conn, &format!("cannot build the WSGI environ:\n{msg}"));
+                    c.resp.fail(conn);
+                })
+            };
         }
         // SAFETY: GIL held; objects are live references.
         (Some(environ), Ok(app)) => unsafe { run_app(rt, c, &app, environ) },
     }
-    c.active = false;
-    c.conn = ptr::null_mut();
-    c.writer = ptr::null_mut();
-    if let Some(why) = conn.fault() {
-        return Err(ConnError::Abandoned(why));
-    }
-    conn.drain_body()
+    // SAFETY: still active; no Python call inside.
+    let fault = unsafe {
+        c.with_conn(|conn| {
+            c.resp.close(conn);
+            conn.fault()
+        })
+    };
+    c.active.set(false);
+    c.conn.set(ptr::null_mut());
+    c.writer.set(ptr::null_mut());
+    c.trim_scratch();
+    assert_no_exception();
+    // SAFETY: the request is over; this is the only reference.
+    let conn = unsafe { &mut *conn };
+    let r = match fault {
+        Some(why) => Err(ConnError::Abandoned(why)),
+        None => conn.drain_body(),
+    };
+    conn.set_blocking_hook(None);
+    r
 }
 
-/// Calls the application and writes whatever it produces.
-unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
-    let Some(writer) = rt.interp().request_object(3, c.generation) else {
+/// Calls the application and writes whatever it produces. Never holds a
+/// reference to the connection across a call into Python.
+unsafe fn run_app(rt: &mut Runtime, c: &Ctx, app: &Obj, environ: Obj) {
+    let generation = c.generation.get();
+    let Some(writer) = rt.interp().request_object(3, generation) else {
         app_failed(rt, c, "cannot create the write callable");
         return;
     };
-    c.writer = writer.ptr();
-    let Some(start_response) = rt.interp().request_object(2, c.generation) else {
+    c.writer.set(writer.ptr());
+    let Some(start_response) = rt.interp().request_object(2, generation) else {
         app_failed(rt, c, "cannot create start_response");
         return;
     };
@@ -119,23 +346,20 @@ unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
         return;
     };
     let rtype = ffi::Py_TYPE(result.ptr());
-    let body = if rtype == ptr::addr_of_mut!(ffi::PyList_Type)
-        || rtype == ptr::addr_of_mut!(ffi::PyTuple_Type)
-    {
-        send_sequence(rt, c, &result)
+    let plain = rtype == ptr::addr_of_mut!(ffi::PyList_Type)
+        || rtype == ptr::addr_of_mut!(ffi::PyTuple_Type);
+    if plain {
+        send_sequence(rt, c, &result);
     } else if rtype.cast() == rt.interp().file_wrapper.ptr() {
-        match send_file_wrapper(c, &result) {
-            Some(body) => body,
-            None => send_iterable(rt, c, &result),
+        if !send_file_wrapper(c, &result) {
+            send_iterable(rt, c, &result);
         }
     } else {
-        send_iterable(rt, c, &result)
-    };
+        send_iterable(rt, c, &result);
+    }
     // PEP 3333: close() is called whatever happened, once iteration is over.
     // (Plain lists and tuples have none: skip the lookup.)
-    let close = if rtype == ptr::addr_of_mut!(ffi::PyList_Type)
-        || rtype == ptr::addr_of_mut!(ffi::PyTuple_Type)
-    {
+    let close = if plain {
         None
     } else {
         lookup_attr(result.ptr(), rt.interp().close_name.ptr()).unwrap_or_else(|()| {
@@ -147,84 +371,63 @@ unsafe fn run_app(rt: &mut Runtime, c: &mut Ctx, app: &Obj, environ: Obj) {
         let r = ffi::PyObject_CallNoArgs(close.ptr());
         drop(close);
         if r.is_null() {
-            if body == Body::Failed {
-                log_request_error(&mut *c.conn, &rt.interp().take_exception());
-            } else {
-                app_failed(rt, c, "the response's close() raised an exception");
-                if !c.headers_sent {
-                    return; // answered with a 500
-                }
-            }
+            // A 500 if nothing went out yet; abandoned if the body is partly
+            // out; only logged if the response already ended.
+            app_failed(rt, c, "the response's close() raised an exception");
         } else {
             ffi::Py_DECREF(r);
         }
     }
     drop(result);
-    if body == Body::Complete {
-        finish(c);
-    }
-}
-
-/// Ends a response whose body was sent in full: head (if no block was sent)
-/// and RESP_END.
-unsafe fn finish(c: &mut Ctx) {
-    if (*c.conn).is_broken() {
-        return;
-    }
-    if c.status == 0 {
-        log_request_error(
-            &mut *c.conn,
-            "the application returned without calling start_response",
-        );
-        send_error_page(c);
-        return;
-    }
-    let conn = c.begin_write();
-    conn.push_end();
-    let _ = conn.flush();
 }
 
 /// A list or tuple of bytes: head, every block and RESP_END in one writev.
-unsafe fn send_sequence(rt: &mut Runtime, c: &mut Ctx, seq: &Obj) -> Body {
-    let n = ffi::PySequence_Fast_GET_SIZE(seq.ptr());
+unsafe fn send_sequence(rt: &mut Runtime, c: &Ctx, seq: &Obj) {
+    let n = ffi::PySequence_Fast_GET_SIZE(seq.ptr()) as usize;
     let items = ffi::PySequence_Fast_ITEMS(seq.ptr());
-    for i in 0..n as usize {
+    for i in 0..n {
         if ffi::PyBytes_Check(*items.add(i)) == 0 {
             ffi::PyErr_SetString(
                 ffi::PyExc_TypeError,
                 c"response body blocks must be bytes".as_ptr(),
             );
             app_failed(rt, c, "invalid response body");
-            return Body::Failed;
+            return;
         }
     }
-    if c.status == 0 {
-        return Body::Complete; // finish() reports the missing start_response
+    if c.resp.status() == 0 {
+        return; // Response::close reports the missing start_response
     }
-    let conn = c.begin_write();
-    for i in 0..n as usize {
-        // The sequence holds every block alive until after the flush.
-        conn.push_body(bytes_of(*items.add(i)));
-    }
-    conn.push_end();
-    let _ = conn.flush();
-    Body::Ended
+    // The sequence holds every block alive until after the flush. Few blocks
+    // (the common case) need no allocation.
+    let mut small: [&[u8]; 8] = [&[]; 8];
+    let mut many = Vec::new();
+    let blocks: &[&[u8]] = if n <= small.len() {
+        for (i, b) in small.iter_mut().enumerate().take(n) {
+            *b = bytes_of(*items.add(i));
+        }
+        &small[..n]
+    } else {
+        many.extend((0..n).map(|i| bytes_of(*items.add(i))));
+        &many
+    };
+    // SAFETY: active request; no Python call inside.
+    c.with_conn(|conn| c.resp.complete(conn, blocks));
 }
 
 /// Any other iterable: each non-empty block is sent as it is produced.
-unsafe fn send_iterable(rt: &mut Runtime, c: &mut Ctx, result: &Obj) -> Body {
+unsafe fn send_iterable(rt: &mut Runtime, c: &Ctx, result: &Obj) {
     let Some(it) = Obj::owned(ffi::PyObject_GetIter(result.ptr())) else {
         app_failed(rt, c, "the application's result is not iterable");
-        return Body::Failed;
+        return;
     };
     loop {
         let item = ffi::PyIter_Next(it.ptr());
         if item.is_null() {
             if !ffi::PyErr_Occurred().is_null() {
                 app_failed(rt, c, "the application raised an exception while iterating");
-                return Body::Failed;
             }
-            return Body::Complete;
+            return;
         }
         let item = Obj::owned(item).expect("non-null");
         if ffi::PyBytes_Check(item.ptr()) == 0 {
@@ -233,111 +436,119 @@ unsafe fn send_iterable(rt: &mut Runtime, c: &mut Ctx, result: &Obj) -> Body {
                 c"response body blocks must be bytes".as_ptr(),
             );
             app_failed(rt, c, "invalid response body");
-            return Body::Failed;
+            return;
         }
         let data = bytes_of(item.ptr());
         if data.is_empty() {
             continue;
         }
-        if c.status == 0 {
+        if c.resp.status() == 0 {
             ffi::PyErr_SetString(
                 ffi::PyExc_RuntimeError,
                 c"body produced before start_response was called".as_ptr(),
             );
             app_failed(rt, c, "invalid response");
-            return Body::Failed;
+            return;
         }
-        if send_body(c, data).is_err() {
+        // SAFETY: active request; no Python call inside.
+        if c.with_conn(|conn| c.resp.body(conn, data)).is_err() {
             // The server went away: stop producing; close() still runs.
-            return Body::Failed;
+            return;
         }
     }
 }
 
-/// wsgi.file_wrapper over a real file: the rest of the file from its current
-/// position goes out with sendfile(2). `None` (nothing sent) when the
-/// file-like has no usable descriptor; the caller then iterates it.
-unsafe fn send_file_wrapper(c: &mut Ctx, wrapper: &Obj) -> Option<Body> {
-    let Some(filelike) = Obj::owned(ffi::PyObject_GetAttrString(
-        wrapper.ptr(),
-        c"filelike".as_ptr(),
-    )) else {
-        ffi::PyErr_Clear();
-        return None;
+/// wsgi.file_wrapper over a real file (io.FileIO, or io.BufferedReader over
+/// one, on a regular file), whose bytes are the file's bytes: the file from
+/// its current position — up to the application's Content-Length when it
+/// gave one — goes out with sendfile(2). `false` (nothing sent) for any
+/// other file-like (gzip.open, BytesIO, …); the caller then iterates it with
+/// read(block size).
+unsafe fn send_file_wrapper(c: &Ctx, wrapper: &Obj) -> bool {
+    let attr = |o: *mut ffi::PyObject, name: &std::ffi::CStr| {
+        let r = Obj::owned(ffi::PyObject_GetAttrString(o, name.as_ptr()));
+        if r.is_none() {
+            ffi::PyErr_Clear();
+        }
+        r
     };
+    let Some(filelike) = attr(wrapper.ptr(), c"filelike") else {
+        return false;
+    };
+    // The helper's FileWrapper class names the two io types (no import here).
+    let (Some(fileio), Some(buffered)) = (
+        attr(wrapper.ptr(), c"_fileio"),
+        attr(wrapper.ptr(), c"_buffered"),
+    ) else {
+        return false;
+    };
+    let t = ffi::Py_TYPE(filelike.ptr()).cast::<ffi::PyObject>();
+    if t == buffered.ptr() {
+        match attr(filelike.ptr(), c"raw") {
+            Some(raw) if ffi::Py_TYPE(raw.ptr()).cast() == fileio.ptr() => {}
+            _ => return false,
+        }
+    } else if t != fileio.ptr() {
+        return false;
+    }
     let call = |name: &std::ffi::CStr| -> Option<i64> {
-        let r = ffi::PyObject_CallMethod(filelike.ptr(), name.as_ptr(), ptr::null());
-        if r.is_null() {
+        let r = Obj::owned(ffi::PyObject_CallMethod(
+            filelike.ptr(),
+            name.as_ptr(),
+            ptr::null(),
+        ));
+        let v = r.map(|r| ffi::PyLong_AsLongLong(r.ptr()));
+        if !ffi::PyErr_Occurred().is_null() {
             ffi::PyErr_Clear();
             return None;
         }
-        let v = ffi::PyLong_AsLongLong(r);
-        ffi::Py_DECREF(r);
-        if v == -1 && !ffi::PyErr_Occurred().is_null() {
-            ffi::PyErr_Clear();
-            return None;
-        }
-        Some(v)
+        v
     };
-    let fd = call(c"fileno").and_then(|f| i32::try_from(f).ok())?;
+    let Some(fd) = call(c"fileno").and_then(|f| i32::try_from(f).ok()) else {
+        return false;
+    };
     let mut st: libc::stat = std::mem::zeroed();
     if libc::fstat(fd, &mut st) < 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return None;
+        return false;
     }
     // The Python-level position accounts for buffered reads the app made.
-    let pos = call(c"tell")
-        .unwrap_or_else(|| libc::lseek(fd, 0, libc::SEEK_CUR))
-        .max(0);
-    if c.status == 0 {
-        return Some(Body::Complete); // finish() reports the missing start_response
+    let Some(pos) = call(c"tell").filter(|&p| p >= 0) else {
+        return false;
+    };
+    if c.resp.status() == 0 {
+        return true; // Response::close reports the missing start_response
     }
-    let conn = c.begin_write();
-    if conn.flush().is_err() {
-        return Some(Body::Failed);
+    let mut len = (st.st_size - pos).max(0) as u64;
+    if let Some(cl) = c.resp.content_length() {
+        len = len.min(cl);
     }
-    let len = (st.st_size - pos).max(0) as u64;
-    if let Err(e) = conn.send_file(fd, pos, len) {
-        log_request_error(conn, &format!("sending a file response failed: {e}"));
-        return Some(Body::Failed);
+    // SAFETY: active request; no Python call inside.
+    let failed = c.with_conn(|conn| {
+        if !c.resp.begin_write(conn) || c.resp.flush(conn).is_err() {
+            return None;
+        }
+        let r = conn.send_file(fd, pos, len);
+        c.resp.check(conn);
+        r.err()
+    });
+    if let Some(e) = failed {
+        // SAFETY: active request; no Python call inside.
+        c.with_conn(|conn| {
+            log_request_error(conn, &format!("sending a file response failed: {e}"))
+        });
     }
-    Some(Body::Complete)
+    true
 }
 
-/// Logs the pending Python exception with `what`; answers 500 if the headers
-/// have not gone out, otherwise abandons the response (the connection is
-/// dropped without RESP_END so the server knows the body is incomplete).
-unsafe fn app_failed(rt: &mut Runtime, c: &mut Ctx, what: &str) {
+/// Logs the pending Python exception with `what` and fails the response
+/// (a 500 if nothing went out, abandoned if part of it did).
+unsafe fn app_failed(rt: &mut Runtime, c: &Ctx, what: &str) {
     let trace = rt.interp().take_exception();
-    let conn = &mut *c.conn;
-    log_request_error(conn, &format!("{what}:\n{trace}"));
-    if c.headers_sent {
-        conn.set_broken("the application failed after the response headers were sent");
-    } else {
-        send_error_page(c);
-    }
-}
-
-/// A complete 500 response (header, page, RESP_END) in one writev.
-fn send_error_page(c: &mut Ctx) {
-    // SAFETY: `c.conn` is the live connection while a request is active.
-    let conn = unsafe { &mut *c.conn };
-    if conn.is_broken() {
-        return;
-    }
-    let mut len_buf = [0u8; 20];
-    let len = fmt_usize(ERROR_PAGE.len(), &mut len_buf);
-    conn.head.clear();
-    let _ = conn.head.push(b"Content-Type", b"text/html; charset=utf-8");
-    let _ = conn.head.push(b"Content-Length", len);
-    conn.head.finish(500);
-    conn.begin_write();
-    conn.push_head();
-    // SAFETY: ERROR_PAGE is static.
-    unsafe { conn.push_body(ERROR_PAGE) };
-    conn.push_end();
-    let _ = conn.flush();
-    c.headers_sent = true;
-    c.status = 500;
+    // SAFETY: active request; no Python call inside.
+    c.with_conn(|conn| {
+        log_request_error(conn, &format!("{what}:\n{trace}"));
+        c.resp.fail(conn);
+    });
 }
 
 /// Formats `n` in decimal into `buf`.
