@@ -48,6 +48,14 @@ impl Stream {
         }
     }
 
+    /// The read time-out in force (`None`: blocking).
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            Stream::Unix(s) => s.read_timeout().ok().flatten(),
+            Stream::Tcp(s) => s.read_timeout().ok().flatten(),
+        }
+    }
+
     /// A second handle on the same connection (for writing a body while reading).
     pub fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
@@ -137,9 +145,17 @@ impl Response {
 const MAX_RESPONSE_PACKET: usize = 16 << 20;
 
 /// One LSAPI connection from the server side.
+///
+/// Like LiteSpeed, a client made with [`Client::connect`] honours
+/// CONN_CLOSE: once the application has asked to close the connection, the
+/// next request goes over a new one to the same address.
 #[derive(Debug)]
 pub struct Client {
     stream: Stream,
+    /// Where to reconnect after CONN_CLOSE (None: a wrapped stream).
+    addr: Option<String>,
+    /// New connections made after CONN_CLOSE.
+    reconnects: u64,
 }
 
 impl Client {
@@ -147,12 +163,42 @@ impl Client {
     pub fn connect(addr: &str) -> io::Result<Client> {
         Ok(Client {
             stream: Stream::connect(addr)?,
+            addr: Some(addr.to_string()),
+            reconnects: 0,
         })
     }
 
-    /// Wraps an already connected stream.
+    /// Wraps an already connected stream (never reconnects).
     pub fn from_stream(stream: Stream) -> Client {
-        Client { stream }
+        Client {
+            stream,
+            addr: None,
+            reconnects: 0,
+        }
+    }
+
+    /// How many times this client opened a new connection after CONN_CLOSE.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Before a request: a new connection (same address, same time-out) if
+    /// the application asked to close this one.
+    fn renew_if_closing(&mut self) -> io::Result<()> {
+        if self.addr.is_some() && self.closing() {
+            self.reconnect()?;
+        }
+        Ok(())
+    }
+
+    fn reconnect(&mut self) -> io::Result<()> {
+        let addr = self.addr.as_deref().expect("reconnect needs an address");
+        let timeout = self.stream.timeout();
+        let stream = Stream::connect(addr)?;
+        stream.set_timeout(timeout)?;
+        self.stream = stream;
+        self.reconnects += 1;
+        Ok(())
     }
 
     /// The underlying stream.
@@ -170,8 +216,21 @@ impl Client {
         self.call_raw(&packet, body)
     }
 
-    /// Like [`Client::call`] with an already encoded packet.
+    /// Like [`Client::call`] with an already encoded packet. A request that
+    /// met a CONN_CLOSE sent before it was read (the application handed the
+    /// connection back) is sent once more over a new connection.
     pub fn call_raw(&mut self, packet: &[u8], body: &[u8]) -> io::Result<Response> {
+        self.renew_if_closing()?;
+        let r = self.send(packet, body)?;
+        let handed_back = r.status == 0 && r.packets == [PacketType::ConnClose as u8];
+        if handed_back && self.addr.is_some() {
+            self.reconnect()?;
+            return self.send(packet, body);
+        }
+        Ok(r)
+    }
+
+    fn send(&mut self, packet: &[u8], body: &[u8]) -> io::Result<Response> {
         if body.len() <= 256 << 10 {
             let mut all = Vec::with_capacity(packet.len() + body.len());
             all.extend_from_slice(packet);
@@ -202,6 +261,7 @@ impl Client {
         let packet = spec
             .encode()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        self.renew_if_closing()?;
         self.stream.write_all(&packet)?;
         let step = body.len().div_ceil(pieces.max(1)).max(1);
         for chunk in body.chunks(step) {

@@ -45,8 +45,10 @@ pub struct Config {
     /// LSAPI_SLOW_REQ_MSECS: log requests slower than this (0 = off), milliseconds.
     pub slow_req_msecs: u64,
     /// LSAPI_MAX_BUSY_WORKER: with this many children busy, finished children
-    /// send CONN_CLOSE and drop their connection.
-    pub max_busy_worker: u32,
+    /// send CONN_CLOSE and drop their connection. `None` (unset or 0, the
+    /// default): never, as lsapilib behaves — every shed connection costs
+    /// the server a reconnect and the group, often, a fork.
+    pub max_busy_worker: Option<u32>,
     /// LSAPI_STDERR_LOG or LS_STDERR_LOG: append stderr (and stdout) to this file.
     pub stderr_log: Option<String>,
     /// LSAPI_SECRET: path of the suEXEC shared secret file.
@@ -136,11 +138,8 @@ impl Config {
         };
         let max_idle_children =
             positive("LSAPI_MAX_IDLE_CHILDREN", idle_default, MAX_CHILDREN as u64) as u32;
-        let max_busy_worker = num(
-            "LSAPI_MAX_BUSY_WORKER",
-            children as u64 / 2 + 1,
-            MAX_CHILDREN as u64,
-        ) as u32;
+        let max_busy_worker =
+            Some(num("LSAPI_MAX_BUSY_WORKER", 0, MAX_CHILDREN as u64) as u32).filter(|&n| n > 0);
 
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
         Config {
@@ -231,7 +230,11 @@ mod tests {
         assert!(c.process_group());
         assert_eq!(c.extra_children, 3);
         assert_eq!(c.max_idle_children, 3);
-        assert_eq!(c.max_busy_worker, 5);
+        assert_eq!(c.max_busy_worker, None, "never shed unless asked");
+        let c = config(&[("LSAPI_CHILDREN", "9"), ("LSAPI_MAX_BUSY_WORKER", "0")]);
+        assert_eq!(c.max_busy_worker, None, "0 is off, as in lsapilib");
+        let c = config(&[("LSAPI_CHILDREN", "9"), ("LSAPI_MAX_BUSY_WORKER", "2")]);
+        assert_eq!(c.max_busy_worker, Some(2));
         let c = config(&[("LSAPI_CHILDREN", "2")]);
         assert_eq!(c.max_idle_children, 1);
         let c = config(&[("LSAPI_CHILDREN", "9"), ("LSAPI_AVOID_FORK", "1")]);

@@ -29,10 +29,36 @@ const IOV_MAX: usize = 1024;
 
 static REQ_RECEIVED: [u8; HEADER_LEN] = [b'L', b'S', 7, 0, 8, 0, 0, 0];
 
+/// Writes REQ_RECEIVED on `fd`. The server treats 10 s without a packet
+/// from us after it sent a request as a dead lock (Worker mode: the request
+/// fails; ProcessGroup: another instance is started), so every request is
+/// acknowledged as soon as it is read and validated, before the application
+/// runs; it takes a descriptor rather than the connection so that it can go
+/// out while the parsed request still borrows the connection's buffer.
+pub fn write_req_received(fd: RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: REQ_RECEIVED is a static 8-byte buffer.
+        let n = unsafe { libc::write(fd, REQ_RECEIVED.as_ptr().cast(), HEADER_LEN) };
+        if n == HEADER_LEN as isize {
+            return Ok(());
+        }
+        if n >= 0 {
+            // 8 bytes into a socket with room never split; treat as failure.
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Fault reasons, as logged when the connection is dropped.
 const BODY_CLOSED: &str = "connection closed in the middle of a request body";
 const BODY_FAILED: &str = "reading the request body failed or timed out";
-const WRITE_FAILED: &str = "writing the response failed: the server went away or stopped reading";
+/// Why a connection whose write failed was dropped.
+pub const WRITE_FAILED: &str =
+    "writing the response failed: the server went away or stopped reading";
 
 /// Why a connection must be dropped.
 #[derive(Debug)]
@@ -92,7 +118,6 @@ pub struct Conn {
     start: usize,
     end: usize,
     body_left: u64,
-    ack_pending: bool,
     /// Calls of [`Conn::ack_later`] still to ignore on this connection.
     acks_waived: u64,
     /// Why the connection became unusable (closed after the current request).
@@ -124,7 +149,6 @@ impl Conn {
             start: 0,
             end: 0,
             body_left: 0,
-            ack_pending: false,
             acks_waived: 0,
             fault: None,
             close_after: false,
@@ -143,7 +167,6 @@ impl Conn {
         self.start = 0;
         self.end = 0;
         self.body_left = 0;
-        self.ack_pending = false;
         self.acks_waived = 0;
         self.fault = None;
         self.close_after = false;
@@ -278,14 +301,15 @@ impl Conn {
         self.body_left
     }
 
-    /// Asks for REQ_RECEIVED to go out with the next write (or before the next
-    /// blocking body read), saving a system call per request.
-    pub fn ack_later(&mut self) {
+    /// Whether the request just read must be acknowledged with REQ_RECEIVED
+    /// (see [`write_req_received`]); `false` while [`Conn::waive_acks`] says
+    /// something already stood in for it. Counts the request either way.
+    pub fn ack_due(&mut self) -> bool {
         if self.acks_waived > 0 {
             self.acks_waived -= 1;
-            return;
+            return false;
         }
-        self.ack_pending = true;
+        true
     }
 
     /// Skips the REQ_RECEIVED of the next `n` requests on this connection
@@ -295,13 +319,14 @@ impl Conn {
         self.acks_waived = n;
     }
 
-    /// Sends a pending REQ_RECEIVED now.
-    pub fn flush_ack(&mut self) -> io::Result<()> {
-        if self.ack_pending {
-            self.ack_pending = false;
-            self.write_parts_raw(&[Part::Bytes(REQ_RECEIVED.as_ptr(), HEADER_LEN)])?;
+    /// Writes one REQ_RECEIVED packet now; a failure marks the connection
+    /// broken.
+    pub fn send_req_received(&mut self) -> io::Result<()> {
+        let r = write_req_received(self.fd);
+        if r.is_err() {
+            self.set_broken(WRITE_FAILED);
         }
-        Ok(())
+        r
     }
 
     /// Buffered body bytes, refilling from the socket when none are buffered.
@@ -311,7 +336,6 @@ impl Conn {
             return Ok(&[]);
         }
         if self.start == self.end {
-            self.flush_ack()?;
             self.start = 0;
             self.end = 0;
             let want = self.body_left.min(self.buf.len() as u64) as usize;
@@ -353,7 +377,6 @@ impl Conn {
             self.consume_body(n);
             return Ok(n);
         }
-        self.flush_ack()?;
         let want = (dst.len() as u64).min(self.body_left) as usize;
         loop {
             // SAFETY: dst is a live mutable slice of at least `want` bytes.
@@ -383,15 +406,10 @@ impl Conn {
         Ok(())
     }
 
-    /// Starts collecting one writev: a pending REQ_RECEIVED goes first.
+    /// Starts collecting one writev.
     pub fn begin_write(&mut self) {
         self.frames.clear();
         self.parts.clear();
-        if self.ack_pending {
-            self.ack_pending = false;
-            self.parts
-                .push(Part::Bytes(REQ_RECEIVED.as_ptr(), HEADER_LEN));
-        }
     }
 
     /// Adds the RESP_HEADER packet in `self.head` (after `head.finish`).
@@ -583,6 +601,5 @@ impl Conn {
         self.start = 0;
         self.end = 0;
         self.body_left = 0;
-        self.ack_pending = false;
     }
 }

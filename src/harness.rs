@@ -6,7 +6,7 @@
 //! request packet, parse it, answer with a small framed response, drain the
 //! body, repeat until the stream ends or breaks.
 
-use crate::conn::{Conn, ConnError};
+use crate::conn::{write_req_received, Conn, ConnError};
 use crate::lsapi::Request;
 use std::io::Write;
 use std::os::fd::IntoRawFd;
@@ -62,15 +62,18 @@ fn serve_one(conn: &mut Conn) -> Result<bool, ConnError> {
     let Some(range) = conn.read_request()? else {
         return Ok(false);
     };
+    let ack = conn.ack_due();
     let (status, body_len) = {
         let req = Request::parse(conn.packet(range))?;
+        if ack {
+            write_req_received(conn.fd())?;
+        }
         // Touch every view, as building an environ would.
         let n = req.env_iter().count() + req.special_env_iter().count();
         let h = req.known_headers().count() + req.unknown_headers().count();
         (200 + ((n + h) % 100) as u16, req.body_len())
     };
     conn.begin_body(body_len);
-    conn.ack_later();
     let mut chunk = [0u8; 4096];
     let mut read = 0u64;
     while read < 8192 {

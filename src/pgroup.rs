@@ -191,7 +191,8 @@ pub struct Member {
     pub notice_pending: bool,
     keep_listen: u8,
     threshold: u64,
-    max_busy: u32,
+    /// LSAPI_MAX_BUSY_WORKER (None: never hand connections back).
+    max_busy: Option<u32>,
 }
 
 impl Member {
@@ -235,7 +236,7 @@ impl Member {
     /// LSAPI_MAX_BUSY_WORKER: whether so many children are busy that this
     /// one, having finished a request, should hand its connection back.
     pub fn too_many_busy(&self) -> bool {
-        self.table.busy() >= self.max_busy
+        self.max_busy.is_some_and(|n| self.table.busy() >= n)
     }
 
     /// The shared listener, if this child still takes connections.
@@ -625,7 +626,7 @@ impl Parent<'_> {
             notice_pending: true,
             keep_listen: self.cfg.keep_listen,
             threshold,
-            max_busy: self.cfg.max_busy_worker.max(1),
+            max_busy: self.cfg.max_busy_worker,
         };
         if !keep {
             m.close_listener();
@@ -809,7 +810,7 @@ mod tests {
             notice_pending: false,
             keep_listen,
             threshold,
-            max_busy: 1,
+            max_busy: Some(1),
         };
         assert!(!m(0, 1 << 30).keep_listening(0));
         assert!(m(1, 1 << 30).keep_listening(9));

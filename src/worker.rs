@@ -216,8 +216,7 @@ impl<'a> Worker<'a> {
         if notice {
             sys::write_all_fd(self.conn.fd(), &pid_notice(sys::getpid()));
         } else if self.cfg.accept_notify {
-            self.conn.ack_later();
-            let _ = self.conn.flush_ack();
+            let _ = self.conn.send_req_received();
         }
         if self.cfg.accept_notify {
             self.conn.waive_acks(u64::MAX);

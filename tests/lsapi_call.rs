@@ -272,6 +272,31 @@ fn repeated_requests_share_one_connection() {
 }
 
 #[test]
+fn repeated_requests_survive_max_reqs_on_the_real_worker() {
+    // The worker's children leave after 3 requests: CONN_CLOSE follows the
+    // third RESP_END, and the fourth request must go over a new connection.
+    let lswsgi = env!("CARGO_BIN_EXE_lswsgi");
+    let r = run(&[
+        "--spawn",
+        lswsgi,
+        "--env-spawn",
+        "LSAPI_CHILDREN=2",
+        "--env-spawn",
+        "LSAPI_MAX_REQS=3",
+        "--timeout",
+        "20",
+        "--script",
+        "scripts/apps/hello.wsgi",
+        "-n",
+        "10",
+        "-v",
+        "/hello.wsgi",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.text().contains("200"), "{}", r.text());
+}
+
+#[test]
 fn bodies_from_files() {
     for (name, len) in [("zero", 0), ("one", 1), ("big", 300 << 10)] {
         let data = binary(len);

@@ -278,6 +278,24 @@ fn pid_notice_replaces_only_the_first_req_received() {
 }
 
 #[test]
+fn slow_requests_are_acknowledged_before_the_application_runs() {
+    // LiteSpeed fails (Worker mode) or duplicates (ProcessGroup) a request
+    // that gets no packet within 10 s: REQ_RECEIVED must not wait for the app.
+    for env in [vec![], vec![("LSAPI_CHILDREN", "2")]] {
+        let g = Group::start(&[], &env);
+        let mut c = g.connect();
+        call_ok(&mut c, &req("/")); // in a child, this one had the PID notice
+        let r = call_ok(&mut c, &req("/sleep?2"));
+        assert_eq!(r.packets, vec![7, 3, 4, 5], "{env:?}");
+        assert!(
+            r.first_byte < Duration::from_secs(1),
+            "{env:?}: {:?}",
+            r.first_byte
+        );
+    }
+}
+
+#[test]
 fn accept_notify_sends_req_received_at_accept() {
     use std::io::Read;
     // Worker mode: REQ_RECEIVED before any request, none per request after.
@@ -754,6 +772,61 @@ fn max_busy_worker_hands_connections_back() {
     let mut c = g.connect();
     call_ok(&mut c, &req("/"));
     call_ok(&mut c, &req("/"));
+}
+
+/// Requests on `conns` concurrent persistent connections, `per` each, that
+/// keep most children busy; returns how many responses carried CONN_CLOSE.
+fn conn_closes_under_load(g: &Group, conns: usize, per: usize) -> usize {
+    let addr = g.addr();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..conns)
+            .map(|_| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    let mut closes = 0;
+                    let mut c = Client::connect(&addr).expect("connect");
+                    c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
+                    let mut done = 0;
+                    while done < per {
+                        let r = c.call(&req("/sleep?0.02"), b"").expect("response");
+                        // A connection handed back between requests answers
+                        // the next one with a lone CONN_CLOSE: ask again.
+                        let handed_back = r.status == 0 && r.ending == Ending::Close;
+                        if !handed_back {
+                            assert_eq!((r.status, r.ending), (200, Ending::End), "{r:?}");
+                            done += 1;
+                        }
+                        // Or CONN_CLOSE followed RESP_END in the same write.
+                        if handed_back || c.closing() {
+                            closes += 1;
+                            c = Client::connect(&addr).expect("reconnect");
+                            c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
+                        }
+                    }
+                    closes
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    })
+}
+
+#[test]
+fn connections_are_never_shed_unless_max_busy_worker_is_set() {
+    let g = Group::start(&[], &[("LSAPI_CHILDREN", "8")]);
+    assert_eq!(
+        conn_closes_under_load(&g, 8, 40),
+        0,
+        "no LSAPI_MAX_BUSY_WORKER: no CONN_CLOSE"
+    );
+    let g = Group::start(
+        &[],
+        &[("LSAPI_CHILDREN", "8"), ("LSAPI_MAX_BUSY_WORKER", "2")],
+    );
+    assert!(
+        conn_closes_under_load(&g, 8, 40) > 0,
+        "LSAPI_MAX_BUSY_WORKER=2 sheds"
+    );
 }
 
 #[test]

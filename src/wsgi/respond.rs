@@ -9,7 +9,7 @@ use super::environ;
 use super::interp::Runtime;
 use super::py::{bytes_of, ffi, lookup_attr, Obj};
 use super::{ctx, log_request_error, send_body, Ctx};
-use lswsgi::conn::{Conn, ConnError};
+use lswsgi::conn::{write_req_received, Conn, ConnError, WRITE_FAILED};
 
 /// Where a response body stands after the application's result was consumed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,8 +43,17 @@ pub(crate) fn serve(
     let c = unsafe { ctx() };
     c.generation += 1;
     let generation = c.generation;
+    let ack = conn.ack_due();
     let (environ, app, body_len) = {
         let req = Request::parse(conn.packet(range))?;
+        // Acknowledged once valid and before anything slow (loading the
+        // script, the application itself) can run: see write_req_received.
+        if ack {
+            if let Err(e) = write_req_received(conn.fd()) {
+                conn.set_broken(WRITE_FAILED);
+                return Err(e.into());
+            }
+        }
         let reload = req
             .env(b"WSGIScriptReloading")
             .is_some_and(|v| v.eq_ignore_ascii_case(b"on"));
@@ -58,7 +67,6 @@ pub(crate) fn serve(
         (environ, app, req.body_len())
     };
     conn.begin_body(body_len);
-    conn.ack_later();
     c.conn = conn;
     c.types = rt.interp().types;
     c.active = true;
