@@ -39,11 +39,14 @@ const DEAD_LOCK: &str = "possible dead lock";
 
 /// The OpenLiteSpeed installation to run, or why there is none.
 fn ols_prefix() -> Option<PathBuf> {
-    static PREFIX: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    // A failed build is stored too, so the other tests fail at once rather
+    // than build again.
+    static PREFIX: OnceLock<Result<PathBuf, Missing>> = OnceLock::new();
     let found = PREFIX.get_or_init(find_or_build);
     match found {
         Ok(p) => Some(p.clone()),
-        Err(why) => {
+        Err(Missing::Broken(why)) => panic!("{why}"),
+        Err(Missing::NotGiven(why)) => {
             let required = std::env::var("LSWSGI_OLS_REQUIRED").is_ok_and(|v| v == "1");
             assert!(!required, "LSWSGI_OLS_REQUIRED=1 but {why}");
             // One line for the whole binary, past the test harness's capture.
@@ -56,31 +59,39 @@ fn ols_prefix() -> Option<PathBuf> {
     }
 }
 
-fn find_or_build() -> Result<PathBuf, String> {
+enum Missing {
+    /// Neither variable is set.
+    NotGiven(String),
+    /// Set, but no usable server came of it.
+    Broken(String),
+}
+
+fn find_or_build() -> Result<PathBuf, Missing> {
     if let Some(prefix) = std::env::var_os("LSWSGI_OLS_PREFIX") {
         let prefix = PathBuf::from(prefix);
-        let bin = prefix.join("bin/openlitespeed");
-        assert!(
-            bin.is_file(),
-            "LSWSGI_OLS_PREFIX={} has no bin/openlitespeed",
-            prefix.display()
-        );
+        if !prefix.join("bin/openlitespeed").is_file() {
+            return Err(Missing::Broken(format!(
+                "LSWSGI_OLS_PREFIX={} has no bin/openlitespeed",
+                prefix.display()
+            )));
+        }
         return Ok(prefix);
     }
     let Some(src) = std::env::var_os("LSWSGI_OLS_SRC") else {
-        return Err(
+        return Err(Missing::NotGiven(
             "neither LSWSGI_OLS_SRC (a directory with build-ols.sh and the \
              OpenLiteSpeed source archive) nor LSWSGI_OLS_PREFIX (an installed \
              OpenLiteSpeed) is set"
                 .into(),
-        );
+        ));
     };
     let script = Path::new(&src).join("build-ols.sh");
-    assert!(
-        script.is_file(),
-        "LSWSGI_OLS_SRC={} has no build-ols.sh",
-        script.display()
-    );
+    if !script.is_file() {
+        return Err(Missing::Broken(format!(
+            "LSWSGI_OLS_SRC: no {}",
+            script.display()
+        )));
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(ROOT).join("target"));
@@ -91,16 +102,17 @@ fn find_or_build() -> Result<PathBuf, String> {
         .arg(&prefix)
         .stdin(Stdio::null())
         .output()
-        .expect("run bash build-ols.sh");
-    assert!(
-        out.status.success() && prefix.join("bin/openlitespeed").is_file(),
-        "{} {} failed ({:?}):\n{}{}",
-        script.display(),
-        prefix.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|e| Missing::Broken(format!("bash {}: {e}", script.display())))?;
+    if !out.status.success() || !prefix.join("bin/openlitespeed").is_file() {
+        return Err(Missing::Broken(format!(
+            "{} {} failed ({:?}):\n{}{}",
+            script.display(),
+            prefix.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
     eprintln!(
         "build-ols.sh: {} in {:.1} s",
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -126,6 +138,20 @@ fn worker_binary() -> PathBuf {
 
 // --------------------------------------------------------------- the set-up
 
+/// echo.wsgi that loses the last byte of the body.
+const SHORT_ECHO: &str = "\
+def application(environ, start_response):
+    body = environ['wsgi.input'].read()[:-1]
+    start_response('200 OK', [('Content-Type', 'application/octet-stream')])
+    return [body]
+";
+
+/// environ.wsgi that fails (a 500 from the worker).
+const FAILING_ENVIRON: &str = "\
+def application(environ, start_response):
+    raise RuntimeError('deliberately broken for the smoke test')
+";
+
 /// One LSAPI external application with its own vhost and listener.
 struct Site {
     /// vhost, extProcessor and listener name suffix.
@@ -135,6 +161,9 @@ struct Site {
     max_conns: u32,
     /// App Server contexts: (URI, startup file in the docroot).
     app_servers: &'static [(&'static str, &'static str)],
+    /// The extProcessor's worker exits at once without serving (the server
+    /// checks at start-up that the path exists and is executable).
+    missing_worker: bool,
 }
 
 /// A running OpenLiteSpeed with its own root; stopped on drop.
@@ -207,6 +236,10 @@ impl Ols {
         )
         .expect("PREFIX/conf/mime.properties");
         std::fs::copy(worker_binary(), root.join("fcgi-bin/lswsgi")).unwrap();
+        std::fs::write(root.join("fcgi-bin/dead"), "#!/bin/sh\nexit 1\n").unwrap();
+        sh(Command::new("chmod")
+            .arg("755")
+            .arg(root.join("fcgi-bin/dead")));
         // The docroot: the test app, and the smoke apps at the top and in a
         // sub-directory (as scripts/smoke-lsws.sh is told to find them).
         let html = root.join("html");
@@ -217,6 +250,16 @@ impl Ols {
             std::fs::copy(&from, html.join(app)).unwrap();
             std::fs::copy(&from, html.join("site/smoke").join(app)).unwrap();
         }
+        // A broken copy for smoke-lsws.sh's failure report: hello as it is,
+        // environ raising (500), echo losing the last byte.
+        std::fs::create_dir_all(html.join("broken")).unwrap();
+        std::fs::copy(
+            format!("{ROOT}/scripts/apps/hello.wsgi"),
+            html.join("broken/hello.wsgi"),
+        )
+        .unwrap();
+        std::fs::write(html.join("broken/environ.wsgi"), FAILING_ENVIRON).unwrap();
+        std::fs::write(html.join("broken/echo.wsgi"), SHORT_ECHO).unwrap();
         sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&root));
 
         let marker = format!("LSWSGI_OLS_RUN={id}");
@@ -246,6 +289,11 @@ impl Ols {
             let name = format!("l{id}{}", site.name);
             let port = free_port();
             let mut env = format!(" env {marker}\n env OLS_STATE={}\n", state.display());
+            let bin = if site.missing_worker {
+                "dead"
+            } else {
+                "lswsgi"
+            };
             for e in site.env {
                 let _ = writeln!(env, " env {e}");
             }
@@ -253,7 +301,7 @@ impl Ols {
                 conf,
                 "extProcessor {name} {{\n type lsapi\n address uds:/{r}/tmp/{name}.sock\n\
                  maxConns {mc}\n{env} initTimeout 60\n retryTimeout 0\n persistConn 1\n\
-                 pcKeepAliveTimeout 60\n respBuffer 0\n autoStart 1\n path {r}/fcgi-bin/lswsgi\n\
+                 pcKeepAliveTimeout 60\n respBuffer 0\n autoStart 1\n path {r}/fcgi-bin/{bin}\n\
                  backlog 100\n instances 1\n}}\n\
                  virtualHost {name} {{\n vhRoot {r}/\n configFile {r}/conf/vhosts/{name}.conf\n\
                  allowSymbolLink 1\n enableScript 1\n restrained 0\n setUIDMode 0\n}}\n\
@@ -878,6 +926,75 @@ fn smoke(args: &[String], f: &mut Failures, name: &str) {
     f.check(name, ok, detail);
 }
 
+/// scripts/smoke-lsws.sh must report what is broken: an application that
+/// fails or corrupts the body, a worker the server cannot start (503),
+/// nothing listening (curl exit 7).
+fn smoke_failures(ols: &Ols, f: &mut Failures) {
+    let broken = format!("{}/broken/", ols.base("wk"));
+    let gone = format!("{}/", ols.base("gone"));
+    let dead = format!("http://127.0.0.1:{}/", free_port());
+    let out = Command::new("bash")
+        .arg(format!("{ROOT}/scripts/smoke-lsws.sh"))
+        .args(["--timeout", "30", &broken, &gone, &dead])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/smoke-lsws.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let result = |url: &str, check: &str| -> String {
+        stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|w| w.len() >= 3 && w[0] == url && w[1] == check)
+            .map(|w| w[2].to_string())
+            .unwrap_or_default()
+    };
+    let mut bad = Vec::new();
+    for (url, check, want) in [
+        (&broken, "hello", "PASS"),
+        (&broken, "repeat", "PASS"),
+        (&broken, "environ", "FAIL"),
+        (&broken, "echo-text", "FAIL"),
+        (&broken, "echo-binary", "FAIL"),
+    ] {
+        if result(url, check) != want {
+            bad.push(format!("{url} {check} not {want}"));
+        }
+    }
+    for url in [&gone, &dead] {
+        for check in ["hello", "environ", "echo-text", "echo-binary", "repeat"] {
+            if result(url, check) != "FAIL" {
+                bad.push(format!("{url} {check} not FAIL"));
+            }
+        }
+    }
+    for text in [
+        "status 500",
+        "status 503",
+        "curl exit 7",
+        "body is 199999 bytes instead of 200000",
+        "FAILED: 13 of 15 checks",
+    ] {
+        if !stdout.contains(text) {
+            bad.push(format!("no {text:?}"));
+        }
+    }
+    let traced = ols
+        .error_log()
+        .contains("deliberately broken for the smoke test");
+    f.check(
+        "smoke-lsws.sh reports a broken app, a missing worker, a dead port",
+        out.status.code() == Some(1) && bad.is_empty() && traced,
+        if bad.is_empty() && traced {
+            stdout.lines().last().unwrap_or("").to_string()
+        } else {
+            format!(
+                "{:?} {bad:?} traceback logged: {traced}\n{stdout}",
+                out.status
+            )
+        },
+    );
+}
+
 fn finish(mut ols: Ols, f: Failures) {
     let logs = ols.logs();
     let leaked = ols.stop();
@@ -904,12 +1021,21 @@ fn worker_mode_behind_openlitespeed() {
                 env: &[],
                 max_conns: 4,
                 app_servers: &[],
+                missing_worker: false,
             },
             Site {
                 name: "wkmr",
                 env: &["LSAPI_MAX_REQS=5"],
                 max_conns: 4,
                 app_servers: &[],
+                missing_worker: false,
+            },
+            Site {
+                name: "gone",
+                env: &[],
+                max_conns: 1,
+                app_servers: &[],
+                missing_worker: true,
             },
         ],
         false,
@@ -923,6 +1049,7 @@ fn worker_mode_behind_openlitespeed() {
         &mut f,
         "smoke-lsws.sh, script handler",
     );
+    smoke_failures(&ols, &mut f);
     eprintln!("worker mode: {:.1} s", started.elapsed().as_secs_f64());
     finish(ols, f);
 }
@@ -944,12 +1071,14 @@ fn process_group_mode_behind_openlitespeed() {
                     ("/smoke-environ/", "environ.wsgi"),
                     ("/smoke-echo/", "echo.wsgi"),
                 ],
+                missing_worker: false,
             },
             Site {
                 name: "pgmr",
                 env: &["LSAPI_CHILDREN=4", "LSAPI_MAX_REQS=5"],
                 max_conns: 4,
                 app_servers: &[],
+                missing_worker: false,
             },
         ],
         false,
@@ -1022,12 +1151,14 @@ fn max_busy_worker_behind_openlitespeed() {
                 env: &["LSAPI_CHILDREN=8"],
                 max_conns: 8,
                 app_servers: &[],
+                missing_worker: false,
             },
             Site {
                 name: "busy2",
                 env: &["LSAPI_CHILDREN=8", "LSAPI_MAX_BUSY_WORKER=2"],
                 max_conns: 8,
                 app_servers: &[],
+                missing_worker: false,
             },
         ],
         true,
