@@ -225,6 +225,14 @@ impl Ols {
             std::fs::create_dir_all("/tmp/lshttpd").unwrap();
             sh(Command::new("chmod").args(["1777", "/tmp/lshttpd"]));
         }
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata("/tmp/lshttpd").unwrap();
+            assert!(
+                m.mode() & 0o002 != 0 || m.uid() == 65534,
+                "/tmp/lshttpd must be writable by nobody (the App Server sockets go there)"
+            );
+        }
         std::os::unix::fs::symlink(
             prefix.join("bin/openlitespeed"),
             root.join("bin/openlitespeed"),
