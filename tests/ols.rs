@@ -121,19 +121,47 @@ fn find_or_build() -> Result<PathBuf, Missing> {
     Ok(prefix)
 }
 
-/// The lswsgi binary to put behind the server: the release build when it is
-/// newer than this test run's own build (scripts/test.sh builds it first),
-/// otherwise the test build, so a stale release binary is never tested.
+/// The lswsgi binary to put behind the server: the release build (what
+/// ships; scripts/test.sh builds it before the tests) when it is newer than
+/// every source file, otherwise this test run's own build, so a stale
+/// release binary is never the one tested. `LSWSGI_OLS_WORKER` names
+/// another binary instead (an older build, LiteSpeed's own lswsgi).
 fn worker_binary() -> PathBuf {
-    let release = Path::new(TEST_LSWSGI)
-        .parent()
-        .and_then(|debug| debug.parent())
-        .map(|t| t.join("release/lswsgi"));
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    match release {
-        Some(r) if mtime(&r) >= mtime(Path::new(TEST_LSWSGI)) && mtime(&r).is_some() => r,
-        _ => PathBuf::from(TEST_LSWSGI),
-    }
+    static CHOSEN: OnceLock<PathBuf> = OnceLock::new();
+    CHOSEN
+        .get_or_init(|| {
+            let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut newest = None;
+            let mut stack = vec![Path::new(ROOT).join("src")];
+            for f in ["Cargo.toml", "Cargo.lock", "build.rs"] {
+                newest = newest.max(mtime(&Path::new(ROOT).join(f)));
+            }
+            while let Some(dir) = stack.pop() {
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let path = e.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else {
+                        newest = newest.max(mtime(&path));
+                    }
+                }
+            }
+            if let Some(w) = std::env::var_os("LSWSGI_OLS_WORKER") {
+                eprintln!("tests/ols.rs: worker under test: {w:?} (LSWSGI_OLS_WORKER)");
+                return PathBuf::from(w);
+            }
+            let release = Path::new(TEST_LSWSGI)
+                .parent()
+                .and_then(|profile| profile.parent())
+                .map(|target| target.join("release/lswsgi"));
+            let chosen = match release {
+                Some(r) if mtime(&r).is_some() && mtime(&r) >= newest => r,
+                _ => PathBuf::from(TEST_LSWSGI),
+            };
+            eprintln!("tests/ols.rs: worker under test: {}", chosen.display());
+            chosen
+        })
+        .clone()
 }
 
 // --------------------------------------------------------------- the set-up
