@@ -10,6 +10,15 @@ pub const AVOID_FORK_DEFAULT: u64 = 1 << 30;
 pub const AVOID_FORK_MIN: u64 = 10 << 20;
 /// Largest LSAPI_CHILDREN.
 pub const MAX_CHILDREN: u32 = 10000;
+/// Largest value of a variable counted in seconds (10 years): far beyond any
+/// real limit, and small enough that every use (× 1000 for milliseconds,
+/// plus a grace period) stays far from overflow.
+pub const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+/// Largest LSAPI_SLOW_REQ_MSECS (MAX_SECS in milliseconds).
+pub const MAX_MSECS: u64 = MAX_SECS * 1000;
+/// Largest LSAPI_MAX_REQS (2³² − 1: lsapilib reads it as an int; a
+/// per-request bookkeeping of any size stays far from overflow).
+pub const MAX_REQS: u64 = u32::MAX as u64;
 
 /// Everything the LSAPI_* (and LS_STDERR_LOG) variables configure.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +66,13 @@ pub struct Config {
     pub default_uid: Option<u32>,
     /// LSAPI_DEFAULT_GID.
     pub default_gid: Option<u32>,
+    /// LSAPI_MAX_APP_GROUPS (0–1000, default 10): most application groups
+    /// (sub-interpreters) one process creates.
+    pub max_app_groups: u32,
+    /// LSAPI_SHUTDOWN_TIMEOUT, seconds (1–3600, default 5): the bound on a
+    /// process's exit work (non-daemon threads, atexit handlers) after which
+    /// it exits anyway, like mod_wsgi's shutdown-timeout.
+    pub shutdown_timeout: u64,
     /// Problems found while reading the variables, for the log.
     pub warnings: Vec<String>,
 }
@@ -81,6 +97,13 @@ impl Config {
                             .push(format!("{key}={n} is above {max}; using {max}"));
                         max
                     }
+                    // All digits but beyond u64: as large as allowed.
+                    Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+                        warnings
+                            .borrow_mut()
+                            .push(format!("{key}={} is above {max}; using {max}", v.trim()));
+                        max
+                    }
                     Err(_) => {
                         warnings
                             .borrow_mut()
@@ -97,15 +120,17 @@ impl Config {
             n => n,
         };
         let children = num("LSAPI_CHILDREN", 0, MAX_CHILDREN as u64) as u32;
-        let max_reqs = positive("LSAPI_MAX_REQS", 10000, u64::MAX);
-        let max_idle = num("LSAPI_MAX_IDLE", 300, u64::MAX);
-        let max_process_time = positive("LSAPI_MAX_PROCESS_TIME", 3600, u64::MAX);
+        let max_reqs = positive("LSAPI_MAX_REQS", 10000, MAX_REQS);
+        let max_idle = num("LSAPI_MAX_IDLE", 300, MAX_SECS);
+        let max_process_time = positive("LSAPI_MAX_PROCESS_TIME", 3600, MAX_SECS);
+        let max_app_groups = num("LSAPI_MAX_APP_GROUPS", 10, 1000) as u32;
+        let shutdown_timeout = positive("LSAPI_SHUTDOWN_TIMEOUT", 5, 3600);
         let keep_listen = num("LSAPI_KEEP_LISTEN", 1, 2) as u8;
         let accept_notify = num("LSAPI_ACCEPT_NOTIFY", 0, 1) == 1;
-        let slow_req_msecs = num("LSAPI_SLOW_REQ_MSECS", 0, u64::MAX);
+        let slow_req_msecs = num("LSAPI_SLOW_REQ_MSECS", 0, MAX_MSECS);
         let pgrp_max_idle = get("LSAPI_PGRP_MAX_IDLE")
             .is_some()
-            .then(|| num("LSAPI_PGRP_MAX_IDLE", 0, u64::MAX))
+            .then(|| num("LSAPI_PGRP_MAX_IDLE", 0, MAX_SECS))
             .filter(|&s| s > 0);
         let default_uid = get("LSAPI_DEFAULT_UID")
             .is_some()
@@ -161,6 +186,8 @@ impl Config {
             secret_file: nonempty("LSAPI_SECRET"),
             default_uid,
             default_gid,
+            shutdown_timeout,
+            max_app_groups,
             warnings: warnings.into_inner(),
         }
     }
@@ -220,6 +247,8 @@ mod tests {
         assert_eq!(c.pgrp_max_idle, None);
         assert_eq!(c.keep_listen, 1);
         assert_eq!(c.avoid_fork, None);
+        assert_eq!(c.shutdown_timeout, 5);
+        assert_eq!(c.max_app_groups, 10);
         assert!(!c.ppid_no_check && !c.allow_core_dump && !c.accept_notify);
         assert!(c.warnings.is_empty());
     }
@@ -284,6 +313,64 @@ mod tests {
         assert_eq!(c.max_reqs, 10000);
         assert_eq!(c.children, MAX_CHILDREN);
         assert_eq!(c.warnings.len(), 2);
+    }
+
+    /// Every numeric variable at u64::MAX, and beyond it.
+    const NUMERIC: [&str; 15] = [
+        "LSAPI_MAX_APP_GROUPS",
+        "LSAPI_CHILDREN",
+        "LSAPI_EXTRA_CHILDREN",
+        "LSAPI_MAX_REQS",
+        "LSAPI_MAX_IDLE",
+        "LSAPI_MAX_IDLE_CHILDREN",
+        "LSAPI_MAX_PROCESS_TIME",
+        "LSAPI_PGRP_MAX_IDLE",
+        "LSAPI_KEEP_LISTEN",
+        "LSAPI_ACCEPT_NOTIFY",
+        "LSAPI_SLOW_REQ_MSECS",
+        "LSAPI_MAX_BUSY_WORKER",
+        "LSAPI_SHUTDOWN_TIMEOUT",
+        "LSAPI_DEFAULT_UID",
+        "LSAPI_DEFAULT_GID",
+    ];
+
+    fn check_clamped(c: &Config) {
+        assert_eq!(c.children, MAX_CHILDREN);
+        assert_eq!(c.extra_children, MAX_CHILDREN);
+        assert_eq!(c.max_reqs, MAX_REQS);
+        assert_eq!(c.max_idle, MAX_SECS);
+        assert_eq!(c.max_idle_children, MAX_CHILDREN);
+        assert_eq!(c.max_process_time, MAX_SECS);
+        assert_eq!(c.pgrp_max_idle, Some(MAX_SECS));
+        assert_eq!(c.keep_listen, 2);
+        assert!(c.accept_notify);
+        assert_eq!(c.slow_req_msecs, MAX_MSECS);
+        assert_eq!(c.max_busy_worker, Some(MAX_CHILDREN));
+        assert_eq!(c.shutdown_timeout, 3600);
+        assert_eq!(c.max_app_groups, 1000);
+        assert_eq!(c.default_uid, Some(u32::MAX));
+        assert_eq!(c.default_gid, Some(u32::MAX));
+        assert_eq!(c.warnings.len(), NUMERIC.len(), "{:?}", c.warnings);
+        // Every millisecond figure derived from them stays exact.
+        for secs in [c.max_idle, c.max_process_time, c.pgrp_max_idle.unwrap()] {
+            assert!((secs + 5).checked_mul(1000).is_some());
+        }
+        assert!(c.max_reqs.checked_mul(2).is_some());
+    }
+
+    #[test]
+    fn max_int_values_are_clamped_with_a_warning() {
+        for v in ["18446744073709551615", "99999999999999999999999999"] {
+            let pairs: Vec<(&str, &str)> = NUMERIC.iter().map(|k| (*k, v)).collect();
+            let c = config(&pairs);
+            check_clamped(&c);
+            assert!(c.warnings[0].contains("is above"), "{v}: {:?}", c.warnings);
+        }
+        let c = config(&[("LSAPI_AVOID_FORK", "18446744073709551615")]);
+        assert_eq!(c.avoid_fork, Some(u64::MAX));
+        let c = config(&[("LSAPI_AVOID_FORK", "18446744073709551615G")]);
+        assert_eq!(c.avoid_fork, None);
+        assert_eq!(c.warnings.len(), 1);
     }
 
     #[test]

@@ -64,8 +64,10 @@ pub fn bind(addr: &Address) -> io::Result<RawFd> {
     }
 }
 
-/// Accepts one connection (close-on-exec, blocking). `Ok(None)` when
-/// interrupted by a signal or when another process took the connection.
+/// Accepts one connection (close-on-exec; blocking whatever the listener's
+/// mode, as Linux accept4 does not pass O_NONBLOCK on). `Ok(None)` when
+/// interrupted by a signal or, on a non-blocking listener, when another
+/// process took the connection (EAGAIN).
 pub fn accept(listener: RawFd) -> io::Result<Option<RawFd>> {
     // SAFETY: null address arguments are allowed by accept4.
     let r = unsafe {

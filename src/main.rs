@@ -167,6 +167,7 @@ fn main() -> ExitCode {
         preload: args.preload,
         multiprocess: cfg.process_group(),
         load_now: daemon.is_none(),
+        max_groups: cfg.max_app_groups as usize,
     }) {
         Ok(rt) => rt,
         Err(e) => {
@@ -181,15 +182,14 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if cfg.process_group() && kind == FdKind::Listener {
-        return match pgroup::run(&cfg, fd, starter) {
+        match pgroup::run(&cfg, fd, starter) {
             pgroup::Role::Parent(why) => {
                 pgroup::log_exit(&why);
-                drop(rt);
-                wsgi::finalize();
-                match why {
-                    pgroup::Exit::Failed(_) => ExitCode::FAILURE,
-                    _ => ExitCode::SUCCESS,
-                }
+                let code = match why {
+                    pgroup::Exit::Failed(_) => 1,
+                    _ => 0,
+                };
+                wsgi::shutdown(rt, wsgi::End::Finalize, cfg.shutdown_timeout, code)
             }
             pgroup::Role::Child(member, conn) => {
                 let mut w = worker::Worker::new(&cfg, rt, None);
@@ -199,11 +199,9 @@ fn main() -> ExitCode {
                 }
                 let why = w.serve_child(conn);
                 w.log_exit(&why);
-                drop(w);
-                wsgi::run_exit_hooks();
-                sys::exit_now(0)
+                wsgi::shutdown(w.into_runtime(), wsgi::End::Exit, cfg.shutdown_timeout, 0)
             }
-        };
+        }
     }
 
     let mut w = worker::Worker::new(&cfg, rt, starter);
@@ -216,9 +214,12 @@ fn main() -> ExitCode {
         _ => w.serve_connection(fd),
     };
     w.log_exit(&why);
-    drop(w);
-    wsgi::finalize();
-    ExitCode::SUCCESS
+    wsgi::shutdown(
+        w.into_runtime(),
+        wsgi::End::Finalize,
+        cfg.shutdown_timeout,
+        0,
+    )
 }
 
 /// A suEXEC daemon's secret and the user to fall back to.

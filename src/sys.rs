@@ -156,9 +156,15 @@ extern "C" fn on_wake_signal(_sig: libc::c_int) {
 
 /// Installs the worker's signal dispositions: SIGPIPE ignored (a vanished
 /// server is seen as EPIPE), SIGTERM/SIGINT/SIGUSR1 set [`STOP`], SIGUSR2 sets
-/// [`STATUS`], SIGCHLD only wakes. No SA_RESTART, so a blocked poll or accept
-/// returns EINTR and the loop sees the flag at once. Forked children inherit
-/// these dispositions unchanged.
+/// [`STATUS`], SIGCHLD only wakes.
+///
+/// With SA_RESTART: a signal must not make a blocking call in application
+/// code (a C extension's read, a database client) fail with EINTR; our own
+/// reads and writes retry anyway. No wait loop depends on EINTR: poll(2) is
+/// never restarted, so Worker mode and children still see STOP at once; the
+/// group parent also has the self-pipe [`wake`] writes to; listeners are
+/// non-blocking, so accept never blocks. Forked children inherit these
+/// dispositions unchanged.
 pub fn install_signal_handlers() {
     // SAFETY: sigaction with a zeroed struct, a valid handler and an empty mask.
     unsafe {
@@ -172,6 +178,7 @@ pub fn install_signal_handlers() {
         ] {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = handler;
+            sa.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }

@@ -78,6 +78,11 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// The runtime back, for the exit work once serving is over.
+    pub fn into_runtime(self) -> Runtime {
+        self.rt
+    }
+
     /// Makes every request pass `gate` (suEXEC daemon mode) before it is served.
     pub fn guard(&mut self, gate: Gate) {
         self.gate = Some(gate);
@@ -148,15 +153,25 @@ impl<'a> Worker<'a> {
     }
 
     /// Worker mode on a listener: accepts and serves connections until
-    /// stopped, idle, orphaned or exhausted.
+    /// stopped, idle, orphaned or exhausted. The listener may be shared by
+    /// several Worker-mode processes: poll wakes them all and only one gets
+    /// the connection, so it is made non-blocking and a lost race (EAGAIN)
+    /// goes back to waiting, with the GIL released, instead of blocking in
+    /// accept with the GIL held.
     pub fn serve_listener(&mut self, listener: RawFd) -> Wake {
+        if let Err(e) = sys::set_nonblocking(listener) {
+            crate::warn!("cannot make the listener non-blocking: {e}");
+        }
+        let mut backoff = Backoff::default();
         loop {
+            let since = sys::now_ms();
             match self.wait(listener, true) {
                 Wake::Ready => {}
                 other => return other,
             }
             match listen::accept(listener) {
                 Ok(Some(fd)) => {
+                    backoff.reset();
                     let why = self.serve_connection(fd);
                     if why != Wake::Ready {
                         return why;
@@ -164,8 +179,16 @@ impl<'a> Worker<'a> {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    crate::error!("accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
+                    // EMFILE and the like: the listener stays readable, so
+                    // without a pause this would spin and flood the log.
+                    let pause = backoff.failed(&e);
+                    wsgi::without_gil(|| std::thread::sleep(pause));
+                    if STOP.load(Ordering::Relaxed) {
+                        return Wake::Stop;
+                    }
+                    if let Some(why) = self.tick_checks(since, true) {
+                        return why;
+                    }
                 }
             }
         }
@@ -352,6 +375,50 @@ impl<'a> Worker<'a> {
             ),
             Wake::Ready | Wake::Shed | Wake::Released => {}
         }
+    }
+}
+
+/// Pauses after failed accepts (10 ms doubling up to 1 s) and their log
+/// lines (the first one, then at most one per [`Backoff::LOG_EVERY_MS`]
+/// with the number of failures since).
+#[derive(Default)]
+struct Backoff {
+    pause_ms: u64,
+    /// When the last line was logged (ms, [`sys::now_ms`]); 0 = never.
+    logged_ms: u64,
+    /// Failures since that line.
+    unlogged: u64,
+}
+
+impl Backoff {
+    const FIRST_MS: u64 = 10;
+    const MAX_MS: u64 = 1000;
+    const LOG_EVERY_MS: u64 = 10_000;
+
+    fn reset(&mut self) {
+        self.pause_ms = 0;
+    }
+
+    /// Records a failed accept; returns how long to pause.
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        let now = sys::now_ms();
+        if self.logged_ms == 0 || now.saturating_sub(self.logged_ms) >= Self::LOG_EVERY_MS {
+            if self.unlogged == 0 {
+                crate::error!("accept failed: {e}; backing off");
+            } else {
+                crate::error!(
+                    "accept failed: {e} ({} more failures in the last {} s); backing off",
+                    self.unlogged,
+                    now.saturating_sub(self.logged_ms) / 1000
+                );
+            }
+            self.logged_ms = now.max(1);
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        self.pause_ms = (self.pause_ms * 2).clamp(Self::FIRST_MS, Self::MAX_MS);
+        Duration::from_millis(self.pause_ms)
     }
 }
 

@@ -488,6 +488,9 @@ pub struct Options {
     /// Load the `-m` application now (false: on the first request, as in a
     /// suEXEC daemon whose root parent must never run application code).
     pub load_now: bool,
+    /// LSAPI_MAX_APP_GROUPS: most application groups (sub-interpreters) this
+    /// process creates; a request for another one is answered 500.
+    pub max_groups: usize,
 }
 
 /// The preloaded application (`-m`).
@@ -523,7 +526,15 @@ pub struct Runtime {
     last: Option<LastApp>,
     /// ProcessGroup mode.
     pub multiprocess: bool,
+    /// LSAPI_MAX_APP_GROUPS.
+    max_groups: usize,
+    /// Group names refused for the cap, each logged once (at most
+    /// [`REFUSED_LOGGED`] remembered).
+    refused: Vec<Vec<u8>>,
 }
+
+/// How many refused group names are remembered to log each only once.
+const REFUSED_LOGGED: usize = 64;
 
 /// Whether `group` names the main interpreter: empty, `%{GLOBAL}` or `global`.
 fn is_global_group(group: &[u8]) -> bool {
@@ -553,6 +564,8 @@ impl Runtime {
             preload,
             last: None,
             multiprocess: opts.multiprocess,
+            max_groups: opts.max_groups,
+            refused: Vec::new(),
         };
         if rt.preload.is_some() && opts.load_now {
             if let Err(e) = rt.load_preload() {
@@ -581,6 +594,8 @@ impl Runtime {
             0
         } else if let Some(i) = self.groups.iter().position(|g| g == group) {
             i
+        } else if self.interps.len() > self.max_groups {
+            return Err(self.refuse_group(group));
         } else {
             self.create_group(group)?
         };
@@ -590,6 +605,24 @@ impl Runtime {
             self.current = idx;
         }
         Ok(())
+    }
+
+    /// The error for a request naming a new group beyond LSAPI_MAX_APP_GROUPS
+    /// (answered 500: serving it in another interpreter would silently mix
+    /// applications that asked to be apart). Logged once per name.
+    fn refuse_group(&mut self, group: &[u8]) -> String {
+        let msg = format!(
+            "application group {:?} not created: this process already has {} \
+             (LSAPI_MAX_APP_GROUPS={}); answering 500",
+            String::from_utf8_lossy(group),
+            self.interps.len() - 1,
+            self.max_groups
+        );
+        if !self.refused.iter().any(|g| g == group) && self.refused.len() < REFUSED_LOGGED {
+            self.refused.push(group.to_vec());
+            crate::error!("{msg}");
+        }
+        msg
     }
 
     /// A new sub-interpreter for `group`. On failure the current interpreter
@@ -708,23 +741,42 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Whether any application group (sub-interpreter) was created.
+    pub fn has_groups(&self) -> bool {
+        self.interps.len() > 1
+    }
+
+    /// Calls `f` with each interpreter current, the sub-interpreters in the
+    /// order they were created and the main one last (as mod_wsgi runs exit
+    /// work), passing the group's name (empty for the main interpreter). The
+    /// main interpreter is current on return.
+    pub fn each_interp(&mut self, mut f: impl FnMut(&str)) {
+        self.last = None;
+        for i in (1..self.interps.len()).chain([0]) {
+            // SAFETY: GIL held on the serving thread, which owns every
+            // interpreter's thread state.
+            unsafe { ffi::PyThreadState_Swap(self.interps[i].tstate) };
+            self.current = i;
+            f(&String::from_utf8_lossy(&self.groups[i]));
+        }
+    }
+}
+
 impl Drop for Runtime {
-    /// Ends the sub-interpreters (each releasing its objects while current)
-    /// and returns to the main one, so the main interpreter can be finalized.
+    /// Returns to the main interpreter and leaves the sub-interpreters alive:
+    /// `Py_EndInterpreter` aborts the process when an application thread is
+    /// still running in one ("not the last thread"), and a process that is
+    /// exiting gains nothing from tearing them down. Their Rust-held
+    /// references are leaked with them, so no Python code runs in an
+    /// interpreter that is not current.
     fn drop(&mut self) {
         self.last = None;
-        // SAFETY: GIL held on the serving thread; each thread state is ended
-        // while current, as Py_EndInterpreter requires.
-        unsafe {
-            while self.interps.len() > 1 {
-                let interp = self.interps.pop().expect("sub-interpreter");
-                let tstate = interp.tstate;
-                ffi::PyThreadState_Swap(tstate);
-                drop(interp);
-                ffi::Py_EndInterpreter(tstate);
-            }
-            ffi::PyThreadState_Swap(self.interps[0].tstate);
+        for interp in self.interps.drain(1..) {
+            std::mem::forget(interp);
         }
+        // SAFETY: GIL held on the serving thread; the main thread state is ours.
+        unsafe { ffi::PyThreadState_Swap(self.interps[0].tstate) };
         self.current = 0;
     }
 }

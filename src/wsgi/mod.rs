@@ -169,14 +169,6 @@ pub fn without_gil<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Shuts the interpreter down, running `atexit` handlers.
-pub fn finalize() {
-    // SAFETY: main thread with the GIL, no request in flight.
-    unsafe {
-        py::ffi::Py_FinalizeEx();
-    }
-}
-
 // ---- ProcessGroup support: fork hygiene and child exit -------------------
 
 /// Forks with the interpreter's fork protocol (PyOS_BeforeFork, then
@@ -231,12 +223,77 @@ pub fn gc_freeze() -> Option<usize> {
     }
 }
 
+/// How a process ends once its exit work is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// `Py_FinalizeEx` the main interpreter when no application group was
+    /// created (a Worker-mode process, a group parent), then exit.
+    Finalize,
+    /// `_exit` straight away: a forked child, whose teardown would only copy
+    /// pages shared with the parent in order to free them.
+    Exit,
+}
+
+/// What the watchdog reports if the deadline passes: the stage in progress.
+static STAGE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn set_stage(s: String) {
+    *STAGE.lock().unwrap_or_else(|e| e.into_inner()) = s;
+}
+
+/// Ends the process with `code`: in every interpreter (application groups
+/// first, the main one last) waits for non-daemon threads
+/// (`threading._shutdown`), runs the `atexit` handlers and flushes
+/// sys.stdout and sys.stderr; then finalizes or exits as `end` says. No
+/// sub-interpreter is ever ended (see `Runtime`'s Drop), and a main
+/// interpreter that has groups is not finalized either (from Python 3.13
+/// `Py_FinalizeEx` ends the remaining sub-interpreters itself). All of it runs
+/// under a deadline of `timeout_secs` (LSAPI_SHUTDOWN_TIMEOUT): past it a
+/// watchdog thread logs the stage that hung and `_exit`s with `code`.
+/// Main thread with the GIL, no request in flight.
+pub fn shutdown(mut rt: Runtime, end: End, timeout_secs: u64, code: i32) -> ! {
+    let deadline = std::time::Duration::from_secs(timeout_secs);
+    set_stage("starting".into());
+    let spawned = std::thread::Builder::new()
+        .name("lswsgi-shutdown".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            let stage = STAGE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            crate::error!(
+                "shutdown not done after {timeout_secs} s (LSAPI_SHUTDOWN_TIMEOUT), while \
+                 {stage}; exiting now"
+            );
+            crate::sys::exit_now(code)
+        });
+    if let Err(e) = spawned {
+        // Without a watchdog the exit work could hang for ever: skip it.
+        crate::error!("cannot start the shutdown watchdog ({e}); exiting without exit work");
+        crate::sys::exit_now(code);
+    }
+    rt.each_interp(|group| {
+        let which = if group.is_empty() {
+            "the main interpreter".to_string()
+        } else {
+            format!("application group {group:?}")
+        };
+        set_stage(format!("running the exit work of {which}"));
+        run_exit_hooks(&which);
+    });
+    let finalize = end == End::Finalize && !rt.has_groups();
+    drop(rt);
+    if finalize {
+        set_stage("finalizing the main interpreter".into());
+        // SAFETY: main thread with the GIL, main interpreter current, no
+        // sub-interpreter exists, no request in flight.
+        unsafe { py::ffi::Py_FinalizeEx() };
+    }
+    crate::sys::exit_now(code)
+}
+
 /// What a normal interpreter exit does that applications rely on — wait for
 /// non-daemon threads, run `atexit` handlers, flush sys.stdout and
-/// sys.stderr — without tearing the interpreter down: in a forked child that
-/// teardown would only copy pages shared with the parent in order to free
-/// them. Call just before `_exit`.
-pub fn run_exit_hooks() {
+/// sys.stderr — for the current interpreter, without tearing it down.
+fn run_exit_hooks(which: &str) {
     // SAFETY: main thread with the GIL, no request in flight; references are
     // owned by Obj or borrowed from sys.modules for the duration of a call.
     unsafe {
@@ -245,7 +302,7 @@ pub fn run_exit_hooks() {
             if let Some(f) = py::Obj::owned(f) {
                 if py::Obj::owned(py::ffi::PyObject_CallNoArgs(f.ptr())).is_none() {
                     crate::error!(
-                        "at exit, {name:?} failed: {}",
+                        "at exit of {which}, {name:?} failed: {}",
                         py::take_exception(std::ptr::null_mut())
                     );
                 }
@@ -255,8 +312,10 @@ pub fn run_exit_hooks() {
         let modules = py::ffi::PyImport_GetModuleDict();
         let threading = py::ffi::PyDict_GetItemString(modules, c"threading".as_ptr());
         if !threading.is_null() {
+            set_stage(format!("waiting for the non-daemon threads of {which}"));
             call_in(threading, c"_shutdown");
         }
+        set_stage(format!("running the atexit handlers of {which}"));
         if let Some(atexit) = py::Obj::owned(py::ffi::PyImport_ImportModule(c"atexit".as_ptr())) {
             call_in(atexit.ptr(), c"_run_exitfuncs");
         }
