@@ -583,9 +583,9 @@ fn alive(pid: i32) -> bool {
 /// SIGTERM each pid, then SIGKILL what is still there after `grace`.
 fn terminate(pids: &[i32], grace: Duration) {
     for &p in pids {
-        // SAFETY: kill(2) has no memory effects; p > 0 names one process
-        // this server started (never 0 or -1, which would address groups).
         if p > 0 {
+            // SAFETY: kill(2) has no memory effects; p > 0 names one process
+            // this server started (never 0 or -1, which address groups).
             unsafe { libc::kill(p, libc::SIGTERM) };
         }
     }
