@@ -30,6 +30,11 @@ if ! command -v shellcheck >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-ge
     (apt-get update -qq && apt-get install -y -qq shellcheck) ||
         echo "test.sh: could not install shellcheck; the shellcheck test will fail" >&2
 fi
+# The real-OpenLiteSpeed suite (tests/ols.rs) drives the server with curl.
+if ! command -v curl >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq curl) ||
+        echo "test.sh: could not install curl; the OpenLiteSpeed tests will fail" >&2
+fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

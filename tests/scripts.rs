@@ -1,8 +1,8 @@
 //! The deployment kit: scripts/smoke-direct.sh against the built binaries in
-//! both process models, scripts/smoke-lsws.sh against a stand-in HTTP front
-//! (tests/fixtures/http_front.py, forwarding each request through
-//! lsapi-call) both healthy and broken, scripts/install.sh into a temporary
-//! prefix, and shellcheck over every scripts/*.sh.
+//! both process models, scripts/smoke-lsws.sh's command line (the script
+//! itself runs against a real OpenLiteSpeed in tests/ols.rs),
+//! scripts/install.sh into a temporary prefix, and shellcheck over every
+//! scripts/*.sh.
 //!
 //! Every script runs in its own process group under a deadline; the group is
 //! killed afterwards, so nothing it started outlives the test.
@@ -10,12 +10,10 @@
 mod common;
 
 use common::{scratch, LSWSGI};
-use lswsgi::client::Spawned;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -323,174 +321,9 @@ fn smoke_direct_usage() {
 
 // ------------------------------------------------------------------ smoke-lsws
 
-/// The stand-in HTTP front, killed on drop.
-struct Front {
-    child: Child,
-    port: u16,
-}
-
-impl Front {
-    /// Starts http_front.py forwarding to `socket` with scripts from `apps`;
-    /// its access log and the application error log go to `log`.
-    fn start(socket: &str, apps: &str, log: &Path) -> Front {
-        let log = std::fs::File::create(log).unwrap();
-        let mut child = Command::new("python3")
-            .arg(format!("{ROOT}/tests/fixtures/http_front.py"))
-            .args(["--lsapi-call", LSAPI_CALL, "--socket", socket])
-            .args(["--apps", apps, "--lifetime", "300"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start python3 tests/fixtures/http_front.py");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let mut front = Front { child, port: 0 };
-        front.port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("http_front.py printed no port: {line:?}"));
-        front
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A Worker-mode lswsgi with a listening socket on fd 0, as LiteSpeed
-/// starts it; stopped on drop.
-fn worker(dir: &TempDir) -> Spawned {
-    Spawned::start(&[LSWSGI.to_string()], &[], Some(&dir.join("worker.log"))).expect("start lswsgi")
-}
-
-const LSWS_CHECKS: [&str; 5] = ["hello", "environ", "echo-text", "echo-binary", "repeat"];
-
-#[test]
-fn smoke_lsws_passes_through_a_front() {
-    let dir = TempDir::new("smoke-lsws");
-    let w = worker(&dir);
-    let front = Front::start(
-        &w.addr(),
-        &format!("{ROOT}/scripts/apps"),
-        &dir.join("front.log"),
-    );
-    let (root, sub) = (front.url("/"), front.url("/site/smoke"));
-    let r = run(&script("smoke-lsws.sh"), &[&root, &sub]);
-    assert_eq!(r.code, 0, "{r}\nfront log:\n{}", log(&dir, "front.log"));
-    for url in [&root, &sub] {
-        for check in LSWS_CHECKS {
-            assert_eq!(r.result(url, check), "PASS", "{url} {check}:\n{r}");
-        }
-    }
-    assert_eq!(r.rows().len(), 10, "{r}");
-    assert!(
-        r.stdout
-            .contains("SCRIPT_NAME='/site/smoke/environ.wsgi' PATH_INFO=''"),
-        "{r}"
-    );
-    assert!(r.stdout.contains("server: http_front"), "{r}");
-    assert!(r.stdout.contains("PASSED: all 10 checks"), "{r}");
-}
-
-#[test]
-fn smoke_lsws_paths_can_be_overridden() {
-    // App Server style: each app at a path of its own (here still .wsgi
-    // names, which is how the front finds the script).
-    let dir = TempDir::new("smoke-lsws-paths");
-    let w = worker(&dir);
-    let front = Front::start(
-        &w.addr(),
-        &format!("{ROOT}/scripts/apps"),
-        &dir.join("front.log"),
-    );
-    let r = run(
-        &script("smoke-lsws.sh"),
-        &[
-            "--hello",
-            "/a/hello.wsgi/x",
-            "--environ",
-            "b/environ.wsgi/deeper/path",
-            "--echo",
-            "echo.wsgi",
-            "--binary-size",
-            "70000",
-            &front.url(""),
-        ],
-    );
-    assert_eq!(r.code, 0, "{r}");
-    assert!(
-        r.stdout
-            .contains("SCRIPT_NAME='/b/environ.wsgi' PATH_INFO='/deeper/path'"),
-        "{r}"
-    );
-    assert!(r.stdout.contains("70000 bytes back"), "{r}");
-}
-
-#[test]
-fn smoke_lsws_reports_failures() {
-    let dir = TempDir::new("smoke-lsws-broken");
-    let w = worker(&dir);
-    let apps = apps_with(
-        &dir,
-        &[("echo.wsgi", SHORT_ECHO), ("environ.wsgi", FAILING_ENVIRON)],
-    );
-    let broken = Front::start(&w.addr(), &apps, &dir.join("broken.log"));
-    // A front whose worker is gone: LiteSpeed's 503.
-    let orphan = Front::start(
-        &dir.str("no-such.sock"),
-        &format!("{ROOT}/scripts/apps"),
-        &dir.join("orphan.log"),
-    );
-    // Nothing listens here.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://127.0.0.1:{}/", l.local_addr().unwrap().port())
-    };
-    let (b, o) = (broken.url("/"), orphan.url("/"));
-    let r = run(
-        &script("smoke-lsws.sh"),
-        &["--timeout", "30", &b, &o, &dead],
-    );
-    assert_eq!(r.code, 1, "{r}");
-    assert_eq!(r.result(&b, "hello"), "PASS", "{r}");
-    assert_eq!(r.result(&b, "repeat"), "PASS", "{r}");
-    for check in ["environ", "echo-text", "echo-binary"] {
-        assert_eq!(r.result(&b, check), "FAIL", "{check}:\n{r}");
-    }
-    for url in [&o, &dead] {
-        for check in LSWS_CHECKS {
-            assert_eq!(r.result(url, check), "FAIL", "{url} {check}:\n{r}");
-        }
-    }
-    assert!(r.stdout.contains("status 500"), "{r}");
-    assert!(r.stdout.contains("status 503"), "{r}");
-    assert!(r.stdout.contains("curl exit 7"), "{r}");
-    assert!(
-        r.stdout.contains("body is 199999 bytes instead of 200000"),
-        "{r}"
-    );
-    assert!(r.stdout.contains("FAILED: 13 of 15 checks"), "{r}");
-    // The application's traceback reached the front's error log.
-    assert!(
-        log(&dir, "broken.log").contains("deliberately broken"),
-        "{}",
-        log(&dir, "broken.log")
-    );
-}
+// Runs against a real OpenLiteSpeed in tests/ols.rs (healthy, with broken
+// applications, a worker that cannot start and nothing listening); only the
+// command line is checked here, which needs no server.
 
 #[test]
 fn smoke_lsws_usage() {
@@ -509,10 +342,6 @@ fn smoke_lsws_usage() {
         let r = run(&script("smoke-lsws.sh"), args);
         assert_eq!(r.code, 2, "{args:?}: {r}");
     }
-}
-
-fn log(dir: &TempDir, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
 // --------------------------------------------------------------------- install
