@@ -807,3 +807,69 @@ fn the_build_pythons_stdlib_is_used_whatever_is_installed_beside_it() {
         child.wait().unwrap();
     }
 }
+
+/// The embedded Python's `X.Y`, from `lswsgi -v` (`Python X.Y (...)`).
+fn embedded_version() -> String {
+    let out = std::process::Command::new(LSWSGI)
+        .arg("-v")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = text.lines().nth(1).unwrap().split_whitespace().nth(1);
+    v.unwrap().to_string()
+}
+
+/// A CPython of another minor version than the embedded one:
+/// LSWSGI_TEST_OTHER_PYTHON (scripts/test.sh sets it), else the first
+/// `python3.X` (3.9–3.13) on PATH that runs. Its `X.Y` with it.
+fn other_python() -> (String, String) {
+    let own = embedded_version();
+    let mut candidates: Vec<String> = std::env::var("LSWSGI_TEST_OTHER_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .into_iter()
+        .collect();
+    candidates.extend((9..=13).map(|m| format!("python3.{m}")));
+    for python in candidates {
+        let Ok(out) = std::process::Command::new(&python)
+            .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+            .output()
+        else {
+            continue;
+        };
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !v.is_empty() && v != own {
+            return (python, v);
+        }
+    }
+    panic!(
+        "no Python other than {own} found: set LSWSGI_TEST_OTHER_PYTHON to one \
+         (scripts/test.sh does)"
+    );
+}
+
+#[test]
+fn a_virtualenv_of_another_python_version_is_refused() {
+    let (python, other) = other_python();
+    let own = embedded_version();
+    let dir = scratch("venvver");
+    let venv = dir.join("venv");
+    let st = std::process::Command::new(&python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{python} -m venv");
+    let bin = venv.join("bin/python");
+    let mut w = Worker::start(&[], &[("LS_PYTHONBIN", bin.to_str().unwrap())]);
+    let want = format!("is a Python {other} virtualenv");
+    assert!(
+        w.wait_log(&want, Duration::from_secs(10)),
+        "{}",
+        w.log_text()
+    );
+    let log = w.log_text();
+    assert!(log.contains(&format!("embeds Python {own}")), "{log}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!w.alive(), "the worker refused to start");
+}
