@@ -820,8 +820,9 @@ fn embedded_version() -> String {
 }
 
 /// A CPython of another minor version than the embedded one:
-/// LSWSGI_TEST_OTHER_PYTHON (scripts/test.sh sets it), else the first
-/// `python3.X` (3.9–3.13) on PATH that runs. Its `X.Y` with it.
+/// LSWSGI_TEST_OTHER_PYTHON (scripts/test-matrix.sh sets it), else the first
+/// `python3.X` (3.9–3.13) that runs, on PATH or in the usual places (pyenv,
+/// CloudLinux, cPanel, /usr/local, /usr). Its `X.Y` with it.
 fn other_python() -> (String, String) {
     let own = embedded_version();
     let mut candidates: Vec<String> = std::env::var("LSWSGI_TEST_OTHER_PYTHON")
@@ -829,7 +830,27 @@ fn other_python() -> (String, String) {
         .filter(|p| !p.is_empty())
         .into_iter()
         .collect();
-    candidates.extend((9..=13).map(|m| format!("python3.{m}")));
+    let pyenv = std::env::var("PYENV_ROOT")
+        .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap_or_default()));
+    for m in 9..=13 {
+        candidates.push(format!("python3.{m}"));
+        if let Ok(dirs) = std::fs::read_dir(format!("{pyenv}/versions")) {
+            for d in dirs.flatten() {
+                if d.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("3.{m}."))
+                {
+                    candidates.push(format!("{}/bin/python3.{m}", d.path().display()));
+                }
+            }
+        }
+        candidates.push(format!("/opt/alt/python3{m}/bin/python3.{m}"));
+        candidates.push(format!(
+            "/opt/cpanel/ea-python3{m}/root/usr/bin/python3.{m}"
+        ));
+        candidates.push(format!("/usr/local/bin/python3.{m}"));
+        candidates.push(format!("/usr/bin/python3.{m}"));
+    }
     for python in candidates {
         let Ok(out) = std::process::Command::new(&python)
             .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
