@@ -894,3 +894,53 @@ fn a_virtualenv_of_another_python_version_is_refused() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(!w.alive(), "the worker refused to start");
 }
+
+/// The worker's signals stay its own on every Python version: Python installs
+/// no handlers of its own (PyConfig.install_signal_handlers = 0, so SIGINT is
+/// not KeyboardInterrupt), an application's attempt to take SIGTERM is logged
+/// and ignored in the main interpreter and in an application group, other
+/// signals stay the application's, and SIGTERM still stops the worker.
+#[test]
+fn signals_stay_the_workers_in_every_interpreter() {
+    let dir = scratch("signals");
+    let script = dir.join("sig.wsgi");
+    std::fs::write(
+        &script,
+        "import signal\n\
+         def application(environ, start_response):\n\
+         \x20   before = signal.getsignal(signal.SIGINT)\n\
+         \x20   signal.signal(signal.SIGTERM, lambda *a: None)\n\
+         \x20   try:\n\
+         \x20       signal.signal(signal.SIGUSR2, lambda *a: None)\n\
+         \x20       usr2 = 'set' if callable(signal.getsignal(signal.SIGUSR2)) else 'not set'\n\
+         \x20   except ValueError:\n\
+         \x20       usr2 = 'ValueError'\n\
+         \x20   term = signal.getsignal(signal.SIGTERM)\n\
+         \x20   start_response('200 OK', [])\n\
+         \x20   return [('%s|%s|%s' % (before, callable(term), usr2)).encode()]\n",
+    )
+    .unwrap();
+    let mut w = Worker::start(&[], &[]);
+    let mut c = w.connect();
+    let spec = get("/s", script.to_str().unwrap(), "/s");
+    let r = call_ok(&mut c, &spec, b"");
+    assert_eq!(r.status, 200, "{}", w.log_text());
+    // Main interpreter: SIGINT is the worker's C handler (None to Python, not
+    // default_int_handler), SIGTERM not replaced, SIGUSR2 the application's.
+    assert_eq!(r.text(), "None|False|set", "{}", w.log_text());
+    let mut sub = spec.clone();
+    sub.set_env("WSGIApplicationGroup", "sig");
+    let r = call_ok(&mut c, &sub, b"");
+    assert_eq!(r.status, 200, "{}", w.log_text());
+    // A sub-interpreter may not set handlers at all (CPython's rule).
+    assert_eq!(r.text(), "None|False|ValueError", "{}", w.log_text());
+    let log = w.log_text();
+    let ignored = "application tried to set a handler for signal 15; ignored";
+    assert_eq!(log.matches(ignored).count(), 2, "{log}");
+    drop(c);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(w.pid() as i32, libc::SIGTERM) };
+    assert!(w.wait_log("stopping on signal 15", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!w.alive());
+}
