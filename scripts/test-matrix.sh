@@ -80,7 +80,9 @@ run_version() {
     other=${found[3.$((${v#3.} == 13 ? 12 : 13))]:-${default#*:}}
     other=${other%%:*}
     log=$(mktemp)
+    # -D warnings: code under a version cfg must be as clean as the default's.
     PYO3_PYTHON=$python CARGO_TARGET_DIR=target/py$v LSWSGI_TEST_VENV=$PWD/$venv \
+        RUSTFLAGS="${RUSTFLAGS:-} -D warnings" \
         LSWSGI_TEST_OTHER_PYTHON=$other \
         cargo test --bin lswsgi --test worker --test pgroup --test modwsgi --test frameworks \
         >"$log" 2>&1
