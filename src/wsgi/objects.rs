@@ -483,6 +483,8 @@ unsafe extern "C" fn start_response_call(
                     o
                 }
             };
+            // Deprecated from 3.12 (PyErr_SetRaisedException is 3.12+ only).
+            #[allow(deprecated)]
             ffi::PyErr_Restore(item(0), item(1), item(2));
             return ptr::null_mut();
         }
