@@ -84,7 +84,7 @@ run_version() {
     PYO3_PYTHON=$python CARGO_TARGET_DIR=target/py$v LSWSGI_TEST_VENV=$PWD/$venv \
         RUSTFLAGS="${RUSTFLAGS:-} -D warnings" \
         LSWSGI_TEST_OTHER_PYTHON=$other \
-        cargo test --bin lswsgi --test worker --test pgroup --test modwsgi --test frameworks \
+        cargo test --no-fail-fast --bin lswsgi --test worker --test pgroup --test modwsgi --test frameworks \
         >"$log" 2>&1
     status=$?
     read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$log")
