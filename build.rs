@@ -4,8 +4,16 @@
 //!
 //! The interpreter is the one PYO3_PYTHON names (the same rule pyo3-ffi's build
 //! uses to pick the headers and library), or `python3` on PATH.
+//!
+//! It also refuses, with a plain answer, a Python outside the tested range.
+//! This script has no build-dependencies on purpose: it is compiled and run
+//! before pyo3-ffi's (which waits for pyo3-build-config), so for an
+//! unsupported Python the user reads this message, not pyo3-ffi's.
 
 use std::process::Command;
+
+/// The CPython minor versions (3.x) lswsgi is built and tested against.
+const SUPPORTED: std::ops::RangeInclusive<u32> = 9..=13;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
@@ -28,19 +36,35 @@ fn main() {
     let mut lines = text.lines();
     let mut next = || lines.next().unwrap_or("").to_string();
     let (executable, prefix, version, libdir, stdlib) = (next(), next(), next(), next(), next());
+    let minor = version
+        .strip_prefix("3.")
+        .and_then(|m| m.parse::<u32>().ok())
+        .filter(|m| SUPPORTED.contains(m));
+    let Some(minor) = minor else {
+        eprintln!(
+            "\nlswsgi: {python} is Python {version} ({executable}); lswsgi supports CPython \
+             3.{}–3.{}.\nChoose another Python to build against, e.g.\n    \
+             PYO3_PYTHON=python3.12 cargo build --release\n    \
+             scripts/install.sh --python /usr/bin/python3.12\n",
+            SUPPORTED.start(),
+            SUPPORTED.end()
+        );
+        std::process::exit(1);
+    };
     println!("cargo:rustc-env=LSWSGI_PYTHON_EXECUTABLE={executable}");
     println!("cargo:rustc-env=LSWSGI_PYTHON_PREFIX={prefix}");
     println!("cargo:rustc-env=LSWSGI_PYTHON_VERSION={version}");
     println!("cargo:rustc-env=LSWSGI_PYTHON_STDLIB={stdlib}");
-    // 3.13 replaced _PyObject_LookupAttr with PyObject_GetOptionalAttr.
-    println!("cargo::rustc-check-cfg=cfg(lswsgi_py313)");
-    let minor: u32 = version
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if version.starts_with("3.") && minor >= 13 {
-        println!("cargo:rustc-cfg=lswsgi_py313");
+    // One cfg per C API change the code follows: lswsgi_py310 (3.10 added
+    // Py_TPFLAGS_DISALLOW_INSTANTIATION), lswsgi_py313 (3.13 replaced
+    // _PyObject_LookupAttr with PyObject_GetOptionalAttr). Computed here
+    // rather than with pyo3-build-config, which would make this script wait
+    // for that crate (see above).
+    for (cfg, since) in [("lswsgi_py310", 10), ("lswsgi_py313", 13)] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if minor >= since {
+            println!("cargo:rustc-cfg={cfg}");
+        }
     }
     if !libdir.is_empty() {
         println!("cargo:rustc-link-arg-bin=lswsgi=-Wl,-rpath,{libdir}");

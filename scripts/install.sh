@@ -21,11 +21,16 @@ Options:
                      /opt/alt/python311/bin/python3.11 (default: $PYO3_PYTHON,
                      else python3 on PATH). With --no-build or --binary, the
                      binary must embed this Python or nothing is installed
-  --name NAME        file name to install as (default lswsgi)
+  --name NAME        file name to install as (default lswsgi). One binary
+                     embeds one Python: install one per version side by side,
+                     e.g. --name lswsgi312 --python /usr/bin/python3.12
+                     (builds go to target/py3.X unless CARGO_TARGET_DIR is set)
   --with-lsapi-call  also install lsapi-call next to it (a command-line LSAPI
                      client, used by scripts/smoke-direct.sh)
-  --no-build         install the existing target/release/lswsgi (honouring
-                     CARGO_TARGET_DIR) instead of building
+  --no-build         install the existing build instead of building:
+                     $CARGO_TARGET_DIR/release/lswsgi, else with --python
+                     target/py3.X/release/lswsgi when it exists, else
+                     target/release/lswsgi
   --binary PATH      install this lswsgi binary (implies --no-build)
   -h, --help         show this help
 
@@ -90,6 +95,14 @@ if ((build)); then
         export PYO3_PYTHON=$python
     fi
     build_python=${PYO3_PYTHON:-python3}
+    # Before cargo: an unsupported Python gets an answer, not a build error.
+    build_version=$(bash "$here/python-supported.sh" "$build_python") || exit 1
+    # One target directory per Python version, so builds for several
+    # versions (installed side by side with --name) do not undo each other.
+    if [[ -z ${CARGO_TARGET_DIR:-} ]]; then
+        target_dir=$repo/target/py$build_version
+        export CARGO_TARGET_DIR=$target_dir
+    fi
     describe=$("$build_python" -c 'import sys, sysconfig
 print("%d.%d" % sys.version_info[:2], sys.executable)
 print(1 if sysconfig.get_config_var("Py_ENABLE_SHARED") else 0)' 2>/dev/null) ||
@@ -102,6 +115,11 @@ print(1 if sysconfig.get_config_var("Py_ENABLE_SHARED") else 0)' 2>/dev/null) ||
     bins=(--bin lswsgi)
     ((with_call)) && bins+=(--bin lsapi-call)
     (cd "$repo" && cargo build --release "${bins[@]}") || die "the build failed"
+fi
+if [[ -z $binary && $build == 0 && -z ${CARGO_TARGET_DIR:-} && -n $python ]]; then
+    # The per-version build of an earlier install.sh --python run.
+    v=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || v=
+    [[ -n $v && -x $repo/target/py$v/release/lswsgi ]] && target_dir=$repo/target/py$v
 fi
 [[ -n $binary ]] || binary=$target_dir/release/lswsgi
 [[ -f $binary && -x $binary ]] || die "$binary is not an executable file (build it, or give --binary PATH)"

@@ -39,7 +39,10 @@ Options:
   --lswsgi PATH        the worker to check (default: $LSWSGI, else
                        target/release/lswsgi of this checkout (honouring
                        CARGO_TARGET_DIR), else lswsgi on PATH, else
-                       /usr/local/lsws/fcgi-bin/lswsgi)
+                       /usr/local/lsws/fcgi-bin/lswsgi). Repeat it to check
+                       several (one per Python version, installed with
+                       install.sh --name): each gets the whole table, then a
+                       summary line per binary
   --lsapi-call PATH    the LSAPI client (default: $LSAPI_CALL, else
                        target/release/lsapi-call, else lsapi-call on PATH,
                        else next to the worker)
@@ -72,6 +75,8 @@ die_usage() {
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 lswsgi=${LSWSGI:-}
+lswsgis=()
+pass_args=()
 lsapi_call=${LSAPI_CALL:-}
 apps=$here/apps
 mode=both
@@ -81,10 +86,19 @@ timeout=10
 verbose=0
 worker_env=(PATH=/bin:/usr/bin)
 
+# Every argument but --lswsgi, for checking several binaries one by one.
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    if [[ ${args[i]} == --lswsgi ]]; then
+        i=$((i + 1))
+    else
+        pass_args+=("${args[i]}")
+    fi
+done
 while (($#)); do
     case $1 in
         -h | --help) usage; exit 0 ;;
-        --lswsgi) (($# > 1)) || die_usage "$1 needs a value"; lswsgi=$2; shift ;;
+        --lswsgi) (($# > 1)) || die_usage "$1 needs a value"; lswsgis+=("$2"); shift ;;
         --lsapi-call) (($# > 1)) || die_usage "$1 needs a value"; lsapi_call=$2; shift ;;
         --apps) (($# > 1)) || die_usage "$1 needs a value"; apps=$2; shift ;;
         --mode) (($# > 1)) || die_usage "$1 needs a value"; mode=$2; shift ;;
@@ -114,6 +128,27 @@ fi
 if ! [[ $timeout =~ ^[0-9]+$ ]] || ((timeout < 1)); then
     die_usage "--timeout needs a whole number of seconds"
 fi
+
+if ((${#lswsgis[@]} > 1)); then
+    summary=() failed=0
+    for b in "${lswsgis[@]}"; do
+        echo "=== $b ==="
+        if "$0" "${pass_args[@]}" --lswsgi "$b"; then
+            summary+=("PASS $b ($("$b" -v 2>/dev/null | sed -n 2p))")
+        else
+            rc=$?
+            ((rc == 2)) && exit 2
+            summary+=("FAIL $b")
+            failed=$((failed + 1))
+        fi
+        echo
+    done
+    printf '%s\n' "${summary[@]}"
+    ((failed == 0)) && echo "PASSED: all ${#lswsgis[@]} binaries" || echo "FAILED: $failed of ${#lswsgis[@]} binaries"
+    ((failed == 0))
+    exit
+fi
+((${#lswsgis[@]} == 0)) || lswsgi=${lswsgis[0]}
 
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 [[ $target_dir == /* ]] || target_dir=$repo/$target_dir

@@ -3,11 +3,14 @@
 #
 # Prepares .venv-test (a virtualenv with Flask and Django from PyPI, reused
 # between runs) for the framework and virtualenv tests, then: formatting,
-# clippy, a warning-free release build, and the whole cargo test suite.
+# clippy, a warning-free release build, and the whole cargo test suite on the
+# default Python (PYO3_PYTHON, else python3), then the version-dependent tests
+# on every other CPython 3.9-3.13 (scripts/test-matrix.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYO3_PYTHON:-python3}
+default_version=$(bash scripts/python-supported.sh "$python") || exit 1
 venv=.venv-test
 if ! "$venv/bin/python" -c 'import flask, django; assert django.VERSION >= (5, 2)' 2>/dev/null; then
     rm -rf "$venv"
@@ -42,10 +45,13 @@ RUSTFLAGS="${RUSTFLAGS:-} -D warnings" cargo build --release
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
+start=$SECONDS
 cargo test 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line for the whole suite (cargo prints one per test binary).
-awk '/^test result:/ { passed += $4; failed += $6 }
-     END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
-exit "$status"
+read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$log")
+((status == 0)) || failed=$((failed > 0 ? failed : 1))
+# The other CPython versions (scripts/test-matrix.sh), then one closing line
+# with the test counts of every version.
+bash scripts/test-matrix.sh --default \
+    "$default_version:$(command -v "$python"):$passed:$failed:$((SECONDS - start))"

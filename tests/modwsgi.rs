@@ -222,3 +222,46 @@ fn callable_object_selects_among_exports() {
         assert_eq!(call_ok(&mut c, &spec, b"").text(), expect, "{callable:?}");
     }
 }
+
+/// Sub-interpreters keep the legacy configuration on 3.12+ (shared GIL,
+/// threads, single-phase-init extensions allowed), which the C extensions
+/// hosted sites run (database drivers, older numpy) need: a single-phase-init
+/// module (`_testsinglephase`, or `_testcapi` before 3.12 where every module
+/// loads anywhere) imports in two application groups and the main
+/// interpreter, and a thread runs in a group.
+#[test]
+fn subinterpreters_load_single_phase_extensions_and_run_threads() {
+    let dir = scratch("singlephase");
+    let script = dir.join("s.wsgi");
+    write(
+        &script,
+        "import sys, threading\n\
+         name = '_testsinglephase' if sys.version_info >= (3, 12) else '_testcapi'\n\
+         mod = __import__(name)\n\
+         def application(environ, start_response):\n\
+         \x20   out = []\n\
+         \x20   t = threading.Thread(target=lambda: out.append(threading.get_ident()))\n\
+         \x20   t.start()\n\
+         \x20   t.join(5)\n\
+         \x20   start_response('200 OK', [])\n\
+         \x20   return [('%s|%s|%d' % (mod.__name__, len(out), id(sys.modules))).encode()]\n",
+    );
+    for children in ["0", "2"] {
+        let w = Worker::start(&[], &[("LSAPI_CHILDREN", children)]);
+        let mut c = w.connect();
+        let mut interps = Vec::new();
+        for group in [Some("ext1"), Some("ext2"), None] {
+            let r = call_ok(&mut c, &request(&script, group, "x"), b"");
+            let text = r.text();
+            assert_eq!(r.status, 200, "{group:?}: {text} {}", w.log_text());
+            let parts: Vec<&str> = text.split('|').collect();
+            assert!(parts[0].starts_with("_test"), "{text}");
+            assert_eq!(parts[1], "1", "{group:?}: the thread ran");
+            interps.push(parts[2].to_string());
+        }
+        interps.sort();
+        interps.dedup();
+        assert_eq!(interps.len(), 3, "three interpreters: {interps:?}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

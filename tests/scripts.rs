@@ -516,3 +516,89 @@ fn scripts_are_shellcheck_clean() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ------------------------------------------------------- several Pythons
+
+#[test]
+fn smoke_direct_checks_each_binary_given() {
+    let dir = TempDir::new("smoke-several");
+    let copy = dir.str("lswsgi313");
+    std::fs::copy(LSWSGI, &copy).unwrap();
+    let mut args = vec!["--mode", "worker", "--lsapi-call", LSAPI_CALL];
+    args.extend(["--timeout", "30", "--lswsgi", LSWSGI, "--lswsgi", &copy]);
+    let r = run(&script("smoke-direct.sh"), &args);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains(&format!("=== {copy} ===")), "{r}");
+    assert!(
+        r.stdout.contains(&format!("PASS {LSWSGI} (Python 3.")),
+        "{r}"
+    );
+    assert!(r.stdout.contains("PASSED: all 2 binaries"), "{r}");
+    // A binary that is not lswsgi fails its own table and the whole run.
+    let r = run(
+        &script("smoke-direct.sh"),
+        &[
+            "--mode",
+            "worker",
+            "--lsapi-call",
+            LSAPI_CALL,
+            "--lswsgi",
+            LSWSGI,
+            "--lswsgi",
+            "/bin/true",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.contains("FAIL /bin/true"), "{r}");
+    assert!(r.stdout.contains("FAILED: 1 of 2 binaries"), "{r}");
+}
+
+#[test]
+fn install_answers_an_unsupported_python_before_building() {
+    let dir = TempDir::new("install-py38");
+    // A "python" that describes itself as CPython 3.8, whatever it is asked.
+    let fake = dir.join("python3.8");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 3.8 CPython /opt/alt/python38/bin/python3.8\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let prefix = dir.str("prefix");
+    let fake = fake.to_string_lossy().into_owned();
+    let r = run(
+        &script("install.sh"),
+        &["--prefix", &prefix, "--python", &fake],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    for want in [
+        "CPython 3.8",
+        "supports CPython 3.9-3.13",
+        "PYO3_PYTHON=",
+        "--python",
+    ] {
+        assert!(r.stderr.contains(want), "{want}: {r}");
+    }
+    assert!(!r.stdout.contains("Building"), "stopped before cargo: {r}");
+    assert!(!dir.join("prefix/lswsgi").exists());
+}
+
+#[test]
+fn install_puts_versions_side_by_side_by_name() {
+    let dir = TempDir::new("install-names");
+    let prefix = dir.str("fcgi-bin");
+    for name in ["lswsgi311", "lswsgi312"] {
+        let r = run(
+            &script("install.sh"),
+            &["--prefix", &prefix, "--binary", LSWSGI, "--name", name],
+        );
+        assert_eq!(r.code, 0, "{r}");
+        assert!(
+            r.stdout.contains(&format!("Installed {prefix}/{name}")),
+            "{r}"
+        );
+    }
+    assert!(dir.join("fcgi-bin/lswsgi311").exists() && dir.join("fcgi-bin/lswsgi312").exists());
+    assert!(!dir.join("fcgi-bin/lswsgi").exists());
+}

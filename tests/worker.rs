@@ -807,3 +807,140 @@ fn the_build_pythons_stdlib_is_used_whatever_is_installed_beside_it() {
         child.wait().unwrap();
     }
 }
+
+/// The embedded Python's `X.Y`, from `lswsgi -v` (`Python X.Y (...)`).
+fn embedded_version() -> String {
+    let out = std::process::Command::new(LSWSGI)
+        .arg("-v")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = text.lines().nth(1).unwrap().split_whitespace().nth(1);
+    v.unwrap().to_string()
+}
+
+/// A CPython of another minor version than the embedded one:
+/// LSWSGI_TEST_OTHER_PYTHON (scripts/test-matrix.sh sets it), else the first
+/// `python3.X` (3.9–3.13) that runs, on PATH or in the usual places (pyenv,
+/// CloudLinux, cPanel, /usr/local, /usr). Its `X.Y` with it.
+fn other_python() -> (String, String) {
+    let own = embedded_version();
+    let mut candidates: Vec<String> = std::env::var("LSWSGI_TEST_OTHER_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .into_iter()
+        .collect();
+    let pyenv = std::env::var("PYENV_ROOT")
+        .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap_or_default()));
+    for m in 9..=13 {
+        candidates.push(format!("python3.{m}"));
+        if let Ok(dirs) = std::fs::read_dir(format!("{pyenv}/versions")) {
+            for d in dirs.flatten() {
+                if d.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("3.{m}."))
+                {
+                    candidates.push(format!("{}/bin/python3.{m}", d.path().display()));
+                }
+            }
+        }
+        candidates.push(format!("/opt/alt/python3{m}/bin/python3.{m}"));
+        candidates.push(format!(
+            "/opt/cpanel/ea-python3{m}/root/usr/bin/python3.{m}"
+        ));
+        candidates.push(format!("/usr/local/bin/python3.{m}"));
+        candidates.push(format!("/usr/bin/python3.{m}"));
+    }
+    for python in candidates {
+        let Ok(out) = std::process::Command::new(&python)
+            .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+            .output()
+        else {
+            continue;
+        };
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !v.is_empty() && v != own {
+            return (python, v);
+        }
+    }
+    panic!(
+        "no Python other than {own} found: set LSWSGI_TEST_OTHER_PYTHON to one \
+         (scripts/test.sh does)"
+    );
+}
+
+#[test]
+fn a_virtualenv_of_another_python_version_is_refused() {
+    let (python, other) = other_python();
+    let own = embedded_version();
+    let dir = scratch("venvver");
+    let venv = dir.join("venv");
+    let st = std::process::Command::new(&python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{python} -m venv");
+    let bin = venv.join("bin/python");
+    let mut w = Worker::start(&[], &[("LS_PYTHONBIN", bin.to_str().unwrap())]);
+    let want = format!("is a Python {other} virtualenv");
+    assert!(
+        w.wait_log(&want, Duration::from_secs(10)),
+        "{}",
+        w.log_text()
+    );
+    let log = w.log_text();
+    assert!(log.contains(&format!("embeds Python {own}")), "{log}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!w.alive(), "the worker refused to start");
+}
+
+/// The worker's signals stay its own on every Python version: Python installs
+/// no handlers of its own (PyConfig.install_signal_handlers = 0, so SIGINT is
+/// not KeyboardInterrupt), an application's attempt to take SIGTERM is logged
+/// and ignored in the main interpreter and in an application group, other
+/// signals stay the application's, and SIGTERM still stops the worker.
+#[test]
+fn signals_stay_the_workers_in_every_interpreter() {
+    let dir = scratch("signals");
+    let script = dir.join("sig.wsgi");
+    std::fs::write(
+        &script,
+        "import signal\n\
+         def application(environ, start_response):\n\
+         \x20   before = signal.getsignal(signal.SIGINT)\n\
+         \x20   signal.signal(signal.SIGTERM, lambda *a: None)\n\
+         \x20   try:\n\
+         \x20       signal.signal(signal.SIGUSR2, lambda *a: None)\n\
+         \x20       usr2 = 'set' if callable(signal.getsignal(signal.SIGUSR2)) else 'not set'\n\
+         \x20   except ValueError:\n\
+         \x20       usr2 = 'ValueError'\n\
+         \x20   term = signal.getsignal(signal.SIGTERM)\n\
+         \x20   start_response('200 OK', [])\n\
+         \x20   return [('%s|%s|%s' % (before, callable(term), usr2)).encode()]\n",
+    )
+    .unwrap();
+    let mut w = Worker::start(&[], &[]);
+    let mut c = w.connect();
+    let spec = get("/s", script.to_str().unwrap(), "/s");
+    let r = call_ok(&mut c, &spec, b"");
+    assert_eq!(r.status, 200, "{}", w.log_text());
+    // Main interpreter: SIGINT is the worker's C handler (None to Python, not
+    // default_int_handler), SIGTERM not replaced, SIGUSR2 the application's.
+    assert_eq!(r.text(), "None|False|set", "{}", w.log_text());
+    let mut sub = spec.clone();
+    sub.set_env("WSGIApplicationGroup", "sig");
+    let r = call_ok(&mut c, &sub, b"");
+    assert_eq!(r.status, 200, "{}", w.log_text());
+    // A sub-interpreter may not set handlers at all (CPython's rule).
+    assert_eq!(r.text(), "None|False|ValueError", "{}", w.log_text());
+    let log = w.log_text();
+    let ignored = "application tried to set a handler for signal 15; ignored";
+    assert_eq!(log.matches(ignored).count(), 2, "{log}");
+    drop(c);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(w.pid() as i32, libc::SIGTERM) };
+    assert!(w.wait_log("stopping on signal 15", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!w.alive());
+}

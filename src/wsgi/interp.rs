@@ -39,6 +39,48 @@ fn readable(path: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The `X.Y` a virtualenv's pyvenv.cfg records (`version = X.Y.Z`, or
+/// `version_info = X.Y.Z.final.0` as uv writes it), if it has one.
+fn venv_version(cfg: &str) -> Option<String> {
+    cfg.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        if !matches!(k.trim(), "version" | "version_info") {
+            return None;
+        }
+        let mut parts = v.trim().split('.');
+        let (major, minor) = (parts.next()?, parts.next()?);
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        (digits(major) && digits(minor)).then(|| format!("{major}.{minor}"))
+    })
+}
+
+/// Refuses a virtualenv made with another Python minor version: its
+/// site-packages (lib/pythonX.Y) would not be on sys.path and its compiled
+/// extensions would not load, so the site would fail later with an
+/// ImportError that names neither version. CPython looks for pyvenv.cfg beside
+/// the executable and one directory up; so does this.
+fn check_venv_version(bin: &str) -> Result<(), String> {
+    let Some(dir) = Path::new(bin).parent() else {
+        return Ok(());
+    };
+    for cfg in [Some(dir), dir.parent()].into_iter().flatten() {
+        let cfg = cfg.join("pyvenv.cfg");
+        let Ok(text) = std::fs::read_to_string(&cfg) else {
+            continue;
+        };
+        return match venv_version(&text) {
+            Some(v) if v != BUILD_VERSION => Err(format!(
+                "LS_PYTHONBIN={bin} is a Python {v} virtualenv ({}), but this lswsgi embeds \
+                 Python {BUILD_VERSION}; use the lswsgi built for Python {v}, or recreate \
+                 the virtualenv with Python {BUILD_VERSION}",
+                cfg.display()
+            )),
+            _ => Ok(()),
+        };
+    }
+    Ok(())
+}
+
 /// Chooses the interpreter's program name and (when needed) home so it runs
 /// with the standard library of the Python it was built against, whatever
 /// PATH holds. Returns `(program_name, home)`.
@@ -47,6 +89,7 @@ fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
     if let Some(bin) = env("LS_PYTHONBIN") {
         if bin.contains('/') {
             std::fs::metadata(&bin).map_err(|e| format!("LS_PYTHONBIN={bin}: {e}"))?;
+            check_venv_version(&bin)?;
         }
         if isolated {
             let bin = if bin.contains('/') {
@@ -953,5 +996,25 @@ fn split_preload(spec: &str) -> (String, Option<String>) {
             (file.to_string(), Some(callable.to_string()))
         }
         _ => (spec.to_string(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::venv_version;
+
+    #[test]
+    fn pyvenv_cfg_versions() {
+        let venv = "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.12.1\n";
+        assert_eq!(venv_version(venv).as_deref(), Some("3.12"));
+        let uv =
+            "home = /opt/py/bin\nimplementation = CPython\nuv = 0.4.0\nversion_info = 3.10.13\n";
+        assert_eq!(venv_version(uv).as_deref(), Some("3.10"));
+        // virtualenv writes both; the first wins and they agree.
+        let both = "version_info = 3.13.0.final.0\nversion = 3.13.0\n";
+        assert_eq!(venv_version(both).as_deref(), Some("3.13"));
+        assert_eq!(venv_version("home = /usr/bin\n"), None);
+        assert_eq!(venv_version("version = garbage\n"), None);
+        assert_eq!(venv_version("executable = /x/version = 3.1\n"), None);
     }
 }

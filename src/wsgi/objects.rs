@@ -556,6 +556,8 @@ unsafe extern "C" fn start_response_call(
                     o
                 }
             };
+            // Deprecated from 3.12 (PyErr_SetRaisedException is 3.12+ only).
+            #[allow(deprecated)]
             ffi::PyErr_Restore(item(0), item(1), item(2));
             return ptr::null_mut();
         }
@@ -727,7 +729,10 @@ unsafe fn make_type(
         name: name.as_ptr(),
         basicsize: std::mem::size_of::<ReqObject>() as c_int,
         itemsize: 0,
+        #[cfg(lswsgi_py310)]
         flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION) as u32,
+        #[cfg(not(lswsgi_py310))]
+        flags: ffi::Py_TPFLAGS_DEFAULT as u32,
         slots: slots.as_mut_ptr(),
     };
     // The spec and slots are copied into the type; only the method tables
@@ -735,6 +740,15 @@ unsafe fn make_type(
     let t = ffi::PyType_FromSpec(&mut spec);
     if t.is_null() {
         return Err(format!("cannot create type {name:?}"));
+    }
+    // Before 3.10 a heap type inherits object's tp_new, so Python code could
+    // make a ReqObject with no request behind it; clearing tp_new after
+    // creation is what DISALLOW_INSTANTIATION does.
+    // SAFETY: t is the type just created (not yet shared); tp_new is a plain
+    // slot of the non-limited PyTypeObject.
+    #[cfg(not(lswsgi_py310))]
+    {
+        (*t.cast::<ffi::PyTypeObject>()).tp_new = None;
     }
     Ok(t.cast())
 }

@@ -174,10 +174,14 @@ pub unsafe fn to_string(o: *mut ffi::PyObject) -> String {
 /// `formatter` (a Python callable taking the exception). Clears the error.
 pub unsafe fn take_exception(formatter: *mut ffi::PyObject) -> String {
     let (mut t, mut v, mut tb) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+    // Deprecated from 3.12 for PyErr_GetRaisedException, which older
+    // versions lack; still supported by 3.12 and 3.13.
+    #[allow(deprecated)]
     ffi::PyErr_Fetch(&mut t, &mut v, &mut tb);
     if t.is_null() {
         return "unknown error (no exception set)".into();
     }
+    #[allow(deprecated)] // as PyErr_Fetch above
     ffi::PyErr_NormalizeException(&mut t, &mut v, &mut tb);
     if !tb.is_null() && !v.is_null() {
         ffi::PyException_SetTraceback(v, tb);
