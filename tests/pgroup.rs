@@ -796,7 +796,7 @@ fn conn_closes_under_load(g: &Group, conns: usize, per: usize) -> usize {
                     c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
                     let mut done = 0;
                     while done < per {
-                        let r = c.call(&req("/sleep?0.02"), b"").expect("response");
+                        let r = c.call(&req("/sleep?0.25"), b"").expect("response");
                         // A connection handed back between requests answers
                         // the next one with a lone CONN_CLOSE: ask again.
                         let handed_back = r.status == 0 && r.ending == Ending::Close;
@@ -821,9 +821,11 @@ fn conn_closes_under_load(g: &Group, conns: usize, per: usize) -> usize {
 
 #[test]
 fn connections_are_never_shed_unless_max_busy_worker_is_set() {
+    // 8 connections × 10 requests of 0.25 s keep every child busy for
+    // 2.5 s, long enough for the parent's once-a-second busy count.
     let g = Group::start(&[], &[("LSAPI_CHILDREN", "8")]);
     assert_eq!(
-        conn_closes_under_load(&g, 8, 40),
+        conn_closes_under_load(&g, 8, 10),
         0,
         "no LSAPI_MAX_BUSY_WORKER: no CONN_CLOSE"
     );
@@ -832,7 +834,7 @@ fn connections_are_never_shed_unless_max_busy_worker_is_set() {
         &[("LSAPI_CHILDREN", "8"), ("LSAPI_MAX_BUSY_WORKER", "2")],
     );
     assert!(
-        conn_closes_under_load(&g, 8, 40) > 0,
+        conn_closes_under_load(&g, 8, 10) > 0,
         "LSAPI_MAX_BUSY_WORKER=2 sheds"
     );
 }
