@@ -126,6 +126,7 @@ if ((${#missing[@]})); then
         "(install it, or list interpreters in LSWSGI_MATRIX_PYTHONS)" >&2
     bad=1
 fi
-echo "tests: $total_passed passed, $total_failed failed on Python ${tested[*]}" \
-    "(${#tested[@]} versions)$( ((bad)) && echo ' - FAILED')"
+echo "test-matrix: Python ${tested[*]} (${#tested[@]} versions)$( ((bad)) && echo ' - FAILED')"
+# The closing line alone, in the form CI reads.
+echo "tests: $total_passed passed, $total_failed failed"
 exit "$bad"
