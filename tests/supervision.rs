@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{scratch, LSWSGI};
+use common::{children_of, proc_stat, running, scratch, wait_until, LSWSGI};
 use lswsgi::client::{Client, Ending, Response, Spawned};
 use lswsgi::lsapi::build::RequestSpec;
 use std::os::unix::fs::PermissionsExt;
@@ -86,49 +86,6 @@ impl Drop for Group {
         let _ = self.spawned.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// State and ppid of a process.
-fn proc_stat(pid: i32) -> Option<(char, i32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let mut f = rest.split(' ');
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-fn running(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|(s, _)| s != 'Z')
-}
-
-/// `(pid, state)` of every process whose parent is `ppid`.
-fn children_of(ppid: i32) -> Vec<(i32, char)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Some((state, pp)) = proc_stat(pid) {
-            if pp == ppid {
-                out.push((pid, state));
-            }
-        }
-    }
-    out
 }
 
 fn field(r: &Response, key: &str) -> String {
