@@ -101,7 +101,7 @@ impl Ols {
              mime conf/mime.properties\nshowVersionNumber 0\nhttpdWorkers 1\n\
              disableWebAdmin 1\nenableIpGeo 0\nuseIpInProxyHeader 0\n\
              errorlog logs/error.log {{\n logLevel WARN\n debugLevel 0\n rollingSize 200M\n enableStderrLog 1\n}}\n\
-             tuning {{\n maxConnections 2000\n connTimeout 300\n maxKeepAliveReq 1000000\n\
+             tuning {{\n maxConnections 2000\n connTimeout 300\n maxKeepAliveReq 10000\n\
               smartKeepAlive 0\n keepAliveTimeout 5\n enableGzipCompress 0\n enableDynGzipCompress 0\n}}\n\
              fileAccessControl {{\n followSymbolLink 1\n checkSymbolLink 0\n\
               requiredPermissionMask 000\n restrictedPermissionMask 000\n}}\n\
@@ -191,19 +191,26 @@ impl Drop for Ols {
     }
 }
 
-/// One keep-alive client: GET /hello.wsgi until `stop`, counting 200s.
+/// One keep-alive client: GET /hello.wsgi until `stop`, counting 200s. Like
+/// `ab -k`, it opens a new connection when the server closes one (after
+/// maxKeepAliveReq requests).
 fn client(port: u16, stop: &AtomicBool, done: &AtomicU64) {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_nodelay(true).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_nodelay(true).unwrap();
+        (s.try_clone().unwrap(), BufReader::new(s))
+    };
+    let (mut w, mut r) = connect();
     let req = b"GET /hello.wsgi HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let mut line = String::new();
     let mut body = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        w.write_all(req).unwrap();
         line.clear();
-        r.read_line(&mut line).unwrap();
+        if w.write_all(req).is_err() || r.read_line(&mut line).unwrap_or(0) == 0 {
+            // Closed between requests: a fresh connection, nothing counted.
+            (w, r) = connect();
+            continue;
+        }
         assert!(line.starts_with("HTTP/1.1 200"), "response {line:?}");
         let mut len = 0usize;
         loop {
@@ -268,7 +275,15 @@ fn main() {
     for round in 0..rounds {
         for (i, b) in binaries.iter().enumerate() {
             let ols = Ols::start(&prefix, b, &format!("r{round}b{i}"));
-            let r = measure(ols.port, clients, secs);
+            let r = std::panic::catch_unwind(|| measure(ols.port, clients, secs));
+            let Ok(r) = r else {
+                for log in ["logs/error.log", "logs/stderr.log"] {
+                    let text = std::fs::read_to_string(ols.root.join(log)).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    eprintln!("--- {log} (last lines, newest first)\n{}", tail.join("\n"));
+                }
+                panic!("the load run through OpenLiteSpeed failed with {b}");
+            };
             drop(ols);
             println!("round {round} {b}: {r:.0} req/s");
             rps[i].push(r);
