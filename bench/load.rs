@@ -12,11 +12,15 @@
 //!
 //! ```text
 //! cargo bench --bench load -- [--worker PATH] [--compare PATH] [--rounds R]
-//!     [--scale F] [--only NAME,..] [--soak]
+//!     [--litespeed] [--scale F] [--only NAME,..] [--soak]
 //! ```
+
+#[path = "peer.rs"]
+mod peer;
 
 use lswsgi::client::{Client, Spawned};
 use lswsgi::lsapi::build::RequestSpec;
+use peer::litespeed_lswsgi;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,129 +31,153 @@ struct Scenario {
     name: &'static str,
     script: &'static str,
     method: &'static str,
-    uri: &'static str,
+    /// Request URIs, used in turn (several: a mix of pages).
+    uris: &'static [&'static str],
     body: usize,
     /// Requests per run (before --scale).
     requests: usize,
     /// ProcessGroup mode with 4 children and 4 connections (else Worker mode, 1).
     pgroup: bool,
-    /// Expected response body length (a sanity check on every response).
-    expect_len: usize,
+    /// Expected response body length (a sanity check on every response);
+    /// None: any non-empty body.
+    expect_len: Option<usize>,
     /// Runs in the Flask virtualenv (LS_PYTHONBIN).
     venv: bool,
+    /// The script is preloaded with `-m` (else each request names it in
+    /// SCRIPT_FILENAME, the script handler).
+    preload: bool,
 }
 
+/// A scenario with the common defaults (Worker mode, GET, script handler).
+const fn scenario(
+    name: &'static str,
+    script: &'static str,
+    uris: &'static [&'static str],
+    requests: usize,
+    expect_len: Option<usize>,
+) -> Scenario {
+    Scenario {
+        name,
+        script,
+        method: "GET",
+        uris,
+        body: 0,
+        requests,
+        pgroup: false,
+        expect_len,
+        venv: false,
+        preload: false,
+    }
+}
+
+const fn pg4(s: Scenario) -> Scenario {
+    Scenario { pgroup: true, ..s }
+}
+
+const fn post(s: Scenario, body: usize) -> Scenario {
+    Scenario {
+        method: "POST",
+        body,
+        ..s
+    }
+}
+
+const fn venv(s: Scenario) -> Scenario {
+    Scenario { venv: true, ..s }
+}
+
+const fn preload(s: Scenario) -> Scenario {
+    Scenario { preload: true, ..s }
+}
+
+const HELLO: Scenario = scenario(
+    "hello",
+    "scripts/apps/hello.wsgi",
+    &["/hello.wsgi"],
+    20000,
+    Some(19),
+);
+// The apps read the body with read(size) only and return a list: LiteSpeed's
+// lswsgi 2.1 answers 500 to wsgi.input.read() without a size and to iterating
+// wsgi.input, so every request style here is one both workers serve.
+const ECHO: Scenario = post(
+    scenario(
+        "echo64k",
+        "bench/apps/echo.wsgi",
+        &["/echo.wsgi"],
+        5000,
+        Some(64 << 10),
+    ),
+    64 << 10,
+);
+const RESP1M: Scenario = scenario(
+    "resp1m",
+    "bench/apps/big.wsgi",
+    &["/big.wsgi"],
+    1000,
+    Some(1 << 20),
+);
+const UPLOAD: Scenario = post(
+    scenario(
+        "upload50m",
+        "bench/apps/hash.wsgi",
+        &["/hash.wsgi"],
+        20,
+        Some(64),
+    ),
+    50 << 20,
+);
+const FLASK: Scenario = venv(scenario(
+    "flask",
+    "bench/apps/flask_app.wsgi",
+    &["/flask_app.wsgi/?name=lsapi"],
+    5000,
+    Some(26),
+));
+/// The template + JSON site, alternating its two pages.
+const FLASK_SITE: Scenario = venv(scenario(
+    "flask-site",
+    "bench/apps/flask_site.wsgi",
+    &["/flask_site.wsgi/?q=lsapi", "/flask_site.wsgi/api/42"],
+    4000,
+    None,
+));
+
 const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "hello",
-        script: "scripts/apps/hello.wsgi",
-        method: "GET",
-        uri: "/hello.wsgi",
-        body: 0,
-        requests: 20000,
-        pgroup: false,
-        expect_len: 19,
-        venv: false,
-    },
-    Scenario {
+    HELLO,
+    pg4(Scenario {
         name: "hello-pg4",
-        script: "scripts/apps/hello.wsgi",
-        method: "GET",
-        uri: "/hello.wsgi",
-        body: 0,
-        requests: 20000,
-        pgroup: true,
-        expect_len: 19,
-        venv: false,
-    },
-    Scenario {
-        name: "echo64k",
-        script: "bench/apps/echo.wsgi",
-        method: "POST",
-        uri: "/echo.wsgi",
-        body: 64 << 10,
-        requests: 5000,
-        pgroup: false,
-        expect_len: 64 << 10,
-        venv: false,
-    },
-    Scenario {
+        ..HELLO
+    }),
+    ECHO,
+    pg4(Scenario {
         name: "echo64k-pg4",
-        script: "bench/apps/echo.wsgi",
-        method: "POST",
-        uri: "/echo.wsgi",
-        body: 64 << 10,
-        requests: 5000,
-        pgroup: true,
-        expect_len: 64 << 10,
-        venv: false,
-    },
-    Scenario {
-        name: "resp1m",
-        script: "bench/apps/big.wsgi",
-        method: "GET",
-        uri: "/big.wsgi",
-        body: 0,
-        requests: 1000,
-        pgroup: false,
-        expect_len: 1 << 20,
-        venv: false,
-    },
-    Scenario {
+        ..ECHO
+    }),
+    RESP1M,
+    pg4(Scenario {
         name: "resp1m-pg4",
-        script: "bench/apps/big.wsgi",
-        method: "GET",
-        uri: "/big.wsgi",
-        body: 0,
-        requests: 1000,
-        pgroup: true,
-        expect_len: 1 << 20,
-        venv: false,
-    },
-    Scenario {
-        name: "upload50m",
-        script: "bench/apps/hash.wsgi",
-        method: "POST",
-        uri: "/hash.wsgi",
-        body: 50 << 20,
-        requests: 20,
-        pgroup: false,
-        expect_len: 64,
-        venv: false,
-    },
-    Scenario {
+        ..RESP1M
+    }),
+    UPLOAD,
+    pg4(Scenario {
         name: "upload50m-pg4",
-        script: "bench/apps/hash.wsgi",
-        method: "POST",
-        uri: "/hash.wsgi",
-        body: 50 << 20,
-        requests: 20,
-        pgroup: true,
-        expect_len: 64,
-        venv: false,
-    },
-    Scenario {
-        name: "flask",
-        script: "bench/apps/flask_app.wsgi",
-        method: "GET",
-        uri: "/flask_app.wsgi/?name=lsapi",
-        body: 0,
-        requests: 5000,
-        pgroup: false,
-        expect_len: 26,
-        venv: true,
-    },
-    Scenario {
+        ..UPLOAD
+    }),
+    FLASK,
+    pg4(Scenario {
         name: "flask-pg4",
-        script: "bench/apps/flask_app.wsgi",
-        method: "GET",
-        uri: "/flask_app.wsgi/?name=lsapi",
-        body: 0,
-        requests: 5000,
-        pgroup: true,
-        expect_len: 26,
-        venv: true,
-    },
+        ..FLASK
+    }),
+    pg4(Scenario {
+        name: "flask-site-pg4",
+        ..FLASK_SITE
+    }),
+    pg4(preload(Scenario {
+        name: "flask-site-preload-pg4",
+        uris: &["/?q=lsapi", "/api/42"],
+        ..FLASK_SITE
+    })),
 ];
 
 /// The virtualenv with Flask: LSWSGI_TEST_VENV, else .venv-test (made by
@@ -235,62 +263,111 @@ fn memory_kb(pid: u32) -> (u64, u64, u64) {
     )
 }
 
-fn spawn(worker: &str, pgroup: bool) -> Spawned {
-    spawn_with(worker, pgroup, &[])
-}
-
-fn spawn_with(worker: &str, pgroup: bool, extra: &[(String, String)]) -> Spawned {
+/// Starts `worker` as LiteSpeed does, with the same environment whatever the
+/// binary: no LSAPI_MAX_BUSY_WORKER, so neither sheds connections (the default
+/// of both this worker and lsapilib).
+fn spawn_with(worker: &str, args: &[String], pgroup: bool, extra: &[(String, String)]) -> Spawned {
     let mut env = vec![("LSAPI_MAX_REQS".to_string(), "100000000".to_string())];
     env.extend_from_slice(extra);
     if pgroup {
         env.push(("LSAPI_CHILDREN".into(), "4".into()));
-        // Connections are never handed back while 4 are busy: LiteSpeed's
-        // lsapilib only does that when LSAPI_MAX_BUSY_WORKER is set, so this
-        // keeps the figures comparable with its workers.
-        env.push(("LSAPI_MAX_BUSY_WORKER".into(), "5".into()));
     }
     let log = std::env::temp_dir().join(format!("lswsgi-bench-{}.log", std::process::id()));
-    Spawned::start(&[worker.to_string()], &env, Some(&log)).expect("start worker")
+    let argv: Vec<String> = std::iter::once(worker.to_string())
+        .chain(args.iter().cloned())
+        .collect();
+    Spawned::start(&argv, &env, Some(&log)).expect("start worker")
 }
 
-fn request(s: &Scenario) -> RequestSpec {
-    let script = root().join(s.script);
-    // The script is mounted at its own name; the rest of the path is PATH_INFO.
-    let script_name = format!(
-        "/{}",
-        s.uri
-            .trim_start_matches('/')
-            .split(['/', '?'])
-            .next()
-            .unwrap()
-    );
-    let mut spec = RequestSpec::new(s.method, s.uri, script.to_str().unwrap(), &script_name);
+/// Stops the worker and then, by pid, any child of it still alive (a
+/// ProcessGroup parent normally takes its children with it).
+fn stop(mut w: Spawned) {
+    let kids = children(w.child.id());
+    let _ = w.stop(Duration::from_secs(5));
+    for k in kids {
+        if std::fs::metadata(format!("/proc/{k}")).is_ok() {
+            // SAFETY: kill(2) on a pid that was this worker's child a moment
+            // ago; at worst the signal misses (ESRCH).
+            unsafe { libc::kill(k as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// LS_PYTHONBIN for the Flask virtualenv, when the scenario wants it.
+fn venv_env(want: bool) -> Vec<(String, String)> {
+    match (want, flask_venv()) {
+        (true, Some(v)) => vec![(
+            "LS_PYTHONBIN".into(),
+            v.join("bin/python").to_string_lossy().into_owned(),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Command-line arguments of the worker for `s` (`-m SCRIPT` when preloaded).
+fn worker_args(s: &Scenario) -> Vec<String> {
+    if s.preload {
+        vec![
+            "-m".into(),
+            root().join(s.script).to_string_lossy().into_owned(),
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+fn request(s: &Scenario, uri: &str) -> RequestSpec {
+    let mut spec = if s.preload {
+        // The whole path is PATH_INFO; no script is named.
+        RequestSpec::new(s.method, uri, "", "")
+    } else {
+        let script = root().join(s.script);
+        // The script is mounted at its own name; the rest of the path is PATH_INFO.
+        let script_name = format!(
+            "/{}",
+            uri.trim_start_matches('/')
+                .split(['/', '?'])
+                .next()
+                .unwrap()
+        );
+        RequestSpec::new(s.method, uri, script.to_str().unwrap(), &script_name)
+    };
     if s.body > 0 {
         spec.body(s.body as u64);
     }
     spec
 }
 
-/// Sends `n` requests on `c`, returning each latency in nanoseconds. Like
-/// LiteSpeed, it opens a new connection when the worker closes one.
+fn packets(s: &Scenario) -> Vec<Vec<u8>> {
+    s.uris
+        .iter()
+        .map(|u| request(s, u).encode().unwrap())
+        .collect()
+}
+
+/// Sends `n` requests on `c`, the packets in turn, returning each latency in
+/// nanoseconds. Like LiteSpeed, it opens a new connection when the worker
+/// closes one.
 fn drive(
     w: &Spawned,
     c: &mut Client,
-    packet: &[u8],
+    packets: &[Vec<u8>],
     body: &[u8],
     n: usize,
-    expect_len: usize,
+    expect_len: Option<usize>,
 ) -> Vec<u64> {
     let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         if c.closing() {
             *c = w.connect(Duration::from_secs(10)).expect("reconnect");
         }
         let t = Instant::now();
-        let r = c.call_raw(packet, body).expect("response");
+        let r = c
+            .call_raw(&packets[i % packets.len()], body)
+            .expect("response");
         lat.push(t.elapsed().as_nanos() as u64);
         assert!(
-            r.status == 200 && r.body.len() == expect_len,
+            r.status == 200 && expect_len.map_or(!r.body.is_empty(), |n| r.body.len() == n),
             "bad response: status {} length {} ({:?})",
             r.status,
             r.body.len(),
@@ -303,23 +380,16 @@ fn drive(
 fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
     let conns = if s.pgroup { 4 } else { 1 };
     let total = ((s.requests as f64 * scale) as usize).max(conns * 10);
-    let extra: Vec<(String, String)> = match (s.venv, flask_venv()) {
-        (true, Some(v)) => vec![(
-            "LS_PYTHONBIN".into(),
-            v.join("bin/python").to_string_lossy().into_owned(),
-        )],
-        _ => Vec::new(),
-    };
-    let mut w = spawn_with(worker, s.pgroup, &extra);
+    let w = spawn_with(worker, &worker_args(s), s.pgroup, &venv_env(s.venv));
     let pid = w.child.id();
-    let packet = Arc::new(request(s).encode().unwrap());
+    let packets = Arc::new(packets(s));
     let body = Arc::new(vec![b'b'; s.body]);
     let mut clients: Vec<Client> = (0..conns)
         .map(|_| w.connect(Duration::from_secs(10)).expect("connect"))
         .collect();
     let warm = (total / 10).clamp(2, 200);
     for c in &mut clients {
-        drive(&w, c, &packet, &body, warm, s.expect_len);
+        drive(&w, c, &packets, &body, warm, s.expect_len);
     }
     let cpu0 = group_cpu_ns(pid);
     let started = Instant::now();
@@ -328,8 +398,8 @@ fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
         let handles: Vec<_> = clients
             .iter_mut()
             .map(|c| {
-                let (packet, body, w) = (packet.clone(), body.clone(), &w);
-                scope.spawn(move || drive(w, c, &packet, &body, per, s.expect_len))
+                let (packets, body, w) = (packets.clone(), body.clone(), &w);
+                scope.spawn(move || drive(w, c, &packets, &body, per, s.expect_len))
             })
             .collect();
         handles
@@ -340,7 +410,7 @@ fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu1 = group_cpu_ns(pid);
     drop(clients);
-    let _ = w.stop(Duration::from_secs(5));
+    stop(w);
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1e6;
     Figures {
@@ -351,22 +421,27 @@ fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
     }
 }
 
-/// Footprint of a Worker-mode process after warm-up, RSS after 10 000 and
-/// 100 000 hello requests (growth means a leak), and the private memory of
-/// each ProcessGroup child after 100 requests. An idle neighbour worker runs
-/// meanwhile, as on a host with many accounts, so shared libraries count as
-/// shared.
+/// Requests over the 4 connections of the preloaded-Flask group footprint.
+const GROUP_REQUESTS: usize = 1000;
+
+/// Footprint of one round, kB: a Worker-mode process after warm-up and its
+/// RSS after 10 000 (and with `soak` 100 000) hello requests (growth means a
+/// leak); the private memory of each hello ProcessGroup child after 100
+/// requests; and the whole group (parent + 4 children) of the Flask site
+/// preloaded with `-m` after GROUP_REQUESTS requests. An idle neighbour
+/// worker runs meanwhile, as on a host with many accounts, so shared
+/// libraries count as shared.
 fn footprint(worker: &str, soak: bool) -> BTreeMap<&'static str, f64> {
     let mut out = BTreeMap::new();
-    let s = &SCENARIOS[0];
-    let packet = request(s).encode().unwrap();
-    let mut neighbour = spawn(worker, false);
+    let s = &HELLO;
+    let packet = packets(s);
+    let neighbour = spawn_with(worker, &[], false, &[]);
     {
         let mut c = neighbour.connect(Duration::from_secs(10)).unwrap();
         drive(&neighbour, &mut c, &packet, b"", 10, s.expect_len);
     }
 
-    let mut w = spawn(worker, false);
+    let w = spawn_with(worker, &[], false, &[]);
     let pid = w.child.id();
     let mut c = w.connect(Duration::from_secs(10)).unwrap();
     drive(&w, &mut c, &packet, b"", 200, s.expect_len);
@@ -381,10 +456,10 @@ fn footprint(worker: &str, soak: bool) -> BTreeMap<&'static str, f64> {
         out.insert("worker RSS kB @100k", memory_kb(pid).0 as f64);
     }
     drop(c);
-    let _ = w.stop(Duration::from_secs(5));
+    stop(w);
 
     // ProcessGroup: 4 connections, 4 children, 100 requests each.
-    let mut g = spawn(worker, true);
+    let g = spawn_with(worker, &[], true, &[]);
     let gpid = g.child.id();
     let mut conns: Vec<Client> = (0..4)
         .map(|_| g.connect(Duration::from_secs(10)).unwrap())
@@ -398,19 +473,33 @@ fn footprint(worker: &str, soak: bool) -> BTreeMap<&'static str, f64> {
         .collect();
     if !child_uss.is_empty() {
         out.insert("pg child USS kB (median, 100 req)", median(&mut child_uss));
-        out.insert("pg children", child_uss.len() as f64);
     }
     out.insert("pg parent USS kB", memory_kb(gpid).2 as f64);
     drop(conns);
-    let _ = g.stop(Duration::from_secs(5));
-    if let Some((rss, uss)) = bare_python(worker) {
-        out.insert("bare interpreter RSS kB (idle, baseline)", rss as f64);
-        out.insert("bare interpreter USS kB (idle, baseline)", uss as f64);
+    stop(g);
+
+    if flask_venv().is_some() {
+        let f = pg4(preload(Scenario {
+            uris: &["/?q=lsapi", "/api/42"],
+            ..FLASK_SITE
+        }));
+        let g = spawn_with(worker, &worker_args(&f), true, &venv_env(true));
+        let gpid = g.child.id();
+        let packets = packets(&f);
+        let mut conns: Vec<Client> = (0..4)
+            .map(|_| g.connect(Duration::from_secs(20)).unwrap())
+            .collect();
+        for c in &mut conns {
+            drive(&g, c, &packets, b"", GROUP_REQUESTS / 4, f.expect_len);
+        }
+        let kids = children(gpid);
+        let group: u64 = memory_kb(gpid).2 + kids.iter().map(|&p| memory_kb(p).2).sum::<u64>();
+        out.insert("flask preloaded group USS kB", group as f64);
+        out.insert("flask preloaded group children", kids.len() as f64);
+        drop(conns);
+        stop(g);
     }
-    let _ = neighbour.stop(Duration::from_secs(5));
-    if let Ok(m) = std::fs::metadata(worker) {
-        out.insert("binary size KiB", m.len() as f64 / 1024.0);
-    }
+    stop(neighbour);
     out
 }
 
@@ -446,6 +535,19 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The issue's targets, ours/theirs: (scenario or footprint key, figure,
+/// bound, at most (else at least)).
+const TARGETS: &[(&str, &str, f64, bool)] = &[
+    ("hello-pg4", "CPU", 0.45, true),
+    ("echo64k-pg4", "CPU", 0.60, true),
+    ("resp1m-pg4", "CPU", 0.60, true),
+    ("upload50m-pg4", "req/s", 1.2, false),
+    ("flask-site-pg4", "CPU", 0.95, true),
+    ("worker RSS kB (warm)", "kB", 1.00, true),
+    ("worker USS kB (warm)", "kB", 0.95, true),
+    ("flask preloaded group USS kB", "kB", 0.70, true),
+];
+
 fn main() {
     let mut worker = root()
         .join("target/release/lswsgi")
@@ -461,6 +563,7 @@ fn main() {
         match a.as_str() {
             "--worker" => worker = args.next().expect("--worker PATH"),
             "--compare" => compare = args.next(),
+            "--litespeed" => compare = Some(litespeed_lswsgi()),
             "--rounds" => {
                 rounds = args
                     .next()
@@ -478,25 +581,25 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
     let binaries: Vec<String> = std::iter::once(worker).chain(compare).collect();
+    let two = binaries.len() > 1;
     println!("workers: {}", binaries.join(" vs "));
     println!(
-        "| scenario | worker | req/s | p50 ms | p99 ms | CPU µs/req |{}",
-        if binaries.len() > 1 {
-            " CPU ratio |"
-        } else {
-            ""
-        }
+        "rounds: {rounds} (binaries alternate within each round; medians shown{})",
+        if two { "; ratios are ours/theirs" } else { "" }
     );
-    println!(
-        "|---|---|---|---|---|---|{}",
-        if binaries.len() > 1 { "---|" } else { "" }
-    );
+    if two {
+        println!("| scenario | req/s ours | req/s theirs | req/s ratio | CPU µs/req ours | CPU µs/req theirs | CPU ratio | p99 ms ours | p99 ms theirs |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+    } else {
+        println!("| scenario | req/s | p50 ms | p99 ms | CPU µs/req |");
+        println!("|---|---|---|---|---|");
+    }
+    // (name, figure) -> ours/theirs
+    let mut ratios: BTreeMap<(String, &str), f64> = BTreeMap::new();
     for s in SCENARIOS {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.iter().any(|n| n == s.name))
-        {
+        if !wanted(s.name) {
             continue;
         }
         if s.venv && flask_venv().is_none() {
@@ -513,44 +616,102 @@ fn main() {
                 results[i].push(run(b, s, scale));
             }
         }
-        let mut cpu0 = 0.0;
-        for (i, b) in binaries.iter().enumerate() {
-            let r = &results[i];
-            let m = |f: fn(&Figures) -> f64| median(&mut r.iter().map(f).collect::<Vec<_>>());
-            let cpu = m(|f| f.cpu_us);
-            if i == 0 {
-                cpu0 = cpu;
-            }
-            let name = std::path::Path::new(b)
-                .file_name()
-                .unwrap()
-                .to_string_lossy();
-            let ratio = if binaries.len() > 1 {
-                format!(" {:.2} |", cpu / cpu0)
-            } else {
-                String::new()
-            };
+        let med: Vec<Figures> = results
+            .iter()
+            .map(|r| {
+                let m = |f: fn(&Figures) -> f64| median(&mut r.iter().map(f).collect::<Vec<_>>());
+                Figures {
+                    rps: m(|f| f.rps),
+                    p50_ms: m(|f| f.p50_ms),
+                    p99_ms: m(|f| f.p99_ms),
+                    cpu_us: m(|f| f.cpu_us),
+                }
+            })
+            .collect();
+        if two {
+            let (a, b) = (&med[0], &med[1]);
+            ratios.insert((s.name.into(), "req/s"), a.rps / b.rps);
+            ratios.insert((s.name.into(), "CPU"), a.cpu_us / b.cpu_us);
             println!(
-                "| {} | {} {} | {:.0} | {:.3} | {:.3} | {:.1} |{}",
+                "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.2} | {:.3} | {:.3} |",
                 s.name,
-                name,
-                i,
-                m(|f| f.rps),
-                m(|f| f.p50_ms),
-                m(|f| f.p99_ms),
-                cpu,
-                ratio
+                a.rps,
+                b.rps,
+                a.rps / b.rps,
+                a.cpu_us,
+                b.cpu_us,
+                a.cpu_us / b.cpu_us,
+                a.p99_ms,
+                b.p99_ms
+            );
+        } else {
+            let a = &med[0];
+            println!(
+                "| {} | {:.0} | {:.3} | {:.3} | {:.1} |",
+                s.name, a.rps, a.p50_ms, a.p99_ms, a.cpu_us
             );
         }
     }
-    if only
-        .as_ref()
-        .is_none_or(|o| o.iter().any(|n| n == "footprint"))
-    {
-        for (i, b) in binaries.iter().enumerate() {
-            for (k, v) in footprint(b, soak) {
-                println!("footprint {i} {k}: {v:.0}");
+    if wanted("footprint") {
+        let mut rounds_out: Vec<Vec<BTreeMap<&str, f64>>> = vec![Vec::new(); binaries.len()];
+        for _ in 0..rounds {
+            for (i, b) in binaries.iter().enumerate() {
+                rounds_out[i].push(footprint(b, soak));
             }
+        }
+        let med: Vec<BTreeMap<&str, f64>> = rounds_out
+            .iter()
+            .map(|r| {
+                r[0].keys()
+                    .map(|&k| {
+                        let mut v: Vec<f64> = r.iter().filter_map(|m| m.get(k).copied()).collect();
+                        (k, median(&mut v))
+                    })
+                    .collect()
+            })
+            .collect();
+        println!();
+        if two {
+            println!("| footprint (median of {rounds}) | ours | theirs | ratio |");
+            println!("|---|---|---|---|");
+        } else {
+            println!("| footprint (median of {rounds}) | figure |");
+            println!("|---|---|");
+        }
+        for (k, v) in &med[0] {
+            match med.get(1).and_then(|m| m.get(k)) {
+                Some(t) => {
+                    ratios.insert((k.to_string(), "kB"), v / t);
+                    println!("| {k} | {v:.0} | {t:.0} | {:.2} |", v / t);
+                }
+                None if two => println!("| {k} | {v:.0} | - | - |"),
+                None => println!("| {k} | {v:.0} |"),
+            }
+        }
+        if let Some((rss, uss)) = bare_python(&binaries[0]) {
+            println!("| bare interpreter, idle (baseline): RSS {rss} kB, USS {uss} kB |");
+        }
+        if let Ok(m) = std::fs::metadata(&binaries[0]) {
+            let kib = m.len() as f64 / 1024.0;
+            println!(
+                "\nour binary: {kib:.0} KiB (target ≤ 512 KiB stripped: {})",
+                if kib <= 512.0 { "met" } else { "MISSED" }
+            );
+        }
+    }
+    if two {
+        println!("\n| target (ours/theirs) | ratio | bound | |");
+        println!("|---|---|---|---|");
+        for &(key, fig, bound, at_most) in TARGETS {
+            let Some(&r) = ratios.get(&(key.to_string(), fig)) else {
+                continue;
+            };
+            let met = if at_most { r <= bound } else { r >= bound };
+            println!(
+                "| {key} {fig} | {r:.2} | {} {bound:.2} | {} |",
+                if at_most { "≤" } else { "≥" },
+                if met { "met" } else { "MISSED" }
+            );
         }
     }
 }

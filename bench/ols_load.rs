@@ -1,0 +1,308 @@
+//! Requests per second through a real OpenLiteSpeed: `clients` keep-alive
+//! HTTP/1.1 connections asking for hello.wsgi, with this worker and another
+//! LSAPI worker binary (for example LiteSpeed's own lswsgi) behind the same
+//! server build and configuration, alternating runs; medians and the ratio.
+//!
+//! ```text
+//! LSWSGI_OLS_SRC=<dir with build-ols.sh> cargo bench --bench ols_load -- \
+//!     [--worker PATH] [--compare PATH | --litespeed] [--rounds R] [--secs S] [--clients N]
+//! ```
+//! The server comes from LSWSGI_OLS_PREFIX (an installed OpenLiteSpeed) or is
+//! built by `LSWSGI_OLS_SRC/build-ols.sh target/ols`, as tests/ols.rs does.
+//! The extProcessor is ProcessGroup mode, LSAPI_CHILDREN=4 with maxConns 4
+//! (the sample configuration); workers run as nobody, so the worker binary,
+//! its Python and the docroot must be readable by that user.
+
+#[path = "peer.rs"]
+mod peer;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+/// The installed server: LSWSGI_OLS_PREFIX, else built from LSWSGI_OLS_SRC.
+fn ols_prefix() -> PathBuf {
+    if let Some(p) = std::env::var_os("LSWSGI_OLS_PREFIX") {
+        return PathBuf::from(p);
+    }
+    let src = std::env::var_os("LSWSGI_OLS_SRC").expect(
+        "set LSWSGI_OLS_SRC (a directory with build-ols.sh) or LSWSGI_OLS_PREFIX (an installed OpenLiteSpeed)",
+    );
+    let prefix = peer::target_dir().join("ols");
+    sh(Command::new("bash")
+        .arg(Path::new(&src).join("build-ols.sh"))
+        .arg(&prefix)
+        .stdin(Stdio::null()));
+    prefix
+}
+
+/// One running server with its own root; stopped (with its workers) on drop.
+struct Ols {
+    root: PathBuf,
+    port: u16,
+    /// In every worker's environment: finds the processes to stop.
+    marker: String,
+}
+
+impl Ols {
+    fn start(prefix: &Path, worker: &str, tag: &str) -> Ols {
+        let id = format!("{}{tag}", std::process::id());
+        let root = std::env::temp_dir().join(format!("lswsgi-ols-bench-{id}"));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in [
+            "bin",
+            "conf/vhosts",
+            "logs",
+            "run",
+            "tmp/swap",
+            "tmp/stat",
+            "fcgi-bin",
+            "html",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink(
+            prefix.join("bin/openlitespeed"),
+            root.join("bin/openlitespeed"),
+        )
+        .unwrap();
+        std::fs::copy(
+            prefix.join("conf/mime.properties"),
+            root.join("conf/mime.properties"),
+        )
+        .expect("PREFIX/conf/mime.properties");
+        std::fs::copy(worker, root.join("fcgi-bin/lswsgi")).unwrap();
+        std::fs::copy(
+            format!("{ROOT}/scripts/apps/hello.wsgi"),
+            root.join("html/hello.wsgi"),
+        )
+        .unwrap();
+        sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&root));
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let marker = format!("LSWSGI_OLS_BENCH={id}");
+        let r = root.display();
+        let conf = format!(
+            "serverName lswsgi-ols-bench\nuser nobody\ngroup nogroup\npriority 0\n\
+             autoRestart 1\nenableChroot 0\ninMemBufSize 60M\nswappingDir {r}/tmp/swap\n\
+             statDir {r}/tmp/stat\nautoFix503 1\ngracefulRestartTimeout 30\n\
+             mime conf/mime.properties\nshowVersionNumber 0\nhttpdWorkers 1\n\
+             disableWebAdmin 1\nenableIpGeo 0\nuseIpInProxyHeader 0\n\
+             errorlog logs/error.log {{\n logLevel WARN\n debugLevel 0\n rollingSize 200M\n enableStderrLog 1\n}}\n\
+             tuning {{\n maxConnections 2000\n connTimeout 300\n maxKeepAliveReq 10000\n\
+              smartKeepAlive 0\n keepAliveTimeout 5\n enableGzipCompress 0\n enableDynGzipCompress 0\n}}\n\
+             fileAccessControl {{\n followSymbolLink 1\n checkSymbolLink 0\n\
+              requiredPermissionMask 000\n restrictedPermissionMask 000\n}}\n\
+             perClientConnLimit {{\n staticReqPerSec 0\n dynReqPerSec 0\n softLimit 10000\n hardLimit 10000\n}}\n\
+             accessControl {{\n allow ALL\n}}\n\
+             module cache {{\n ls_enabled 0\n}}\n\
+             extProcessor w{id} {{\n type lsapi\n address uds:/{r}/tmp/w.sock\n maxConns 4\n\
+              env {marker}\n env LSAPI_CHILDREN=4\n initTimeout 60\n retryTimeout 0\n persistConn 1\n\
+              pcKeepAliveTimeout 60\n respBuffer 0\n autoStart 1\n path {r}/fcgi-bin/lswsgi\n\
+              backlog 100\n instances 1\n}}\n\
+             virtualHost v{id} {{\n vhRoot {r}/\n configFile {r}/conf/vhosts/v.conf\n\
+              allowSymbolLink 1\n enableScript 1\n restrained 0\n setUIDMode 0\n}}\n\
+             listener l{id} {{\n address 127.0.0.1:{port}\n secure 0\n map v{id} *\n}}\n"
+        );
+        std::fs::write(root.join("conf/httpd_config.conf"), conf).unwrap();
+        std::fs::write(
+            root.join("conf/vhosts/v.conf"),
+            format!(
+                "docRoot {r}/html/\nenableGzip 0\nscriptHandler {{\n add lsapi:w{id} wsgi\n}}\n\
+                 rewrite {{\n enable 0\n}}\n"
+            ),
+        )
+        .unwrap();
+        let ols = Ols { root, port, marker };
+        sh(Command::new(ols.root.join("bin/openlitespeed"))
+            .env("LSWS_HOME", &ols.root)
+            .env("OLS_PID_FILE", ols.root.join("run/lshttpd.pid"))
+            .current_dir(&ols.root)
+            .stdin(Stdio::null()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "OpenLiteSpeed never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ols
+    }
+
+    /// Processes carrying this server's marker (its workers).
+    fn marked(&self) -> Vec<i32> {
+        let needle = self.marker.as_bytes();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle))
+            })
+            .collect()
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`, to processes this bench started.
+fn terminate(pids: &[i32], grace: Duration) {
+    for &p in pids {
+        // SAFETY: kill(2) on a pid this bench started (the server it ran, or
+        // a worker carrying its marker); at worst ESRCH.
+        unsafe { libc::kill(p, libc::SIGTERM) };
+    }
+    let end = Instant::now() + grace;
+    while Instant::now() < end
+        && pids
+            .iter()
+            .any(|p| std::fs::metadata(format!("/proc/{p}")).is_ok())
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &p in pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}
+
+impl Drop for Ols {
+    fn drop(&mut self) {
+        let server = std::fs::read_to_string(self.root.join("run/lshttpd.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        terminate(
+            &server.into_iter().collect::<Vec<_>>(),
+            Duration::from_secs(10),
+        );
+        // Workers can outlive the server; each still carries the marker.
+        terminate(&self.marked(), Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// One keep-alive client: GET /hello.wsgi until `stop`, counting 200s. Like
+/// `ab -k`, it opens a new connection when the server closes one (after
+/// maxKeepAliveReq requests).
+fn client(port: u16, stop: &AtomicBool, done: &AtomicU64) {
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_nodelay(true).unwrap();
+        (s.try_clone().unwrap(), BufReader::new(s))
+    };
+    let (mut w, mut r) = connect();
+    let req = b"GET /hello.wsgi HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut line = String::new();
+    let mut body = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        if w.write_all(req).is_err() || r.read_line(&mut line).unwrap_or(0) == 0 {
+            // Closed between requests: a fresh connection, nothing counted.
+            (w, r) = connect();
+            continue;
+        }
+        assert!(line.starts_with("HTTP/1.1 200"), "response {line:?}");
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        body.resize(len, 0);
+        r.read_exact(&mut body).unwrap();
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Requests per second over `secs`, after a 1 s warm-up.
+fn measure(port: u16, clients: usize, secs: f64) -> f64 {
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| client(port, &stop, &done));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let (n0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let n = done.load(Ordering::Relaxed) - n0;
+        let rps = n as f64 / t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        rps
+    })
+}
+
+fn main() {
+    let mut worker = format!("{ROOT}/target/release/lswsgi");
+    let mut compare = None;
+    let (mut rounds, mut secs, mut clients) = (3usize, 5.0f64, 8usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--worker" => worker = value(),
+            "--compare" => compare = Some(value()),
+            "--litespeed" => compare = Some(peer::litespeed_lswsgi()),
+            "--rounds" => rounds = value().parse().expect("--rounds N"),
+            "--secs" => secs = value().parse().expect("--secs S"),
+            "--clients" => clients = value().parse().expect("--clients N"),
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let prefix = ols_prefix();
+    let binaries: Vec<String> = std::iter::once(worker).chain(compare).collect();
+    println!(
+        "OpenLiteSpeed {}; {clients} keep-alive clients, hello.wsgi, {secs} s per run, {rounds} rounds",
+        prefix.display()
+    );
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); binaries.len()];
+    for round in 0..rounds {
+        for (i, b) in binaries.iter().enumerate() {
+            let ols = Ols::start(&prefix, b, &format!("r{round}b{i}"));
+            let r = std::panic::catch_unwind(|| measure(ols.port, clients, secs));
+            let Ok(r) = r else {
+                for log in ["logs/error.log", "logs/stderr.log"] {
+                    let text = std::fs::read_to_string(ols.root.join(log)).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    eprintln!("--- {log} (last lines, newest first)\n{}", tail.join("\n"));
+                }
+                panic!("the load run through OpenLiteSpeed failed with {b}");
+            };
+            drop(ols);
+            println!("round {round} {b}: {r:.0} req/s");
+            rps[i].push(r);
+        }
+    }
+    let med: Vec<f64> = rps
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        })
+        .collect();
+    for (b, m) in binaries.iter().zip(&med) {
+        println!("median {b}: {m:.0} req/s");
+    }
+    if med.len() > 1 {
+        println!(
+            "req/s ratio (ours/theirs): {:.2} (target ≥ 1.40)",
+            med[0] / med[1]
+        );
+    }
+}
