@@ -12,9 +12,16 @@
 //!
 //! ```text
 //! cargo bench --bench load -- [--worker PATH] [--compare PATH] [--rounds R]
-//!     [--litespeed] [--scale F] [--only NAME,..] [--soak]
+//!     [--litespeed] [--scale F] [--only NAME,..] [--soak] [--explain]
 //! ```
+//!
+//! `--explain` also prints, once per binary, where the footprint's memory
+//! is: the Worker process's resident kB per mapping, and for the preloaded
+//! Flask group the parent's private kB per mapping and a child's pages
+//! against the parent's (shared, copied on write, new; see bench/memmap.rs).
 
+#[path = "memmap.rs"]
+mod memmap;
 #[path = "peer.rs"]
 mod peer;
 
@@ -431,7 +438,7 @@ const GROUP_REQUESTS: usize = 1000;
 /// preloaded with `-m` after GROUP_REQUESTS requests. An idle neighbour
 /// worker runs meanwhile, as on a host with many accounts, so shared
 /// libraries count as shared.
-fn footprint(worker: &str, soak: bool) -> BTreeMap<&'static str, f64> {
+fn footprint(worker: &str, soak: bool, explain: bool) -> BTreeMap<&'static str, f64> {
     let mut out = BTreeMap::new();
     let s = &HELLO;
     let packet = packets(s);
@@ -449,6 +456,11 @@ fn footprint(worker: &str, soak: bool) -> BTreeMap<&'static str, f64> {
     out.insert("worker RSS kB (warm)", rss as f64);
     out.insert("worker PSS kB (warm)", pss as f64);
     out.insert("worker USS kB (warm)", uss as f64);
+    if explain {
+        println!("\nwhere the memory is: {worker}");
+        let by_rss = top(memmap::per_mapping(pid).into_iter().map(|(k, v)| (k, v.0)));
+        println!("  Worker process, warm, resident kB by mapping: {by_rss}");
+    }
     drive(&w, &mut c, &packet, b"", 10_000 - 200, s.expect_len);
     out.insert("worker RSS kB @10k", memory_kb(pid).0 as f64);
     if soak {
@@ -496,11 +508,51 @@ fn footprint(worker: &str, soak: bool) -> BTreeMap<&'static str, f64> {
         let group: u64 = memory_kb(gpid).2 + kids.iter().map(|&p| memory_kb(p).2).sum::<u64>();
         out.insert("flask preloaded group USS kB", group as f64);
         out.insert("flask preloaded group children", kids.len() as f64);
+        if explain {
+            explain_group(gpid, &kids);
+        }
         drop(conns);
         stop(g);
     }
     stop(neighbour);
     out
+}
+
+/// The largest entries of `kb` (name, kB), as one line.
+fn top(kb: impl Iterator<Item = (String, u64)>) -> String {
+    let mut v: Vec<(String, u64)> = kb.filter(|e| e.1 > 0).collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v.iter()
+        .take(8)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints where the preloaded group's private memory is (see `--explain`).
+fn explain_group(parent: u32, kids: &[u32]) {
+    let private = top(memmap::per_mapping(parent)
+        .into_iter()
+        .map(|(k, v)| (k, v.1)));
+    println!("  preloaded Flask group, parent private kB by mapping: {private}");
+    let Some(&child) = kids.first() else { return };
+    let Some((by_map, changes)) = memmap::sharing(parent, child) else {
+        println!("  (a child's pages against the parent's need root)");
+        return;
+    };
+    let sum = |f: fn(&memmap::Sharing) -> u64| by_map.values().map(f).sum::<u64>();
+    println!(
+        "  a child against the parent, kB: shared {}, copied on write {}, new {}",
+        sum(|s| s.shared),
+        sum(|s| s.copied),
+        sum(|s| s.new)
+    );
+    let copied = top(by_map.iter().map(|(k, s)| (k.clone(), s.copied)));
+    println!("  copied kB by mapping: {copied}");
+    println!(
+        "  copied heap pages by 8-byte words changed: 0-1 {}, 2-8 {}, 9-64 {}, more {}",
+        changes[0], changes[1], changes[2], changes[3]
+    );
 }
 
 /// RSS and USS (kB) of the interpreter `worker -v` names, idle after start-up
@@ -558,6 +610,7 @@ fn main() {
     let mut scale = 1.0f64;
     let mut only: Option<Vec<String>> = None;
     let mut soak = false;
+    let mut explain = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -577,6 +630,7 @@ fn main() {
                     .map(|v| v.split(',').map(String::from).collect())
             }
             "--soak" => soak = true,
+            "--explain" => explain = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -654,9 +708,9 @@ fn main() {
     }
     if wanted("footprint") {
         let mut rounds_out: Vec<Vec<BTreeMap<&str, f64>>> = vec![Vec::new(); binaries.len()];
-        for _ in 0..rounds {
+        for round in 0..rounds {
             for (i, b) in binaries.iter().enumerate() {
-                rounds_out[i].push(footprint(b, soak));
+                rounds_out[i].push(footprint(b, soak, explain && round == 0));
             }
         }
         let med: Vec<BTreeMap<&str, f64>> = rounds_out
