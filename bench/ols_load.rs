@@ -12,10 +12,17 @@
 //! The extProcessor is ProcessGroup mode, LSAPI_CHILDREN=4 with maxConns 4
 //! (the sample configuration); workers run as nobody, so the worker binary,
 //! its Python and the docroot must be readable by that user.
+//!
+//! Each run also prints the on-CPU time per request of the three parties
+//! (/proc/PID/task/*/schedstat): the server's processes, the worker's, and
+//! this bench's client threads. On a machine whose cores are all busy,
+//! requests/s is about cores / (server + worker + client), so the worker's
+//! share bounds what a faster worker can gain.
 
 #[path = "peer.rs"]
 mod peer;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -229,21 +236,102 @@ fn client(port: u16, stop: &AtomicBool, done: &AtomicU64) {
     }
 }
 
-/// Requests per second over `secs`, after a 1 s warm-up.
-fn measure(port: u16, clients: usize, secs: f64) -> f64 {
+/// On-CPU nanoseconds of every thread of `pid`, plus those of its children
+/// it has reaped (cutime + cstime, in clock ticks): a ProcessGroup child
+/// retired after LSAPI_MAX_REQS still counts. 0 once `pid` is gone.
+fn cpu_ns(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let live: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" closing the command name: state is field 3, so
+    // cutime (16) and cstime (17) are the 14th and 15th.
+    let after = stat.rsplit_once(')').map_or("", |x| x.1);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(13)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    live + ticks * 1_000_000_000 / hz
+}
+
+/// `pid` and all its descendants.
+fn tree(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    out
+}
+
+/// On-CPU nanoseconds so far of (server, worker, this bench's client): the
+/// server's process tree minus the workers, the processes carrying the
+/// marker, and this process.
+fn cpu_by_party(ols: &Ols) -> BTreeMap<i32, (u8, u64)> {
+    let workers = ols.marked();
+    let server = std::fs::read_to_string(ols.root.join("run/lshttpd.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    let mut out = BTreeMap::new();
+    for p in server.map(tree).unwrap_or_default() {
+        out.insert(p, (0, cpu_ns(p)));
+    }
+    for p in workers {
+        out.insert(p, (1, cpu_ns(p)));
+    }
+    let me = std::process::id() as i32;
+    out.insert(me, (2, cpu_ns(me)));
+    out
+}
+
+/// One run: requests per second over `secs` after a 1 s warm-up, and the
+/// on-CPU µs per request of the server, the worker and the client.
+fn measure(ols: &Ols, clients: usize, secs: f64) -> (f64, [f64; 3]) {
     let stop = AtomicBool::new(false);
     let done = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..clients {
-            s.spawn(|| client(port, &stop, &done));
+            s.spawn(|| client(ols.port, &stop, &done));
         }
         std::thread::sleep(Duration::from_secs(1));
-        let (n0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+        let (n0, t0, cpu0) = (
+            done.load(Ordering::Relaxed),
+            Instant::now(),
+            cpu_by_party(ols),
+        );
         std::thread::sleep(Duration::from_secs_f64(secs));
         let n = done.load(Ordering::Relaxed) - n0;
+        let cpu1 = cpu_by_party(ols);
         let rps = n as f64 / t0.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
-        rps
+        // A process that appeared during the run counts from zero.
+        let mut us = [0.0; 3];
+        for (p, (party, ns)) in &cpu1 {
+            let before = cpu0.get(p).map_or(0, |c| c.1);
+            us[*party as usize] += ns.saturating_sub(before) as f64 / 1e3 / n.max(1) as f64;
+        }
+        (rps, us)
     })
 }
 
@@ -272,11 +360,12 @@ fn main() {
         prefix.display()
     );
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); binaries.len()];
+    let mut cpu: Vec<Vec<[f64; 3]>> = vec![Vec::new(); binaries.len()];
     for round in 0..rounds {
         for (i, b) in binaries.iter().enumerate() {
             let ols = Ols::start(&prefix, b, &format!("r{round}b{i}"));
-            let r = std::panic::catch_unwind(|| measure(ols.port, clients, secs));
-            let Ok(r) = r else {
+            let r = std::panic::catch_unwind(|| measure(&ols, clients, secs));
+            let Ok((r, us)) = r else {
                 for log in ["logs/error.log", "logs/stderr.log"] {
                     let text = std::fs::read_to_string(ols.root.join(log)).unwrap_or_default();
                     let tail: Vec<&str> = text.lines().rev().take(30).collect();
@@ -285,8 +374,12 @@ fn main() {
                 panic!("the load run through OpenLiteSpeed failed with {b}");
             };
             drop(ols);
-            println!("round {round} {b}: {r:.0} req/s");
+            println!(
+                "round {round} {b}: {r:.0} req/s; CPU µs/req: server {:.1}, worker {:.1}, client {:.1}",
+                us[0], us[1], us[2]
+            );
             rps[i].push(r);
+            cpu[i].push(us);
         }
     }
     let med: Vec<f64> = rps
@@ -296,8 +389,17 @@ fn main() {
             v[v.len() / 2]
         })
         .collect();
-    for (b, m) in binaries.iter().zip(&med) {
-        println!("median {b}: {m:.0} req/s");
+    for ((b, m), c) in binaries.iter().zip(&med).zip(&mut cpu) {
+        let party = |k: usize| {
+            let mut v: Vec<f64> = c.iter().map(|u| u[k]).collect();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let (s, w, cl) = (party(0), party(1), party(2));
+        println!(
+            "median {b}: {m:.0} req/s; CPU µs/req: server {s:.1}, worker {w:.1}, client {cl:.1} (all {:.1})",
+            s + w + cl
+        );
     }
     if med.len() > 1 {
         println!(
