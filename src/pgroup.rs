@@ -59,21 +59,107 @@ const CRASH_BACKOFF_MS: (u64, u64) = (100, 8000);
 /// The shared status in its mapping: the header page, then one page per slot
 /// (never unmapped by the parent; every child inherits it and unmaps the
 /// slots that are not its own).
+///
+/// The header (written by the parent only) is a memfd page mapped over page 0
+/// of the anonymous table; a child replaces its inherited writable view with
+/// a read-only one it cannot make writable again (see
+/// [`Table::read_only_header`]), so in suEXEC daemon mode one tenant cannot
+/// forge the busy count or memory figures every other tenant's children act
+/// on.
 struct Table {
     base: *mut u8,
     n: usize,
+    /// The header's memfd: close-on-exec, held by the parent only.
+    header_fd: RawFd,
+    /// `/proc/self/fd/N` for `header_fd`, to reopen it read-only.
+    header_path: std::ffi::CString,
 }
 
+/// The header memfd's name: /proc/PID/maps shows the page as
+/// `/memfd:lswsgi-group-header (deleted)`.
+const HEADER_NAME: &std::ffi::CStr = c"lswsgi-group-header";
+
 impl Table {
-    /// Maps a zeroed table of `n` slots.
+    /// Maps a zeroed table of `n` slots, the header page backed by a sealed
+    /// memfd; fails if a child could not be given a read-only header.
     fn new(n: usize) -> std::io::Result<Table> {
-        let base = sys::map_shared((n + 1) * PAGE)?;
-        Ok(Table { base, n })
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        // SAFETY: memfd_create with a NUL-terminated name; checked. Never
+        // executable (vm.memfd_noexec=2 requires saying so); kernels before
+        // 6.3 do not know the flag (EINVAL) and get the plain call.
+        let fd = sys::cvt(unsafe {
+            match libc::memfd_create(HEADER_NAME.as_ptr(), flags | libc::MFD_NOEXEC_SEAL) {
+                -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) => {
+                    libc::memfd_create(HEADER_NAME.as_ptr(), flags)
+                }
+                fd => fd,
+            }
+        })?;
+        let base = sys::map_shared((n + 1) * PAGE).inspect_err(|_| sys::close(fd))?;
+        let t = Table {
+            base,
+            n,
+            header_fd: fd,
+            header_path: std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap(),
+        };
+        t.map_header().inspect_err(|_| {
+            // SAFETY: our own fresh mapping, referenced by nothing.
+            unsafe { libc::munmap(base.cast(), (n + 1) * PAGE) };
+            sys::close(fd);
+        })?;
+        Ok(t)
+    }
+
+    /// Maps the memfd read-write over page 0, seals it and tries once what
+    /// every child will do: a group whose children could write the header
+    /// does not start.
+    fn map_header(&self) -> std::io::Result<()> {
+        let fd = self.header_fd;
+        // SAFETY: ftruncate on the memfd we own; page 0 of our own fresh
+        // mapping, referenced by nothing yet, is replaced (MAP_FIXED) by a
+        // shared read-write view of it, of the same size; checked.
+        unsafe {
+            sys::cvt(libc::ftruncate(fd, PAGE as libc::off_t))?;
+            let p = libc::mmap(
+                self.base.cast(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // Its size stays (no SIGBUS), and no new writable mapping or write(2)
+        // (F_SEAL_FUTURE_WRITE, Linux >= 5.1) while the parent's view stays
+        // writable. Older kernels get the size seals only.
+        let size = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl with integer arguments on the memfd we own.
+        unsafe {
+            if libc::fcntl(fd, libc::F_ADD_SEALS, size | libc::F_SEAL_FUTURE_WRITE) != 0 {
+                sys::cvt(libc::fcntl(fd, libc::F_ADD_SEALS, size))?;
+            }
+        }
+        let (probe, via_proc) = self.read_only_header(std::ptr::null_mut()).map_err(|e| {
+            std::io::Error::other(format!(
+                "children cannot be given a read-only group header: {e}"
+            ))
+        })?;
+        // SAFETY: the probe page is ours and referenced by nothing.
+        unsafe { libc::munmap(probe.cast(), PAGE) };
+        if !via_proc {
+            crate::info!("no /proc/self/fd: children map the sealed group header read-only");
+        }
+        Ok(())
     }
 
     fn header(&self) -> &'static Header {
         // SAFETY: page 0 of a live, zero-filled mapping never unmapped in the
-        // parent; zeroes are valid atomics; page alignment ≥ 64.
+        // parent (in a child, replaced in place by a read-only view of the
+        // same memfd, which only loads); zeroes are valid atomics; page
+        // alignment ≥ 64.
         unsafe { &*(self.base as *const Header) }
     }
 
@@ -84,9 +170,52 @@ impl Table {
         unsafe { &*(self.base.add((i + 1) * PAGE) as *const Slot) }
     }
 
+    /// Maps the header read-only at `at` (replacing what is there; null:
+    /// anywhere) so that this process cannot make it writable: from the memfd
+    /// reopened O_RDONLY through /proc (a mapping of a file opened read-only
+    /// never has VM_MAYWRITE), or, without /proc, from the memfd itself (which
+    /// F_SEAL_FUTURE_WRITE leaves without VM_MAYWRITE). Checked: mprotect to
+    /// writable must fail. Returns the page and whether /proc was used.
+    fn read_only_header(&self, at: *mut u8) -> std::io::Result<(*mut u8, bool)> {
+        // SAFETY: open with a NUL-terminated path; the result is checked.
+        let ro = unsafe { libc::open(self.header_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        let fixed = if at.is_null() { 0 } else { libc::MAP_FIXED };
+        // SAFETY: a one-page shared read-only mapping of the memfd; with
+        // MAP_FIXED it replaces page 0 of the table, which then holds the
+        // same memfd page, so references to the header stay valid (they
+        // only load). Checked.
+        let p = unsafe {
+            libc::mmap(
+                at.cast(),
+                PAGE,
+                libc::PROT_READ,
+                libc::MAP_SHARED | fixed,
+                if ro >= 0 { ro } else { self.header_fd },
+                0,
+            )
+        };
+        let mapped = std::io::Error::last_os_error();
+        if ro >= 0 {
+            sys::close(ro);
+        }
+        if p == libc::MAP_FAILED {
+            return Err(mapped);
+        }
+        // SAFETY: mprotect on the page just mapped; expected to fail.
+        if unsafe { libc::mprotect(p, PAGE, libc::PROT_READ | libc::PROT_WRITE) } == 0 {
+            // SAFETY: the page just mapped: a probe referenced by nothing,
+            // or in a child the header, which exits on this error without
+            // touching it again.
+            unsafe { libc::munmap(p, PAGE) };
+            return Err(std::io::Error::other("its view could be made writable"));
+        }
+        Ok((p.cast(), ro >= 0))
+    }
+
     /// In a new child: unmaps every slot but `own`, so the child cannot
-    /// write another child's hints.
-    fn keep_only(&self, own: usize) {
+    /// write another child's hints, makes the header read-only for good and
+    /// closes the memfd, so it holds nothing that maps the header writable.
+    fn keep_only(&self, own: usize) -> std::io::Result<()> {
         // SAFETY: both ranges lie inside the mapping and hold no references
         // this process will use again (the parent's record is abandoned).
         unsafe {
@@ -101,6 +230,9 @@ impl Table {
                 );
             }
         }
+        let r = self.read_only_header(self.base);
+        sys::close(self.header_fd);
+        r.map(|_| ())
     }
 }
 
@@ -698,9 +830,10 @@ impl Parent<'_> {
     }
 
     /// In a new child: drops the parent's machinery (the wake pipe, the
-    /// pidfds, every slot but its own) and builds its [`Member`]. The
-    /// listener is kept only if KEEP_LISTEN (or AVOID_FORK) asks for it and
-    /// free memory allows.
+    /// pidfds, every slot but its own, the header's memfd and write access to
+    /// the header), before any user switch or tenant code, and builds its
+    /// [`Member`]. The listener is kept only if KEEP_LISTEN (or AVOID_FORK)
+    /// asks for it and free memory allows.
     fn become_child(&self, slot: usize, parent: i32) -> Member {
         sys::close_wake_pipe(self.wake);
         for c in &self.children {
@@ -708,7 +841,11 @@ impl Parent<'_> {
                 sys::close(fd);
             }
         }
-        self.table.keep_only(slot);
+        if let Err(e) = self.table.keep_only(slot) {
+            // Never serve with a header this child could write.
+            crate::error!("cannot make the group header read-only in a child: {e}");
+            sys::exit_now(1);
+        }
         let threshold = self.cfg.listen_threshold();
         let header = self.table.header();
         let keep = self.cfg.keep_listen > 0 && header.memory().enough(threshold);
@@ -1003,21 +1140,55 @@ mod tests {
     fn children_see_the_parents_writes_and_only_their_own_slot() {
         let t = Table::new(3).unwrap();
         t.slot(1).exit.store(1, Relaxed);
+        t.header().busy.store(7, Relaxed);
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            t.keep_only(1);
-            let ok = t.slot(1).exit.load(Relaxed) == 1;
+            let ok = t.keep_only(1).is_ok() && t.slot(1).exit.load(Relaxed) == 1;
             t.slot(1).requests.store(42, Relaxed);
             // Another slot's page is gone: mincore reports ENOMEM for it.
             let mut v = 0u8;
             let gone = unsafe { libc::mincore(t.base.add(PAGE).cast(), PAGE, &mut v) } != 0
                 && unsafe { libc::mincore(t.base.add(3 * PAGE).cast(), PAGE, &mut v) } != 0;
-            unsafe { libc::_exit(if ok && gone { 0 } else { 1 }) };
+            // The header is the parent's page, read-only for good, and the
+            // memfd behind it is closed.
+            let header = t.header().busy.load(Relaxed) == 7
+                && unsafe {
+                    libc::mprotect(t.base.cast(), PAGE, libc::PROT_READ | libc::PROT_WRITE)
+                } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EACCES)
+                && unsafe { libc::fcntl(t.header_fd, libc::F_GETFD) } < 0;
+            unsafe { libc::_exit(if ok && gone && header { 0 } else { 1 }) };
         }
         let mut status = 0;
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(libc::WEXITSTATUS(status), 0);
         assert_eq!(t.slot(1).requests.load(Relaxed), 42);
+        // The parent's view stays writable under the seals.
+        t.header().busy.store(8, Relaxed);
+        assert_eq!(t.header().busy.load(Relaxed), 8);
+    }
+
+    #[test]
+    fn without_proc_the_sealed_memfd_still_maps_only_read_only() {
+        let mut t = Table::new(1).unwrap();
+        t.header_path = c"/nonexistent/fd".into();
+        let (p, via_proc) = t.read_only_header(std::ptr::null_mut()).unwrap();
+        assert!(!via_proc);
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        assert_ne!(unsafe { libc::mprotect(p.cast(), PAGE, rw) }, 0);
+        // Nor can a new writable mapping be made from the memfd itself.
+        let w = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                rw,
+                libc::MAP_SHARED,
+                t.header_fd,
+                0,
+            )
+        };
+        assert_eq!(w, libc::MAP_FAILED);
+        unsafe { libc::munmap(p.cast(), PAGE) };
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! Layout: the group header is one page; each slot is a page of its own, so
 //! after fork a child unmaps every slot but its own and cannot write another
 //! child's hints. One writer per field: the child writes `state`, `greeted`
-//! and `requests` of its slot; the parent writes `exit` and the header.
+//! and `requests` of its slot; the parent writes `exit` and the header, which
+//! every child sees through a read-only mapping it cannot make writable (see
+//! `pgroup.rs`), so a tenant cannot forge the figures other tenants act on.
 
 use crate::listen;
 use crate::sys::{self, Memory};

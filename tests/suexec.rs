@@ -889,3 +889,192 @@ fn a_root_owned_virtualenv_still_serves_in_daemon_mode() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A hostile tenant app that attacks the group header (the figures the root
+/// parent publishes for every tenant's children). It finds the header in
+/// /proc/self/maps — the `lswsgi-group-header` memfd page, or, as before it
+/// had one, the first page (file offset 0) of the anonymous shared table —
+/// and tries every way it knows to write a huge busy count there: a plain
+/// store if the page is writable, mprotect to make it writable, /proc/self/mem
+/// (before and after making itself dumpable), process_vm_writev,
+/// /proc/self/map_files, any memfd descriptor it holds, and the parent's
+/// descriptors. For ~4 s it then keeps writing through whatever worked, so
+/// that other tenants' children (with LSAPI_MAX_BUSY_WORKER set) would shed
+/// their connections, and answers `ADDR PERMS NAME|attempt:result ...|busy=N`
+/// (result `ok` when it worked).
+const HEADER_POKER: &str = r#"
+import ctypes, errno, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+HUGE = (0xFFFFFFFF).to_bytes(4, 'little')
+PROT_RW, MAP_SHARED = 3, 1
+
+def header():
+    for line in open('/proc/self/maps'):
+        f = line.split(None, 5)
+        name = f[5].strip() if len(f) > 5 else ''
+        if 'lswsgi-group-header' in name or (name == '/dev/zero (deleted)' and int(f[2], 16) == 0):
+            return f[0], int(f[0].split('-')[0], 16), f[1], name
+    return None
+
+def failed(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+
+def application(environ, start_response):
+    found = header()
+    if found is None:
+        start_response('200 OK', [])
+        return [b'none']
+    rng, addr, perms, name = found
+    pokes, results = [], []
+    def attempt(what, fn):
+        try:
+            poke = fn()
+            results.append(what + ':ok')
+            pokes.append(poke)
+        except OSError as e:
+            results.append(what + ':' + failed(e))
+    def direct():
+        if 'w' not in perms:
+            raise OSError(errno.EROFS, 'read-only page')
+        poke = lambda: ctypes.memmove(addr, HUGE, 4)
+        poke()
+        return poke
+    def mprotect():
+        if libc.mprotect(addr, 4096, PROT_RW) != 0:
+            raise OSError(ctypes.get_errno(), 'mprotect')
+        poke = lambda: ctypes.memmove(addr, HUGE, 4)
+        poke()
+        return poke
+    def mem():
+        fd = os.open('/proc/self/mem', os.O_RDWR)
+        poke = lambda: os.pwrite(fd, HUGE, addr)
+        try:
+            poke()
+        except OSError:
+            os.close(fd)
+            raise
+        return poke
+    def vm_write():
+        buf = ctypes.create_string_buffer(HUGE)
+        local = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 4)
+        remote = (ctypes.c_void_p * 2)(addr, 4)
+        libc.process_vm_writev.restype = ctypes.c_ssize_t
+        def poke():
+            if libc.process_vm_writev(os.getpid(), local, 1, remote, 1, 0) != 4:
+                raise OSError(ctypes.get_errno(), 'process_vm_writev')
+        poke()
+        return poke
+    def writable_map(path):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            p = libc.mmap(None, 4096, PROT_RW, MAP_SHARED, fd, 0)
+            if p in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), 'mmap')
+        finally:
+            os.close(fd)
+        poke = lambda: ctypes.memmove(p, HUGE, 4)
+        poke()
+        return poke
+    def own_fds():
+        for fd in os.listdir('/proc/self/fd'):
+            try:
+                link = os.readlink('/proc/self/fd/' + fd)
+            except OSError:
+                continue
+            if 'memfd:' in link or '/dev/zero' in link:
+                return writable_map('/proc/self/fd/' + fd)
+        raise OSError(errno.ENOENT, 'no such descriptor')
+    def parent_fds():
+        d = '/proc/%d/fd/' % os.getppid()
+        for fd in os.listdir(d):
+            if 'lswsgi-group-header' in os.readlink(d + fd):
+                return writable_map(d + fd)
+        raise OSError(errno.ENOENT, 'no such descriptor')
+    attempt('direct', direct)
+    attempt('mprotect', mprotect)
+    attempt('mem', mem)
+    libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: its /proc files become its own
+    attempt('mem-dumpable', mem)
+    attempt('process_vm_writev', vm_write)
+    attempt('map_files', lambda: writable_map('/proc/self/map_files/' + rng))
+    attempt('own-fd', own_fds)
+    attempt('parent-fd', parent_fds)
+    end = time.monotonic() + 4
+    while pokes and time.monotonic() < end:
+        for poke in pokes:
+            poke()
+        time.sleep(0.001)
+    if not pokes:
+        time.sleep(4)
+    busy = int.from_bytes(ctypes.string_at(addr, 4), 'little')
+    start_response('200 OK', [])
+    return [('%s %s %s|%s|busy=%d' % (rng, perms, name, ' '.join(results), busy)).encode()]
+"#;
+
+#[test]
+fn a_tenant_cannot_write_the_group_header_other_tenants_read() {
+    require_root();
+    let (dir, app, secret) = setup("suexec-header");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let poker = put(&dir, "poker.wsgi", HEADER_POKER);
+    // Honest children never count 3 busy here (at most the poker and the
+    // other tenant); a huge busy count in the header would make every other
+    // child hand its connection back.
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "4"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LSAPI_MAX_BUSY_WORKER", "3"),
+            ("LSAPI_MAX_IDLE_CHILDREN", "4"),
+        ],
+    );
+    assert!(w.wait_log("suEXEC daemon mode", Duration::from_secs(10)));
+    std::thread::scope(|s| {
+        let hostile = s.spawn(|| {
+            let mut c = w.connect();
+            let mut spec = RequestSpec::new("GET", "/p.wsgi", poker.to_str().unwrap(), "/p.wsgi");
+            spec.special_env = identity(4321, 4322, &secret_bytes, false);
+            call_ok(&mut c, &spec, b"").text()
+        });
+        // While the poker keeps writing (if it can): another tenant's
+        // connection is served request after request, never handed back.
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut c = w.connect();
+        let mut shed = Vec::new();
+        for i in 0..3 {
+            let r = call_ok(
+                &mut c,
+                &whoami(&app, identity(4331, 4332, &secret_bytes, false)),
+                b"",
+            );
+            assert!(r.text().starts_with("4331 4332"), "{}", r.text());
+            if c.closing() || c.reconnects() > 0 {
+                shed.push(i);
+            }
+        }
+        let report = hostile.join().unwrap();
+        let (found, rest) = report.split_once('|').unwrap_or((&report, ""));
+        let (attempts, busy) = rest.split_once('|').expect(&report);
+        let wrote: Vec<&str> = attempts.split(' ').filter(|a| a.ends_with(":ok")).collect();
+        assert!(
+            wrote.is_empty(),
+            "the tenant wrote the header ({wrote:?}): {report}"
+        );
+        assert_eq!(attempts.split(' ').count(), 8, "{report}");
+        assert_ne!(busy, "busy=4294967295", "{report}");
+        assert!(
+            shed.is_empty(),
+            "requests {shed:?} of the other tenant were handed back: its child saw a forged busy count"
+        );
+        assert!(
+            found.contains(" r--s /memfd:lswsgi-group-header"),
+            "the header is the named memfd page, read-only: {report}"
+        );
+    });
+    std::fs::remove_dir_all(dir).unwrap();
+}
