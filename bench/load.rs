@@ -270,9 +270,37 @@ fn memory_kb(pid: u32) -> (u64, u64, u64) {
     )
 }
 
-/// Starts `worker` as LiteSpeed does, with the same environment whatever the
-/// binary: no LSAPI_MAX_BUSY_WORKER, so neither sheds connections (the default
-/// of both this worker and lsapilib).
+/// The command that starts a worker as LiteSpeed does: run as root, the
+/// bench starts it as `nobody` (through util-linux's setpriv), as the server
+/// runs workers outside suEXEC daemon mode. Started as root, LiteSpeed's
+/// lswsgi switches user around every request (setgid, setgroups, setuid),
+/// which is a daemon-mode cost, not the common one; LSWSGI_BENCH_AS_ROOT=1
+/// keeps root to measure that.
+fn launcher() -> Vec<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || std::env::var_os("LSWSGI_BENCH_AS_ROOT").is_some() {
+        return Vec::new();
+    }
+    // SAFETY: getpwnam returns NULL or a record read at once.
+    let (uid, gid) = unsafe {
+        let pw = libc::getpwnam(c"nobody".as_ptr());
+        assert!(!pw.is_null(), "no user nobody to run the workers as");
+        ((*pw).pw_uid, (*pw).pw_gid)
+    };
+    [
+        "setpriv",
+        &format!("--reuid={uid}"),
+        &format!("--regid={gid}"),
+        "--clear-groups",
+        "--",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Starts `worker` as LiteSpeed does (see [`launcher`]), with the same
+/// environment whatever the binary: no LSAPI_MAX_BUSY_WORKER, so neither
+/// sheds connections (the default of both this worker and lsapilib).
 fn spawn_with(worker: &str, args: &[String], pgroup: bool, extra: &[(String, String)]) -> Spawned {
     let mut env = vec![("LSAPI_MAX_REQS".to_string(), "100000000".to_string())];
     env.extend_from_slice(extra);
@@ -280,7 +308,9 @@ fn spawn_with(worker: &str, args: &[String], pgroup: bool, extra: &[(String, Str
         env.push(("LSAPI_CHILDREN".into(), "4".into()));
     }
     let log = std::env::temp_dir().join(format!("lswsgi-bench-{}.log", std::process::id()));
-    let argv: Vec<String> = std::iter::once(worker.to_string())
+    let argv: Vec<String> = launcher()
+        .into_iter()
+        .chain(std::iter::once(worker.to_string()))
         .chain(args.iter().cloned())
         .collect();
     Spawned::start(&argv, &env, Some(&log)).expect("start worker")
@@ -638,7 +668,15 @@ fn main() {
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
     let binaries: Vec<String> = std::iter::once(worker).chain(compare).collect();
     let two = binaries.len() > 1;
-    println!("workers: {}", binaries.join(" vs "));
+    println!(
+        "workers: {} (run as {})",
+        binaries.join(" vs "),
+        if launcher().is_empty() {
+            "this user"
+        } else {
+            "nobody"
+        }
+    );
     println!(
         "rounds: {rounds} (binaries alternate within each round; medians shown{})",
         if two { "; ratios are ours/theirs" } else { "" }
