@@ -20,6 +20,8 @@
 //! Flask group the parent's private kB per mapping and a child's pages
 //! against the parent's (shared, copied on write, new; see bench/memmap.rs).
 
+#[path = "cpu.rs"]
+mod cpu;
 #[path = "memmap.rs"]
 mod memmap;
 #[path = "peer.rs"]
@@ -209,21 +211,6 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// On-CPU nanoseconds of every thread of `pid`.
-fn task_cpu_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    dir.filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
-}
-
 /// Pids whose parent is `pid`.
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -250,7 +237,7 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// CPU time of the worker group rooted at `pid`, in nanoseconds.
 fn group_cpu_ns(pid: u32) -> u64 {
-    task_cpu_ns(pid) + children(pid).into_iter().map(task_cpu_ns).sum::<u64>()
+    cpu::task_cpu_ns(pid) + children(pid).into_iter().map(cpu::task_cpu_ns).sum::<u64>()
 }
 
 /// `(Rss, Pss, USS)` in kB from /proc/PID/smaps_rollup.

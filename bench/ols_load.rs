@@ -19,6 +19,8 @@
 //! requests/s is about cores / (server + worker + client), so the worker's
 //! share bounds what a faster worker can gain.
 
+#[path = "cpu.rs"]
+mod cpu;
 #[path = "peer.rs"]
 mod peer;
 
@@ -240,14 +242,7 @@ fn client(port: u16, stop: &AtomicBool, done: &AtomicU64) {
 /// it has reaped (cutime + cstime, in clock ticks): a ProcessGroup child
 /// retired after LSAPI_MAX_REQS still counts. 0 once `pid` is gone.
 fn cpu_ns(pid: i32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    let live: u64 = tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
+    let live = cpu::task_cpu_ns(pid as u32);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the ")" closing the command name: state is field 3, so
     // cutime (16) and cstime (17) are the 14th and 15th.

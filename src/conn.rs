@@ -38,6 +38,22 @@ const IOV_MAX: usize = 1024;
 
 static REQ_RECEIVED: [u8; HEADER_LEN] = [b'L', b'S', 7, 0, 8, 0, 0, 0];
 
+/// Sets an integer socket option. Failure is ignored: callers use this only
+/// for options whose absence costs speed, never correctness (not a socket,
+/// not TCP, a value the kernel caps).
+pub fn set_int_sockopt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: `value` is a live c_int of the length passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Writes REQ_RECEIVED on `fd`. The server treats 10 s without a packet
 /// from us after it sent a request as a dead lock (Worker mode: the request
 /// fails; ProcessGroup: another instance is started), so every request is
@@ -212,17 +228,7 @@ impl Conn {
             tv_sec: IO_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
         };
-        // SAFETY: SEND_BUF is a c_int constant; failure (not a socket, or a
-        // kernel that refuses) leaves the default, which only costs speed.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                (&SEND_BUF as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        set_int_sockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SEND_BUF);
         for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
             // SAFETY: tv is a live timeval; failure (not a socket) is harmless.
             unsafe {

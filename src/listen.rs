@@ -93,17 +93,7 @@ pub fn accept(listener: RawFd) -> io::Result<Option<RawFd>> {
 /// Turns off Nagle's algorithm on TCP connections (no-op on Unix sockets):
 /// responses are written whole, so delaying them only adds latency.
 fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: a live int option; failure (not TCP) is harmless.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    lswsgi::conn::set_int_sockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
 }
 
 /// Closes a listener or connection.
