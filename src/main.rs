@@ -189,7 +189,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if cfg.process_group() && kind == FdKind::Listener {
-        match pgroup::run(&cfg, fd, starter) {
+        match pgroup::run(&cfg, fd, starter, daemon.is_some()) {
             pgroup::Role::Parent(why) => {
                 pgroup::log_exit(&why);
                 let code = match why {

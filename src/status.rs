@@ -8,12 +8,20 @@
 //! `pgroup.rs`) and reads a slot only to learn what the child *says* it is
 //! doing. A lie can only make the parent treat the liar worse.
 //!
-//! Layout: the group header is one page; each slot is a page of its own, so
-//! after fork a child unmaps every slot but its own and cannot write another
-//! child's hints. One writer per field: the child writes `state`, `greeted`
-//! and `requests` of its slot; the parent writes `exit` and the header, which
-//! every child sees through a read-only mapping it cannot make writable (see
-//! `pgroup.rs`), so a tenant cannot forge the figures other tenants act on.
+//! Layout: the group header is one page; each child's slot is a sealed page
+//! of its own, created for its fork, never given to another child and
+//! dropped by the parent at reap, so what a child (or a process that
+//! outlives it) writes there can only mislead the parent about that child.
+//! One writer per field: the child writes `state` and `requests` of its
+//! slot; the parent writes `exit` and the header, which every child sees
+//! through a read-only mapping it cannot make writable (see `pgroup.rs`), so
+//! a tenant cannot forge the figures other tenants act on.
+//!
+//! What the parent does act on alone comes from the kernel (fork, wait
+//! status, its own clock) or from the child's report pipe, which only the
+//! worker's own code holds, and only before any application code runs: `N`
+//! once the `\0PID` notice went out, then `U` and the uid serving the first
+//! request, after which the pipe is closed.
 
 use crate::listen;
 use crate::sys::{self, Memory};
@@ -71,8 +79,6 @@ impl State {
 pub struct Slot {
     /// A [`State`] (child-written hint).
     pub state: AtomicU32,
-    /// Non-zero once the `\0PID` notice was sent (child-written hint).
-    pub greeted: AtomicU32,
     /// Requests begun (child-written hint; the parent watches it change).
     pub requests: AtomicU64,
     /// Parent-written: non-zero asks this child to leave once idle.
@@ -110,10 +116,13 @@ pub fn die_with_parent(parent: i32, sig: libc::c_int) -> bool {
     sys::getppid() == parent
 }
 
-/// A child's link to its group: its own slot, the header, the shared
-/// listener while it keeps it, and the policies it applies to itself.
+/// A child's link to its group: its own slot, its report pipe, the header,
+/// the shared listener while it keeps it, and the policies it applies to
+/// itself.
 pub struct Member {
     slot: &'static Slot,
+    /// Write end of the report pipe until the uid went out; then -1.
+    report: Cell<RawFd>,
     header: &'static Header,
     /// The group parent's pid: the child exits once it is gone.
     pub parent: i32,
@@ -132,10 +141,11 @@ pub struct Member {
 
 impl Member {
     /// The link of a new child to `slot` and `header`, which must stay mapped
-    /// for the life of the process.
+    /// for the life of the process, reporting on `report` (owned from now).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         slot: &'static Slot,
+        report: RawFd,
         header: &'static Header,
         parent: i32,
         listener: Option<RawFd>,
@@ -145,6 +155,7 @@ impl Member {
     ) -> Member {
         Member {
             slot,
+            report: Cell::new(report),
             header,
             parent,
             listener,
@@ -156,15 +167,28 @@ impl Member {
         }
     }
 
-    /// Says the `\0PID` notice went out: the child has started serving.
+    /// Reports that the `\0PID` notice went out: the child has started
+    /// serving.
     pub fn greeted(&self) {
-        self.slot.greeted.store(1, Relaxed);
+        self.report(b"N");
     }
 
-    /// Says a request began: Busy, and one more request begun.
+    /// Says a request began: Busy, and one more request begun. The first
+    /// (admitted, so after any user switch, and before the application runs)
+    /// reports the uid serving it and closes the report pipe.
     pub fn request_started(&self, _now_ms: u64) {
         if self.rearm.replace(false) && !die_with_parent(self.parent, libc::SIGTERM) {
             sys::STOP.store(true, Relaxed);
+        }
+        let fd = self.report.get();
+        if fd >= 0 {
+            let mut rec = [b'U', 0, 0, 0, 0];
+            // SAFETY: getuid takes no arguments and cannot fail.
+            let uid = unsafe { libc::getuid() };
+            rec[1..].copy_from_slice(&uid.to_ne_bytes());
+            self.report(&rec);
+            sys::close(fd);
+            self.report.set(-1);
         }
         self.slot.requests.fetch_add(1, Relaxed);
         self.slot.state.store(State::Busy as u32, Relaxed);
@@ -184,6 +208,15 @@ impl Member {
             State::Idle
         };
         self.slot.state.store(state as u32, Relaxed);
+    }
+
+    /// One record on the report pipe: a single write of at most 5 bytes,
+    /// which a pipe delivers whole. The parent may be gone (EPIPE): ignored.
+    fn report(&self, rec: &[u8]) {
+        let fd = self.report.get();
+        if fd >= 0 {
+            sys::write_all_fd(fd, rec);
+        }
     }
 
     /// Whether the parent asked this child to exit.

@@ -297,26 +297,6 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     Ok(r as usize)
 }
 
-/// A zero-filled anonymous mapping of `len` bytes shared with children forked
-/// later (MAP_SHARED): both sides see each other's writes. Never unmapped.
-pub fn map_shared(len: usize) -> io::Result<*mut u8> {
-    // SAFETY: an anonymous mapping with no address hint; checked for failure.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(p.cast())
-}
-
 /// Monotonic clock in milliseconds.
 pub fn now_ms() -> u64 {
     let mut ts = libc::timespec {

@@ -298,8 +298,11 @@ impl<'a> Worker<'a> {
                     }
                 }
             }
-            // Known before serving: this request is the connection's last.
+            // Known before serving: this request is the connection's last
+            // (CONN_CLOSE goes out with its RESP_END).
+            let retired = self.group.as_ref().is_some_and(Member::exit_requested);
             let last = STOP.load(Ordering::Relaxed)
+                || retired
                 || self.requests + 1 >= self.max_reqs
                 || self.group.as_ref().is_some_and(Member::too_many_busy);
             self.conn.set_close_after(last);
@@ -316,6 +319,9 @@ impl<'a> Worker<'a> {
             }
             if self.exhausted() {
                 break Wake::Exhausted;
+            }
+            if retired {
+                break Wake::Retired;
             }
             if self.group.as_ref().is_some_and(Member::too_many_busy) {
                 break Wake::Shed;

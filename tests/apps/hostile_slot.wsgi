@@ -16,7 +16,7 @@ def shared_lines():
     lines = []
     for line in open("/proc/self/maps"):
         f = line.split()
-        if len(f) >= 6 and f[1].startswith("rw-s") and "/dev/zero" in line:
+        if len(f) >= 6 and f[1].startswith("rw-s") and ("/dev/zero" in line or "memfd:" in line):
             lo, hi = (int(x, 16) for x in f[0].split("-"))
             lines.extend(range(lo, hi, 64))
     return lines

@@ -227,3 +227,22 @@ pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
     }
     out
 }
+
+/// The special env LiteSpeed sends for suEXEC user `uid:gid`, signed with the
+/// daemon's `secret` (at least 16 bytes).
+pub fn suexec_identity(uid: i32, gid: i32, secret: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use md5::{Digest, Md5};
+    let mut ugid = uid.to_ne_bytes().to_vec();
+    ugid.extend_from_slice(&gid.to_ne_bytes());
+    let nonce: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+    let mut h = Md5::new();
+    h.update(&nonce);
+    h.update(&secret[..16]);
+    h.update(&ugid);
+    let mut auth = nonce;
+    auth.extend_from_slice(&h.finalize());
+    vec![
+        (b"\0SUEXEC_UGID".to_vec(), ugid),
+        (b"\0SUEXEC_AUTH".to_vec(), auth),
+    ]
+}
