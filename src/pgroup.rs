@@ -325,7 +325,8 @@ struct Child {
     /// Its own status page (hints it writes; the exit request the parent
     /// writes), dropped with the record.
     page: StatusPage,
-    /// Read end of its report pipe, until the child closed its end.
+    /// The parent's end of its report channel, until the child is done
+    /// with it (or, in daemon mode, was given its verdict).
     report: Option<RawFd>,
     /// Read end of the pipe its fd 1 and 2 write to (suEXEC daemon mode).
     relay: Option<Relay>,
@@ -333,9 +334,12 @@ struct Child {
     /// It sent its `\0PID` notice: reported on the pipe by the worker's own
     /// code before any application code ran in it (see [`Member`]).
     started: bool,
-    /// The uid it serves, reported by the worker's own code once its first
-    /// request was admitted (after the user switch, before the application).
+    /// The uid it serves (daemon mode), reported by the worker's own code
+    /// once its first request was admitted (after the user switch, before
+    /// the application).
     uid: Option<u32>,
+    /// It was let serve that uid: it counts against the tenant's share.
+    admitted: bool,
     /// Last request counter seen in its slot.
     seen_requests: u64,
     /// Requests the parent has seen it begin (at least one per change).
@@ -350,10 +354,10 @@ struct Child {
 }
 
 impl Child {
-    /// Reads what the child reported on its pipe since the last look:
-    /// `N` (notice sent), then `U` and the uid in native byte order, then
-    /// end of file. Only the worker's code before the application runs ever
-    /// holds the write end (it is closed once the uid is written).
+    /// Reads what the child reported since the last look: `N` (notice
+    /// sent), then in daemon mode `U` and the uid in native byte order (it
+    /// then waits for [`Parent::judge`]), or end of file. Only the worker's
+    /// code before the application runs ever holds the child's end.
     fn read_report(&mut self) {
         let Some(fd) = self.report else { return };
         let mut buf = [0u8; 16];
@@ -367,9 +371,9 @@ impl Child {
                     rec = rest;
                     match tag {
                         b'N' => self.started = true,
-                        b'U' if rec.len() >= 4 => {
+                        b'U' if rec.len() >= 4 && self.uid.is_none() => {
                             self.uid = Some(u32::from_ne_bytes(rec[..4].try_into().unwrap()));
-                            rec = &rec[4..];
+                            return;
                         }
                         _ => break,
                     }
@@ -544,6 +548,7 @@ pub fn run(cfg: &Config, listener: RawFd, starter: Option<i32>, tenants: bool) -
             crashes_in_a_row: 0,
             fork_paused_until: 0,
             crash_log: Throttle::default(),
+            share_log: Throttle::default(),
         })
     };
     match setup() {
@@ -588,7 +593,7 @@ struct Own {
 impl Own {
     fn new(tenants: bool) -> std::io::Result<Own> {
         let page = StatusPage::new()?;
-        let report = pipe()?;
+        let report = channel()?;
         let relay = if tenants {
             match pipe() {
                 Ok(p) => Some(p),
@@ -618,6 +623,26 @@ impl Own {
             sys::close(w);
         }
     }
+}
+
+/// A close-on-exec socket pair (parent's end, child's end) for a child's
+/// report and the parent's verdict; the parent's end does not block.
+fn channel() -> std::io::Result<(RawFd, RawFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: fds is a live array of two ints.
+    sys::cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    sys::set_nonblocking(fds[0]).inspect_err(|_| {
+        sys::close(fds[0]);
+        sys::close(fds[1]);
+    })?;
+    Ok((fds[0], fds[1]))
 }
 
 /// A close-on-exec pipe whose read end (the parent's) does not block.
@@ -663,6 +688,8 @@ struct Parent<'a> {
     /// No fork before this time (crash-loop back-off).
     fork_paused_until: u64,
     crash_log: Throttle,
+    /// Tenants refused for holding their share.
+    share_log: Throttle,
 }
 
 impl Parent<'_> {
@@ -760,6 +787,50 @@ impl Parent<'_> {
     fn observe(&mut self, now: u64) {
         for c in &mut self.children {
             look(c, now);
+        }
+        self.judge();
+    }
+
+    /// suEXEC daemon mode: one tenant's share of the group's children,
+    /// half of LSAPI_CHILDREN + LSAPI_EXTRA_CHILDREN (rounded up), so that
+    /// one tenant holding its share leaves as many children to the others.
+    fn tenant_share(&self) -> usize {
+        (self.cfg.child_limit() as usize).div_ceil(2)
+    }
+
+    /// Answers every child that reported its tenant and waits: `G` (serve)
+    /// while that tenant's admitted children are fewer than its share, else
+    /// `X` (the child answers 508 and leaves). The uid is trusted evidence:
+    /// the worker's own code wrote it after the user switch.
+    fn judge(&mut self) {
+        let share = self.tenant_share();
+        for i in 0..self.children.len() {
+            let c = &self.children[i];
+            let (Some(uid), Some(fd)) = (c.uid, c.report) else {
+                continue;
+            };
+            let held = self
+                .children
+                .iter()
+                .filter(|o| o.admitted && o.uid == Some(uid))
+                .count();
+            let go = held < share;
+            if !go {
+                if let Some(suppressed) = self.share_log.allow(sys::now_ms()) {
+                    crate::warn!(
+                        "uid {uid} holds its share of {share} children (half of \
+                         LSAPI_CHILDREN + LSAPI_EXTRA_CHILDREN in suEXEC daemon mode); its new \
+                         connection was answered 508 ({suppressed} more since the last report). \
+                         Limit the account's connections in LiteSpeed (suEXEC max conns) \
+                         below that, or raise LSAPI_CHILDREN"
+                    );
+                }
+            }
+            sys::write_all_fd(fd, if go { b"G" } else { b"X" });
+            sys::close(fd);
+            let c = &mut self.children[i];
+            c.report = None;
+            c.admitted = go;
         }
     }
 
@@ -1039,6 +1110,7 @@ impl Parent<'_> {
             .push(fd(if listener { self.listener } else { -1 }));
         for c in &self.children {
             self.pollfds.push(fd(c.relay.as_ref().map_or(-1, |r| r.fd)));
+            self.pollfds.push(fd(c.report.unwrap_or(-1)));
         }
         let timeout = timeout_ms.min(i32::MAX as u64) as i32;
         let fds = &mut self.pollfds;
@@ -1046,18 +1118,26 @@ impl Parent<'_> {
         if self.pollfds[0].revents != 0 {
             sys::drain(self.wake);
         }
-        for (c, p) in self.children.iter_mut().zip(&self.pollfds[2..]) {
-            if p.revents == 0 {
+        let mut judge = false;
+        for (c, p) in self.children.iter_mut().zip(self.pollfds[2..].chunks(2)) {
+            if p[0].revents | p[1].revents == 0 {
                 continue;
             }
             // The uid, if reported by now, marks the lines.
             c.read_report();
+            judge |= c.uid.is_some() && c.report.is_some();
+            if p[0].revents == 0 {
+                continue;
+            }
             if let Some(r) = &mut c.relay {
                 if !r.pump(c.pid, c.uid) {
                     // Every writer is gone (or the pipe failed).
                     c.relay.take().unwrap().finish(c.pid, c.uid);
                 }
             }
+        }
+        if judge {
+            self.judge();
         }
         let l = self.pollfds[1].revents;
         if l & (libc::POLLERR | libc::POLLNVAL) != 0 {
@@ -1111,6 +1191,7 @@ impl Parent<'_> {
                     forked_ms: now,
                     started: false,
                     uid: None,
+                    admitted: false,
                     seen_requests: 0,
                     counted: 0,
                     progress_ms: now,
@@ -1165,6 +1246,7 @@ impl Parent<'_> {
         let mut m = Member::new(
             own.page.keep(),
             own.report.1,
+            self.tenants,
             header,
             parent,
             Some(self.listener),
@@ -1507,6 +1589,7 @@ mod tests {
             forked_ms: 0,
             started: false,
             uid: None,
+            admitted: false,
             seen_requests: 0,
             counted: 0,
             progress_ms: 0,

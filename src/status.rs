@@ -18,10 +18,12 @@
 //! a tenant cannot forge the figures other tenants act on.
 //!
 //! What the parent does act on alone comes from the kernel (fork, wait
-//! status, its own clock) or from the child's report pipe, which only the
-//! worker's own code holds, and only before any application code runs: `N`
-//! once the `\0PID` notice went out, then `U` and the uid serving the first
-//! request, after which the pipe is closed.
+//! status, its own clock) or from the child's report channel (a socket
+//! pair), which only the worker's own code holds, and only before any
+//! application code runs: `N` once the `\0PID` notice went out; in suEXEC
+//! daemon mode then `U` and the uid its first request was admitted for,
+//! after which it waits for the parent's verdict on that tenant's share of
+//! the group (`G`: serve, anything else: answer 508) and closes the channel.
 
 use crate::listen;
 use crate::sys::{self, Memory};
@@ -121,8 +123,11 @@ pub fn die_with_parent(parent: i32, sig: libc::c_int) -> bool {
 /// itself.
 pub struct Member {
     slot: &'static Slot,
-    /// Write end of the report pipe until the uid went out; then -1.
+    /// The report channel until it is done with; then -1.
     report: Cell<RawFd>,
+    /// suEXEC daemon mode: the first admitted request reports its uid and
+    /// waits for the parent's verdict.
+    tenant: bool,
     header: &'static Header,
     /// The group parent's pid: the child exits once it is gone.
     pub parent: i32,
@@ -141,11 +146,13 @@ pub struct Member {
 
 impl Member {
     /// The link of a new child to `slot` and `header`, which must stay mapped
-    /// for the life of the process, reporting on `report` (owned from now).
+    /// for the life of the process, reporting on `report` (owned from now);
+    /// `tenant`: in suEXEC daemon mode.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         slot: &'static Slot,
         report: RawFd,
+        tenant: bool,
         header: &'static Header,
         parent: i32,
         listener: Option<RawFd>,
@@ -156,6 +163,7 @@ impl Member {
         Member {
             slot,
             report: Cell::new(report),
+            tenant,
             header,
             parent,
             listener,
@@ -168,27 +176,51 @@ impl Member {
     }
 
     /// Reports that the `\0PID` notice went out: the child has started
-    /// serving.
+    /// serving. Outside daemon mode that is all the parent needs.
     pub fn greeted(&self) {
         self.report(b"N");
+        if !self.tenant {
+            self.end_report();
+        }
     }
 
-    /// Says a request began: Busy, and one more request begun. The first
-    /// (admitted, so after any user switch, and before the application runs)
-    /// reports the uid serving it and closes the report pipe.
+    /// Daemon mode, once the first request is admitted (after the user
+    /// switch, before the application runs): reports the uid and waits for
+    /// the parent's verdict on this tenant's share of the group. False: the
+    /// tenant holds its share already (or no verdict came within
+    /// [`VERDICT_WAIT_MS`]); the request must not be served. Later calls:
+    /// true.
+    pub fn admitted(&self) -> bool {
+        if self.report.get() < 0 {
+            return true;
+        }
+        let mut rec = [b'U', 0, 0, 0, 0];
+        // SAFETY: getuid takes no arguments and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        rec[1..].copy_from_slice(&uid.to_ne_bytes());
+        self.report(&rec);
+        let fd = self.report.get();
+        let mut verdict = 0u8;
+        let go = sys::poll_readable(fd, Some(std::time::Duration::from_millis(VERDICT_WAIT_MS)))
+            .unwrap_or(false)
+            // SAFETY: reading one byte into a live local.
+            && unsafe { libc::read(fd, (&mut verdict as *mut u8).cast(), 1) } == 1
+            && verdict == b'G';
+        self.end_report();
+        go
+    }
+
+    fn end_report(&self) {
+        let fd = self.report.replace(-1);
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+
+    /// Says a request began: Busy, and one more request begun.
     pub fn request_started(&self, _now_ms: u64) {
         if self.rearm.replace(false) && !die_with_parent(self.parent, libc::SIGTERM) {
             sys::STOP.store(true, Relaxed);
-        }
-        let fd = self.report.get();
-        if fd >= 0 {
-            let mut rec = [b'U', 0, 0, 0, 0];
-            // SAFETY: getuid takes no arguments and cannot fail.
-            let uid = unsafe { libc::getuid() };
-            rec[1..].copy_from_slice(&uid.to_ne_bytes());
-            self.report(&rec);
-            sys::close(fd);
-            self.report.set(-1);
         }
         self.slot.requests.fetch_add(1, Relaxed);
         self.slot.state.store(State::Busy as u32, Relaxed);
@@ -285,6 +317,10 @@ impl Drop for Member {
         }
     }
 }
+
+/// Longest wait of a daemon child for the parent's verdict, in milliseconds
+/// (the parent answers within one turn of its loop).
+pub const VERDICT_WAIT_MS: u64 = 10_000;
 
 /// Seconds a leaving child has for its exit hooks before the parent (or, for
 /// an orphan, SIGALRM) ends it: mod_wsgi's default shutdown-timeout.

@@ -297,6 +297,12 @@ impl<'a> Worker<'a> {
                         break Wake::Stop;
                     }
                 }
+                // The parent's verdict on this tenant's share of the group
+                // (the first request only; the parent logs a refusal).
+                if !self.group.as_ref().is_none_or(Member::admitted) {
+                    send_resource_limit_page(&mut self.conn);
+                    break Wake::Stop;
+                }
             }
             // Known before serving: this request is the connection's last
             // (CONN_CLOSE goes out with its RESP_END).

@@ -387,3 +387,55 @@ fn effective_uid(pid: i32) -> Option<u32> {
         .parse()
         .ok()
 }
+
+/// Item 8: tenant A opens as many long requests as the group has children;
+/// it gets its share (half of LSAPI_CHILDREN + LSAPI_EXTRA_CHILDREN), its
+/// connections beyond are answered 508 at once, and tenant B is served
+/// promptly meanwhile instead of queueing behind A.
+#[test]
+fn one_tenant_cannot_hold_the_groups_children() {
+    let d = Daemon::start(
+        "tenant-share",
+        &[
+            ("LSAPI_CHILDREN", "4"),
+            ("LSAPI_EXTRA_CHILDREN", "0"),
+            ("LSAPI_MAX_IDLE_CHILDREN", "4"),
+        ],
+        false,
+    );
+    std::thread::scope(|s| {
+        let hogs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut c = d.connect();
+                    let r = c.call(&d.req(A, "/sleep?6"), b"").unwrap();
+                    (r.status, Instant::now())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        let t = Instant::now();
+        let mut c = d.connect();
+        let r = call_ok(&mut c, &d.req(B, "/"), b"");
+        let took = t.elapsed();
+        assert_eq!(answer(&r.text()).1, B.0 as u32);
+        let statuses: Vec<i32> = hogs.into_iter().map(|h| h.join().unwrap().0).collect();
+        assert!(
+            took < Duration::from_secs(3),
+            "B waited {took:?} behind A (A got {statuses:?}):\n{}",
+            d.log()
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            2,
+            "A's share is 2 of 4: {statuses:?}\n{}",
+            d.log()
+        );
+        assert_eq!(statuses.iter().filter(|s| **s == 508).count(), 2);
+        assert!(
+            d.log().contains("holds its share of 2 children"),
+            "{}",
+            d.log()
+        );
+    });
+}
