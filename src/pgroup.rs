@@ -55,6 +55,12 @@ const ACCEPT_PAUSE_MS: u64 = 500;
 /// Fork back-off after children that die before serving: first and longest
 /// delay, in milliseconds (doubling in between).
 const CRASH_BACKOFF_MS: (u64, u64) = (100, 8000);
+/// Longest wait of a daemon child whose tenant holds its share for one of
+/// that tenant's children to leave, in milliseconds (then it answers 508).
+const SHARE_WAIT_MS: u64 = 1000;
+/// The smallest group (LSAPI_CHILDREN + LSAPI_EXTRA_CHILDREN) whose tenants
+/// are held to a share of it.
+const MIN_SHARED_GROUP: usize = 4;
 
 /// The group header (written by the parent only): a sealed memfd page the
 /// parent maps read-write; a child replaces its inherited writable view with
@@ -340,6 +346,8 @@ struct Child {
     uid: Option<u32>,
     /// It was let serve that uid: it counts against the tenant's share.
     admitted: bool,
+    /// When the parent read its uid (it waits for the verdict since).
+    reported_ms: u64,
     /// Last request counter seen in its slot.
     seen_requests: u64,
     /// Requests the parent has seen it begin (at least one per change).
@@ -373,6 +381,7 @@ impl Child {
                         b'N' => self.started = true,
                         b'U' if rec.len() >= 4 && self.uid.is_none() => {
                             self.uid = Some(u32::from_ne_bytes(rec[..4].try_into().unwrap()));
+                            self.reported_ms = sys::now_ms();
                             return;
                         }
                         _ => break,
@@ -794,27 +803,48 @@ impl Parent<'_> {
     /// suEXEC daemon mode: one tenant's share of the group's children,
     /// half of LSAPI_CHILDREN + LSAPI_EXTRA_CHILDREN (rounded up), so that
     /// one tenant holding its share leaves as many children to the others.
+    /// Below [`MIN_SHARED_GROUP`] children there is no share: a half would
+    /// hold each account to one or two connections, idle ones included.
     fn tenant_share(&self) -> usize {
-        (self.cfg.child_limit() as usize).div_ceil(2)
+        let limit = self.cfg.child_limit() as usize;
+        if limit < MIN_SHARED_GROUP {
+            return limit;
+        }
+        limit.div_ceil(2)
     }
 
     /// Answers every child that reported its tenant and waits: `G` (serve)
-    /// while that tenant's admitted children are fewer than its share, else
-    /// `X` (the child answers 508 and leaves). The uid is trusted evidence:
-    /// the worker's own code wrote it after the user switch.
+    /// while that tenant's admitted children are fewer than its share; once
+    /// it has waited [`SHARE_WAIT_MS`] for one of them to leave, `X` (the
+    /// child answers 508 and leaves). The uid is trusted evidence: the
+    /// worker's own code wrote it after the user switch. Not counted: a
+    /// child the parent is retiring (gone within its bound) and one that
+    /// says it is leaving (an honest one is gone within milliseconds, a liar
+    /// is killed [`GRACE_MS`] later), so neither buys a tenant more than
+    /// that.
     fn judge(&mut self) {
         let share = self.tenant_share();
+        let now = sys::now_ms();
         for i in 0..self.children.len() {
             let c = &self.children[i];
             let (Some(uid), Some(fd)) = (c.uid, c.report) else {
                 continue;
             };
+            let waited = now.saturating_sub(c.reported_ms);
             let held = self
                 .children
                 .iter()
-                .filter(|o| o.admitted && o.uid == Some(uid))
+                .filter(|o| {
+                    o.admitted
+                        && o.uid == Some(uid)
+                        && o.retire.is_none()
+                        && o.page.slot().state.load(Relaxed) != State::Leaving as u32
+                })
                 .count();
             let go = held < share;
+            if !go && waited < SHARE_WAIT_MS {
+                continue;
+            }
             if !go {
                 if let Some(suppressed) = self.share_log.allow(sys::now_ms()) {
                     crate::warn!(
@@ -1192,6 +1222,7 @@ impl Parent<'_> {
                     started: false,
                     uid: None,
                     admitted: false,
+                    reported_ms: 0,
                     seen_requests: 0,
                     counted: 0,
                     progress_ms: now,
@@ -1302,6 +1333,8 @@ impl Parent<'_> {
                 ChildExit::Signal(s) => crate::warn!("child {} was killed by signal {s}", c.pid),
             }
             self.crash_loop(&c, how, now);
+            // A child gone: room in its tenant's share.
+            self.judge();
         }
     }
 
@@ -1590,6 +1623,7 @@ mod tests {
             started: false,
             uid: None,
             admitted: false,
+            reported_ms: 0,
             seen_requests: 0,
             counted: 0,
             progress_ms: 0,
