@@ -5,7 +5,12 @@
 //! 1. connect -> first response header when the parent forks a child for
 //!    the connection (which authenticates, switches user, loads the script
 //!    and answers), median and p90 of N sequential connections;
-//! 2. private memory (USS) of 4 daemon children after 100 requests each.
+//! 2. private memory (USS) of 4 daemon children after 100 requests each;
+//! 3. CPU time (user + system, from /proc/PID/stat in clock ticks): of the
+//!    group (parent and reaped children) per connection in 1.; time on a
+//!    CPU (/proc/PID/schedstat) of the children per request on their
+//!    persistent connections in 2. (two tenants, 4321 and 4331, two
+//!    connections each: one tenant may hold only its share of a daemon).
 //!
 //! ```text
 //! cargo bench --bench suexec -- [--bin PATH] [--samples N]
@@ -47,6 +52,38 @@ fn uss_kb(pid: i32) -> u64 {
             .unwrap_or(0)
     };
     kb("Private_Clean") + kb("Private_Dirty")
+}
+
+/// utime + stime (and, with `children`, cutime + cstime) of `pid`, in ms.
+fn cpu_ms(pid: i32, children: bool) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is 3rd,
+    // utime the 14th, stime, cutime, cstime follow.
+    let rest = &s[s.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = if children {
+        f.iter().sum()
+    } else {
+        f[0] + f[1]
+    };
+    // SAFETY: sysconf with a constant name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 * 1000.0 / hz
+}
+
+/// Time `pid` has run on a CPU (/proc/PID/schedstat), in ms.
+fn run_ms(pid: i32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+    s.split(' ')
+        .next()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0) as f64
+        / 1e6
 }
 
 fn main() {
@@ -100,6 +137,9 @@ fn main() {
     let r = connect().call(&spec, b"").unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 
+    let parent = spawned.child.id() as i32;
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu0 = cpu_ms(parent, true);
     let mut t = Vec::with_capacity(samples);
     for _ in 0..samples {
         std::thread::sleep(Duration::from_millis(5));
@@ -109,6 +149,9 @@ fn main() {
         t.push(t0.elapsed());
         assert_eq!(r.status, 200);
     }
+    // The last children are reaped (their CPU is in the parent's cutime).
+    std::thread::sleep(Duration::from_millis(500));
+    let per_conn = (cpu_ms(parent, true) - cpu0) / samples as f64;
     t.sort();
     let ms = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
     println!("suEXEC bench ({bin})");
@@ -117,17 +160,27 @@ fn main() {
         ms(0.5),
         ms(0.9)
     );
+    println!("  group CPU per such connection (parent + child): {per_conn:.3} ms");
     let mut conns: Vec<Client> = (0..4).map(|_| connect()).collect();
+    let mut other = spec.clone();
+    signed(&mut other, &secret, 4331, 4332);
+    let specs = [&spec, &other, &spec, &other];
     let mut pids = Vec::new();
-    for c in conns.iter_mut() {
-        let r = c.call(&spec, b"").unwrap();
+    for (c, spec) in conns.iter_mut().zip(specs) {
+        let r = c.call(spec, b"").unwrap();
         pids.push(r.pid.expect("PID notice"));
     }
+    let busy0: f64 = pids.iter().map(|&p| run_ms(p)).sum();
     for _ in 1..100 {
-        for c in conns.iter_mut() {
-            assert_eq!(c.call(&spec, b"").unwrap().status, 200);
+        for (c, spec) in conns.iter_mut().zip(specs) {
+            assert_eq!(c.call(spec, b"").unwrap().status, 200);
         }
     }
+    let busy: f64 = pids.iter().map(|&p| run_ms(p)).sum::<f64>() - busy0;
+    println!(
+        "  hello CPU per request on a persistent connection: {:.3} ms",
+        busy / (99.0 * pids.len() as f64)
+    );
     let mut uss: Vec<u64> = pids.iter().map(|&p| uss_kb(p)).collect();
     uss.sort();
     println!("  daemon child USS after 100 requests, KiB: {uss:?}");
