@@ -29,7 +29,7 @@
 
 use crate::config::Config;
 use crate::listen;
-use crate::status::{Header, Member, Slot, State, EXIT_GRACE_SECS, PAGE};
+use crate::status::{Header, Member, Slot, State, EXIT_GRACE_SECS, EXIT_LEASE, EXIT_SURPLUS, PAGE};
 use crate::sys::{self, ChildExit, MemProbe, STOP, STOP_SIGNAL};
 use crate::wsgi;
 use std::os::fd::RawFd;
@@ -558,6 +558,7 @@ pub fn run(cfg: &Config, listener: RawFd, starter: Option<i32>, tenants: bool) -
             fork_paused_until: 0,
             crash_log: Throttle::default(),
             share_log: Throttle::default(),
+            limit_log: Throttle::default(),
         })
     };
     match setup() {
@@ -699,6 +700,8 @@ struct Parent<'a> {
     crash_log: Throttle,
     /// Tenants refused for holding their share.
     share_log: Throttle,
+    /// The child limit reached.
+    limit_log: Throttle,
 }
 
 impl Parent<'_> {
@@ -986,7 +989,7 @@ impl Parent<'_> {
             }
             let surplus = live - leaving > self.cfg.children || idle >= self.cfg.max_idle_children;
             if surplus {
-                c.page.slot().exit.store(1, Relaxed);
+                c.page.slot().exit.store(EXIT_SURPLUS, Relaxed);
                 self.retire(i, Reason::Surplus, now, GRACE_MS, None);
                 leaving += 1;
             } else {
@@ -1017,7 +1020,7 @@ impl Parent<'_> {
             if c.retire.is_some() || now.saturating_sub(c.forked_ms) <= lease_ms {
                 continue;
             }
-            c.page.slot().exit.store(1, Relaxed);
+            c.page.slot().exit.store(EXIT_LEASE, Relaxed);
             let grace = finish_ms.saturating_add(GRACE_MS);
             self.retire(i, Reason::Lease, now, grace, None);
         }
@@ -1087,14 +1090,21 @@ impl Parent<'_> {
         let live = self.children.len() as u32;
         let room = live < self.cfg.child_limit();
         if !room && !self.saturated {
-            crate::warn!(
-                "reached the limit of {} children (LSAPI_CHILDREN={}, LSAPI_EXTRA_CHILDREN={}), \
-                 {} busy; new connections wait",
-                live,
-                self.cfg.children,
-                self.cfg.extra_children,
-                self.count(State::Busy)
-            );
+            // Once per interval, counting the times in between: a group that
+            // keeps touching its limit is one report, not a stream of them.
+            if let Some(more) = self.limit_log.allow(sys::now_ms()) {
+                crate::warn!(
+                    "reached the limit of {} children (LSAPI_CHILDREN={}, \
+                     LSAPI_EXTRA_CHILDREN={}), {} saying busy; new connections wait in the \
+                     listen backlog ({more} more times since the last report). If requests \
+                     time out or this repeats, raise LSAPI_CHILDREN together with the \
+                     external app's Max Connections",
+                    live,
+                    self.cfg.children,
+                    self.cfg.extra_children,
+                    self.count(State::Busy)
+                );
+            }
         }
         self.saturated = !room;
         room

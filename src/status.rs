@@ -83,7 +83,8 @@ pub struct Slot {
     pub state: AtomicU32,
     /// Requests begun (child-written hint; the parent watches it change).
     pub requests: AtomicU64,
-    /// Parent-written: non-zero asks this child to leave once idle.
+    /// Parent-written: non-zero asks this child to leave once idle
+    /// ([`EXIT_SURPLUS`] or [`EXIT_LEASE`], for its log).
     pub exit: AtomicU32,
 }
 
@@ -256,6 +257,17 @@ impl Member {
         self.slot.exit.load(Relaxed) > 0
     }
 
+    /// Why the parent asked this child to exit, for its log.
+    pub fn exit_reason(&self) -> &'static str {
+        match self.slot.exit.load(Relaxed) {
+            EXIT_LEASE => {
+                "its lease ended (LSAPI_MAX_IDLE + LSAPI_MAX_PROCESS_TIME since fork, \
+                 suEXEC daemon mode)"
+            }
+            _ => "surplus idle child (LSAPI_MAX_IDLE_CHILDREN)",
+        }
+    }
+
     /// LSAPI_MAX_BUSY_WORKER: whether so many children are busy (as last
     /// counted by the parent) that this one, having finished a request,
     /// should hand its connection back.
@@ -317,6 +329,11 @@ impl Drop for Member {
         }
     }
 }
+
+/// [`Slot::exit`]: a surplus idle child (LSAPI_MAX_IDLE_CHILDREN).
+pub const EXIT_SURPLUS: u32 = 1;
+/// [`Slot::exit`]: its lease ended (suEXEC daemon mode).
+pub const EXIT_LEASE: u32 = 2;
 
 /// Longest wait of a daemon child for the parent's verdict, in milliseconds
 /// (the parent answers within one turn of its loop).

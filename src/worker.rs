@@ -393,7 +393,8 @@ impl<'a> Worker<'a> {
             Wake::Idle => crate::info!("exiting: idle for LSAPI_MAX_IDLE"),
             Wake::Orphaned => crate::info!("exiting: the process that started this one is gone"),
             Wake::Retired => crate::info!(
-                "exiting after {requests} requests: surplus idle child (LSAPI_MAX_IDLE_CHILDREN)"
+                "exiting after {requests} requests: {}",
+                self.group.as_ref().map_or("asked to", Member::exit_reason)
             ),
             Wake::Released if self.memory_low() => crate::info!(
                 "exiting after {requests} requests: free memory below the LSAPI_AVOID_FORK threshold"

@@ -373,6 +373,13 @@ fn faked_progress_does_not_keep_a_child_past_its_lease() {
             "{}",
             d.log()
         );
+        // B's honest child left at a request boundary when its lease ended
+        // (every one of B's requests above was answered).
+        assert!(
+            d.log().contains(&format!("(uid {}): ", B.0)) && d.log().contains("its lease ended"),
+            "{}",
+            d.log()
+        );
         let _ = attacker.join().unwrap();
     });
 }
