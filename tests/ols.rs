@@ -1227,3 +1227,53 @@ fn max_busy_worker_behind_openlitespeed() {
     }
     finish(ols, f);
 }
+
+/// Shedding that starts while a request runs (LSAPI_MAX_BUSY_WORKER reached
+/// meanwhile): the worker's CONN_CLOSE then follows the RESP_END in a write
+/// of its own. With more clients than the server's connections, the server
+/// hands a waiting request to a connection the moment its RESP_END
+/// arrives, sometimes before the CONN_CLOSE: none of those requests may be
+/// lost (OpenLiteSpeed 1.5.12 sends them again: not yet confirmed by
+/// REQ_RECEIVED, so never run).
+#[test]
+fn shedding_mid_request_loses_no_request_behind_openlitespeed() {
+    let Some(prefix) = ols_prefix() else { return };
+    let ols = Ols::start(
+        &prefix,
+        &[Site {
+            name: "shed",
+            env: &["LSAPI_CHILDREN=4", "LSAPI_MAX_BUSY_WORKER=2"],
+            max_conns: 4,
+            app_servers: &[],
+            missing_worker: false,
+        }],
+        true,
+    );
+    let mut f = Failures::default();
+    let url = format!("{}/ols.wsgi/sleep?0.03", ols.base("shed"));
+    let rows = concurrent(&url, 24, 40);
+    let tag = format!("#{}:lsapi]", ols.vhost("shed"));
+    let log = ols.error_log();
+    let closes = log
+        .lines()
+        .filter(|l| l.contains(&tag) && l.contains("received LSAPI_CONN_CLOSE"))
+        .count();
+    // A request the server sent on a connection the worker was closing:
+    // the server sees the reset before any REQ_RECEIVED and sends it again.
+    let resent = log
+        .lines()
+        .filter(|l| l.contains(&tag) && l.contains("confirmed 0, error"))
+        .count();
+    f.check(
+        "24 clients on 4 connections, LSAPI_MAX_BUSY_WORKER=2",
+        not_ok(&rows).is_empty() && closes > 0,
+        format!(
+            "{} of {} not 200 ({:?}); {closes} CONN_CLOSE received by the server, \
+             {resent} requests met a closing connection and were sent again",
+            not_ok(&rows).len(),
+            rows.len(),
+            not_ok(&rows).iter().take(10).collect::<Vec<_>>()
+        ),
+    );
+    finish(ols, f);
+}
