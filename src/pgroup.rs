@@ -146,18 +146,19 @@ impl StatusPage {
         Ok(StatusPage(p?.cast()))
     }
 
-    fn slot(&self) -> &'static Slot {
+    fn slot(&self) -> &Slot {
         // SAFETY: a live, zero-filled (all zeroes: Starting) page-aligned
-        // mapping of a sealed page, unmapped only by `drop` when the record
-        // that owns it goes; zeroes are valid atomics.
+        // mapping of a sealed page, unmapped only by `drop`, which the
+        // borrow of `self` rules out meanwhile; zeroes are valid atomics.
         unsafe { &*self.0 }
     }
 
-    /// The mapping, for a new child to keep.
+    /// The mapping, for a new child to keep for the rest of its life.
     fn keep(self) -> &'static Slot {
-        let s = self.slot();
+        let p = self.0;
         std::mem::forget(self);
-        s
+        // SAFETY: as in `slot`; forgotten, the page is never unmapped.
+        unsafe { &*p }
     }
 }
 
@@ -426,10 +427,10 @@ fn retry_later() -> bool {
 /// Longest line relayed from a child's output, in bytes; the rest of a
 /// longer line is cut.
 const RELAY_LINE: usize = 2048;
-/// Most bytes read from one child's output per wake-up of the parent, so a
-/// child that floods its pipe cannot hold the parent (it blocks on its own
-/// full pipe instead).
-const RELAY_BURST: usize = 32 * 1024;
+/// Most bytes relayed from one child's output per tick ([`TICK_MS`]): a
+/// child that floods its pipe cannot hold the parent or fill the log at
+/// disk speed; it blocks on its own full pipe until the next tick.
+const RELAY_PER_TICK: usize = 256 * 1024;
 
 /// The parent's end of a daemon child's output: lines are copied to the
 /// parent's log, each marked with the child's pid and uid, so no tenant ever
@@ -441,21 +442,24 @@ struct Relay {
     line: Vec<u8>,
     /// The current line was cut: skip to its end.
     cut: bool,
+    /// Bytes it may still relay this tick.
+    budget: usize,
 }
 
 impl Relay {
-    /// Copies what is readable now (at most [`RELAY_BURST`] bytes) to the
-    /// log, line by line. Returns false at end of file or on an error.
+    /// Copies what is readable now, within this tick's budget, to the log,
+    /// line by line. Returns false at end of file or on an error.
     fn pump(&mut self, pid: i32, uid: Option<u32>) -> bool {
         let mut buf = [0u8; 4096];
-        let mut total = 0;
-        while total < RELAY_BURST {
-            // SAFETY: buf is a live local; fd is our non-blocking read end.
-            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+        while self.budget > 0 {
+            let want = buf.len().min(self.budget);
+            // SAFETY: buf is a live local of at least `want` bytes; fd is our
+            // non-blocking read end.
+            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), want) };
             if n <= 0 {
                 return n < 0 && retry_later();
             }
-            total += n as usize;
+            self.budget -= n as usize;
             for part in buf[..n as usize].split_inclusive(|&b| b == b'\n') {
                 let (text, end) = match part.split_last() {
                     Some((b'\n', text)) => (text, true),
@@ -487,7 +491,8 @@ impl Relay {
         self.line.clear();
     }
 
-    /// At reap: copies what is left, then the unfinished line.
+    /// At reap: copies what is left (within the budget), then the
+    /// unfinished line.
     fn finish(mut self, pid: i32, uid: Option<u32>) {
         self.pump(pid, uid);
         if !self.line.is_empty() {
@@ -778,6 +783,9 @@ impl Parent<'_> {
             return Some(Exit::Orphaned);
         }
         self.observe(now);
+        for r in self.children.iter_mut().filter_map(|c| c.relay.as_mut()) {
+            r.budget = RELAY_PER_TICK;
+        }
         self.kill_unstarted(now);
         self.kill_runaways(now);
         self.retire_stale_and_lying(now);
@@ -1149,7 +1157,9 @@ impl Parent<'_> {
         self.pollfds
             .push(fd(if listener { self.listener } else { -1 }));
         for c in &self.children {
-            self.pollfds.push(fd(c.relay.as_ref().map_or(-1, |r| r.fd)));
+            // A relay out of budget waits for the next tick.
+            let relay = c.relay.as_ref().filter(|r| r.budget > 0);
+            self.pollfds.push(fd(relay.map_or(-1, |r| r.fd)));
             self.pollfds.push(fd(c.report.unwrap_or(-1)));
         }
         let timeout = timeout_ms.min(i32::MAX as u64) as i32;
@@ -1220,6 +1230,7 @@ impl Parent<'_> {
                         fd: r,
                         line: Vec::new(),
                         cut: false,
+                        budget: RELAY_PER_TICK,
                     }
                 });
                 self.children.push(Child {
@@ -1390,6 +1401,9 @@ impl Parent<'_> {
         for c in &self.children {
             let name = c.said.map_or("?", State::name);
             let _ = write!(list, " {}:{}:{}", c.pid, name, c.counted);
+            if let Some(uid) = c.uid {
+                let _ = write!(list, ":uid={uid}");
+            }
             if c.said == Some(State::Busy) {
                 let _ = write!(list, ":{}ms", now.saturating_sub(c.progress_ms));
             }

@@ -446,3 +446,47 @@ fn one_tenant_cannot_hold_the_groups_children() {
         );
     });
 }
+
+/// Item 3: tenant A floods its stderr for 4 s (an over-long line first).
+/// Tenant B is served promptly meanwhile, the log grows by at most the
+/// relay's rate (256 KiB per child per second), and the over-long line is
+/// cut, saying so.
+#[test]
+fn a_tenant_flooding_its_output_cannot_flood_roots_log() {
+    let d = Daemon::start(
+        "tenant-flood",
+        &[("LSAPI_CHILDREN", "4"), ("LSAPI_MAX_IDLE_CHILDREN", "4")],
+        true,
+    );
+    let before = std::fs::metadata(d.log_path()).unwrap().len();
+    std::thread::scope(|s| {
+        let flooder = s.spawn(|| {
+            let mut c = d.connect();
+            c.call(&d.req(A, "/flood?4"), b"").map(|r| r.text())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        victim_serves(
+            &d,
+            Duration::from_secs(3),
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+        );
+        let text = flooder.join().unwrap().expect("the flooder's answer");
+        let wrote: u64 = answer(&text)
+            .2
+            .trim_start_matches("flooded ")
+            .parse()
+            .unwrap();
+        let grew = std::fs::metadata(d.log_path()).unwrap().len() - before;
+        assert!(
+            grew < 12 * 256 * 1024,
+            "the log grew by {grew} bytes while the tenant wrote {wrote}"
+        );
+        let log = std::fs::read_to_string(d.log_path()).unwrap();
+        assert!(
+            log.contains(&format!("(uid {}): long-line xxx", A.0)) && log.contains("[line cut]"),
+            "{}",
+            &log[..log.len().min(4000)]
+        );
+    });
+}

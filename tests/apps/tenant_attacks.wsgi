@@ -119,6 +119,21 @@ def log_attack():
     return " ".join(out)
 
 
+def flood(secs):
+    """Writes to stderr as fast as it can for `secs` (one over-long line first)."""
+    err = os.fdopen(os.dup(2), "w", buffering=1 << 16)
+    err.write("long-line " + "x" * 5000 + "\n")
+    line = "flood " + "y" * 994 + "\n"
+    n = 0
+    end = time.time() + secs
+    # At most 32 MB, so that a worker without a relay fills no disk.
+    while time.time() < end and n < 32 << 20:
+        err.write(line)
+        n += len(line)
+    err.flush()
+    return "flooded %d" % n
+
+
 def application(environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/escape":
@@ -129,6 +144,8 @@ def application(environ, start_response):
         crash()
     elif path == "/fake":
         body = fake_progress(seconds(environ, 30))
+    elif path == "/flood":
+        body = flood(seconds(environ, 4))
     elif path == "/log":
         body = log_attack()
     elif path == "/say":
