@@ -347,6 +347,68 @@ pub const EXIT_GRACE_SECS: u32 = 5;
 mod tests {
     use super::*;
 
+    fn member(report: RawFd, tenant: bool) -> Member {
+        let slot: &'static Slot = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+        let header: &'static Header = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+        Member::new(
+            slot,
+            report,
+            tenant,
+            header,
+            sys::getppid(),
+            None,
+            0,
+            0,
+            None,
+        )
+    }
+
+    fn pair() -> (RawFd, RawFd) {
+        let mut fds = [-1; 2];
+        assert_eq!(
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) },
+            0
+        );
+        (fds[0], fds[1])
+    }
+
+    fn read_all(fd: RawFd) -> Vec<u8> {
+        let mut buf = [0u8; 16];
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        buf[..n.max(0) as usize].to_vec()
+    }
+
+    #[test]
+    fn a_tenant_child_reports_started_and_its_uid_and_obeys_the_verdict() {
+        for (verdict, go) in [(b'G', true), (b'X', false)] {
+            let (parent, child) = pair();
+            let m = member(child, true);
+            m.greeted();
+            assert_eq!(read_all(parent), b"N");
+            sys::write_all_fd(parent, &[verdict]);
+            assert_eq!(m.admitted(), go);
+            let uid = unsafe { libc::getuid() }.to_ne_bytes();
+            assert_eq!(read_all(parent), [b'U', uid[0], uid[1], uid[2], uid[3]]);
+            // The child's end is closed: end of file, and no second report.
+            assert_eq!(read_all(parent), b"");
+            assert!(m.admitted());
+            sys::close(parent);
+        }
+        // Outside daemon mode the channel closes after the notice.
+        let (parent, child) = pair();
+        let m = member(child, false);
+        m.greeted();
+        assert_eq!(read_all(parent), b"N");
+        assert_eq!(read_all(parent), b"");
+        assert_eq!(
+            m.exit_reason(),
+            "surplus idle child (LSAPI_MAX_IDLE_CHILDREN)"
+        );
+        m.slot.exit.store(EXIT_LEASE, Relaxed);
+        assert!(m.exit_reason().starts_with("its lease ended"));
+        sys::close(parent);
+    }
+
     #[test]
     fn layouts_fit_their_page_and_zero_is_starting() {
         assert_eq!(std::mem::size_of::<Slot>(), 64);
