@@ -25,6 +25,16 @@
 //!   SIGKILL after a grace period, whatever the child says meanwhile;
 //! - a child that never starts serving within [`STARTUP_MS`] is killed.
 //!
+//! Each child's status page is its own ([`StatusPage`]: made for its fork,
+//! sealed, dropped at reap), so a lie reaches only the liar's own child.
+//! What the parent acts on alone ("started", and in suEXEC daemon mode the
+//! uid, which the tenant's share is judged on) comes from the child's report
+//! channel, written by the worker's own code before any application code
+//! runs. In daemon mode, too, every child holds a lease timed from fork
+//! ([`Parent::expire_leases`]) and writes its output to a pipe of its own
+//! that the parent relays to the log ([`Relay`]): tenants share nothing
+//! writable with root or with each other (LSAPI.md section 7).
+//!
 //! Times are the parent's CLOCK_MONOTONIC milliseconds.
 
 use crate::config::Config;
