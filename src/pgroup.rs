@@ -836,8 +836,9 @@ impl Parent<'_> {
 
     /// Answers every child that reported its tenant and waits: `G` (serve)
     /// while that tenant's admitted children are fewer than its share; once
-    /// it has waited [`SHARE_WAIT_MS`] for one of them to leave, `X` (the
-    /// child answers 508 and leaves). The uid is trusted evidence: the
+    /// it has waited [`SHARE_WAIT_MS`] for one of them to leave, or at once
+    /// when the group is at its limit, `X` (the child answers 508 and
+    /// leaves). The uid is trusted evidence: the
     /// worker's own code wrote it after the user switch. Not counted: a
     /// child the parent is retiring (gone within its bound) and one that
     /// says it is leaving (an honest one is gone within milliseconds, a liar
@@ -863,7 +864,9 @@ impl Parent<'_> {
                 })
                 .count();
             let go = held < share;
-            if !go && waited < SHARE_WAIT_MS {
+            // Waiting holds a place: not while the group is at its limit.
+            let full = self.children.len() >= self.cfg.child_limit() as usize;
+            if !go && waited < SHARE_WAIT_MS && !full {
                 continue;
             }
             if !go {

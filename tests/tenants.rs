@@ -427,6 +427,7 @@ fn one_tenant_cannot_hold_the_groups_children() {
         let took = t.elapsed();
         assert_eq!(answer(&r.text()).1, B.0 as u32);
         let statuses: Vec<i32> = hogs.into_iter().map(|h| h.join().unwrap().0).collect();
+        eprintln!("B's request while A holds its share: {took:?}; A got {statuses:?}");
         assert!(
             took < Duration::from_secs(3),
             "B waited {took:?} behind A (A got {statuses:?}):\n{}",
