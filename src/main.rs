@@ -84,7 +84,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Cli, String> {
 
 fn main() -> ExitCode {
     let starter = sys::getppid();
-    sys::close_inherited_fds();
+    let kept_fd3 = sys::close_inherited_fds();
     let lsapi_env = sys::original_lsapi_env();
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Cli::Run(a)) => a,
@@ -104,6 +104,7 @@ fn main() -> ExitCode {
     for w in &cfg.warnings {
         warn!("{w}");
     }
+    sys::stdin_never_a_terminal();
     sys::limit_core_dumps(cfg.allow_core_dump);
     sys::install_signal_handlers();
 
@@ -146,6 +147,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+
+    // fd 3 is kept for a Worker-mode process LiteSpeed hands a connected
+    // socket there; a daemon has no use for it, and its children belong to
+    // tenants: the starter's socket must not reach them.
+    if daemon.is_some() && kept_fd3 {
+        sys::close(3);
+    }
 
     // Application code must not see the worker's own settings.
     for (k, _) in std::env::vars_os() {
@@ -201,11 +209,13 @@ fn main() -> ExitCode {
             pgroup::Role::Child(member, conn) => {
                 let tenant = daemon.is_some();
                 if let Some(d) = &daemon {
-                    // The tenant's own processes start in this child's group
-                    // (see suexec::end_tenant_group).
-                    suexec::own_group();
-                    // Root stays only the saved uid until the final switch.
-                    if let Err(e) = suexec::hold_as(d.default.0, d.default.1) {
+                    // Root stays only the saved uid until the final switch;
+                    // no terminal or session shared with root or another
+                    // tenant, and the tenant's own processes start in this
+                    // child's group (see suexec::end_tenant_group).
+                    if let Err(e) = suexec::hold_as(d.default.0, d.default.1)
+                        .and_then(|()| suexec::own_session())
+                    {
                         error!("{e}");
                         sys::exit_now(1);
                     }

@@ -114,6 +114,13 @@ fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
         return Ok((BUILD_EXECUTABLE.into(), None));
     }
     if readable(&format!("{BUILD_STDLIB}/os.py")) {
+        if isolated {
+            // The installation the worker was built against (stdlib =
+            // PREFIX/lib/pythonX.Y).
+            if let Some(prefix) = Path::new(BUILD_STDLIB).parent().and_then(Path::parent) {
+                root_controlled_prefix(prefix, "the Python prefix")?;
+            }
+        }
         return Ok((BUILD_EXECUTABLE.into(), None));
     }
     let v = BUILD_VERSION;
@@ -122,6 +129,12 @@ fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
         if readable(&format!("{stdlib}/os.py"))
             && Path::new(&format!("{stdlib}/lib-dynload")).is_dir()
         {
+            if isolated {
+                if let Err(e) = root_controlled_prefix(Path::new(&prefix), "the Python prefix") {
+                    crate::warn!("not using Python {v} from {prefix}: {e}");
+                    continue;
+                }
+            }
             crate::warn!(
                 "cannot read the standard library at {BUILD_STDLIB}; using Python {v} from {prefix}"
             );
@@ -145,31 +158,19 @@ fn which(name: &str) -> String {
         .unwrap_or_else(|| name.to_string())
 }
 
-/// `Err` unless `path` (following symbolic links) and every directory above
-/// it belong to root and are not writable by group or others: what a root
-/// process may run or import from without running a tenant's code.
+/// `Err` unless root may start Python from `path` ([`crate::sys::root_trusted`]):
+/// what a root process may run or import from without running a tenant's
+/// code.
 fn root_controlled(path: &Path, what: &str) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let real =
-        std::fs::canonicalize(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    let mut p = Some(real.as_path());
-    while let Some(cur) = p {
-        let m = std::fs::metadata(cur).map_err(|e| format!("{what} {}: {e}", cur.display()))?;
-        // A sticky directory (/tmp) still lets others replace only their own entries.
-        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
-        if m.uid() != 0 || (m.mode() & 0o022 != 0 && !sticky_dir) {
-            return Err(format!(
-                "{what} {}: {} is owned by uid {} with mode {:04o}; a suEXEC daemon (root) only \
-                 starts Python from paths that root owns and nobody else can write",
-                path.display(),
-                cur.display(),
-                m.uid(),
-                m.mode() & 0o7777
-            ));
-        }
-        p = cur.parent();
-    }
-    Ok(())
+    crate::sys::root_trusted(path).map_err(|e| untrusted(what, path, &e))
+}
+
+fn untrusted(what: &str, path: &Path, why: &str) -> String {
+    format!(
+        "{what} {}: {why}; a suEXEC daemon (root) only starts Python from paths that root owns \
+         and nobody else can write",
+        path.display()
+    )
 }
 
 /// The parts of a Python prefix that run at start-up must be root's: for a
@@ -179,46 +180,13 @@ fn root_controlled(path: &Path, what: &str) -> Result<(), String> {
 fn root_controlled_prefix(prefix: &Path, what: &str) -> Result<(), String> {
     root_controlled(prefix, what)?;
     let cfg = prefix.join("pyvenv.cfg");
-    if cfg.exists() {
+    let (tree, depth) = if cfg.exists() {
         root_controlled(&cfg, what)?;
-        return root_controlled_tree(&prefix.join("lib"), what, 4);
-    }
-    let lib = prefix.join(format!("lib/python{BUILD_VERSION}"));
-    root_controlled_tree(&lib, what, 2)
-}
-
-/// [`root_controlled`] for `dir` and everything in it, `depth` levels down
-/// (nothing to check when it does not exist).
-fn root_controlled_tree(dir: &Path, what: &str, depth: u32) -> Result<(), String> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    root_controlled(dir, what)?;
-    fn walk(d: &Path, depth: u32, what: &str) -> Result<(), String> {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(entries) = std::fs::read_dir(d) else {
-            return Ok(());
-        };
-        for e in entries.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else {
-                continue;
-            };
-            if m.uid() != 0 || (m.mode() & 0o022 != 0 && !m.file_type().is_symlink()) {
-                return Err(format!(
-                    "{what}: {} is owned by uid {} with mode {:04o}; a suEXEC daemon (root) \
-                     only starts Python from paths that root owns and nobody else can write",
-                    e.path().display(),
-                    m.uid(),
-                    m.mode() & 0o7777
-                ));
-            }
-            if m.is_dir() && depth > 0 {
-                walk(&e.path(), depth - 1, what)?;
-            }
-        }
-        Ok(())
-    }
-    walk(dir, depth, what)
+        (prefix.join("lib"), 4)
+    } else {
+        (prefix.join(format!("lib/python{BUILD_VERSION}")), 2)
+    };
+    crate::sys::root_trusted_tree(&tree, depth).map_err(|e| untrusted(what, prefix, &e))
 }
 
 unsafe fn status_error(what: &str, st: ffi::PyStatus) -> Result<(), String> {
@@ -247,6 +215,9 @@ unsafe fn status_error(what: &str, st: ffi::PyStatus) -> Result<(), String> {
 /// PYTHONPATH after their user switch ([`adopt_pythonpath`]).
 pub fn init_python(isolated: bool) -> Result<(), String> {
     let (program, home) = choose_paths(isolated)?;
+    if isolated {
+        let _ = DAEMON_PYTHONPATH.set(daemon_pythonpath());
+    }
     // SAFETY: PyConfig is plain data initialised by PyConfig_InitPythonConfig;
     // strings are copied by PyConfig_SetBytesString.
     unsafe {
@@ -285,14 +256,57 @@ pub fn init_python(isolated: bool) -> Result<(), String> {
     }
 }
 
-/// In a suEXEC daemon child after its user switch: puts PYTHONPATH's
-/// entries at the front of sys.path, where a normal start would have put
-/// them (the root parent ignored the environment).
-pub fn adopt_pythonpath() {
+/// PYTHONPATH's entries a suEXEC daemon's children put on `sys.path`,
+/// vetted by the root parent at start-up ([`daemon_pythonpath`]).
+static DAEMON_PYTHONPATH: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// PYTHONPATH's entries as a suEXEC daemon may use them. Every account's
+/// children get the same `sys.path`, so a directory on it that one tenant
+/// could write is a module another tenant imports: each entry must be
+/// [`crate::sys::root_trusted`] or it is dropped (logged). A relative entry
+/// (`.` in OpenLiteSpeed's `PYTHONPATH=.:<root>`) would resolve against the
+/// root parent's working directory in every child: it is made absolute now
+/// and checked like the rest.
+fn daemon_pythonpath() -> Vec<Vec<u8>> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let Some(pp) = std::env::var_os("PYTHONPATH").filter(|v| !v.is_empty()) else {
+        return Vec::new();
+    };
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut out = Vec::new();
+    for entry in pp
+        .as_bytes()
+        .split(|&b| b == b':')
+        .filter(|e| !e.is_empty())
+    {
+        let p = Path::new(std::ffi::OsStr::from_bytes(entry));
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd.join(p)
+        };
+        match crate::sys::root_trusted(&abs) {
+            Ok(()) => out.push(abs.into_os_string().into_vec()),
+            Err(e) => crate::warn!(
+                "PYTHONPATH entry {} ({}) left off sys.path: {e}; in suEXEC daemon mode every \
+                 account shares the daemon's sys.path, so only directories that root owns and \
+                 nobody else can write go on it",
+                p.display(),
+                abs.display()
+            ),
+        }
+    }
+    out
+}
+
+/// In a suEXEC daemon child after its user switch: puts the vetted
+/// PYTHONPATH entries ([`daemon_pythonpath`]) at the front of sys.path,
+/// where a normal start would have put them (the root parent ignored the
+/// environment).
+pub fn adopt_pythonpath() {
+    let Some(entries) = DAEMON_PYTHONPATH.get() else {
         return;
     };
-    use std::os::unix::ffi::OsStrExt;
     // SAFETY: called on the serving thread with the GIL held; every object
     // created is checked and released; PySys_GetObject returns a borrowed
     // list.
@@ -301,12 +315,7 @@ pub fn adopt_pythonpath() {
         if path.is_null() || ffi::PyList_Check(path) == 0 {
             return;
         }
-        for (i, entry) in pp
-            .as_bytes()
-            .split(|&b| b == b':')
-            .filter(|e| !e.is_empty())
-            .enumerate()
-        {
+        for (i, entry) in entries.iter().enumerate() {
             let s = ffi::PyUnicode_DecodeFSDefaultAndSize(
                 entry.as_ptr().cast(),
                 entry.len() as ffi::Py_ssize_t,

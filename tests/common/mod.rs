@@ -45,9 +45,17 @@ pub struct Worker {
 impl Worker {
     /// Starts `lswsgi ARGS` with a listening socket on fd 0 and `env`.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Worker {
+        Worker::start_via(&[], args, env)
+    }
+
+    /// Starts `LAUNCHER... lswsgi ARGS` the same way: a starter program that
+    /// prepares something and then execs the worker (its pid is the
+    /// worker's when it execs directly).
+    pub fn start_via(launcher: &[&str], args: &[&str], env: &[(&str, &str)]) -> Worker {
         let dir = scratch("worker");
         let log = dir.join("stderr.log");
-        let mut argv = vec![LSWSGI.to_string()];
+        let mut argv: Vec<String> = launcher.iter().map(|s| s.to_string()).collect();
+        argv.push(LSWSGI.to_string());
         argv.extend(args.iter().map(|s| s.to_string()));
         let env: Vec<(String, String)> = env
             .iter()
