@@ -94,6 +94,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A virtualenv of another Python: the build for that Python installed
+    // beside this one serves the site, as this same process with the same
+    // descriptors, arguments and environment, so one configured binPath
+    // serves every Python a host offers. Before anything irreversible.
+    if let Some((version, build)) = wsgi::interp::other_build() {
+        dispatch(&version, &build);
+    }
     let mut cfg = Config::from_env();
     if let Some(path) = &cfg.stderr_log {
         if let Err(e) = sys::redirect_stderr(path) {
@@ -101,6 +108,10 @@ fn main() -> ExitCode {
         }
     }
     sys::fold_stdout_into_stderr();
+    if let Ok(by) = std::env::var(wsgi::interp::DISPATCHED) {
+        let (version, _) = wsgi::interp::build_python();
+        info!("serving a Python {version} virtualenv: started by {by}");
+    }
     for w in &cfg.warnings {
         warn!("{w}");
     }
@@ -178,6 +189,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     wsgi::init_context(cfg.stderr_log.is_some());
+    wsgi::errpage::configure(cfg.stderr_log.as_deref());
     let rt = match wsgi::Runtime::new(wsgi::Options {
         preload: args.preload,
         multiprocess: cfg.process_group(),
@@ -251,6 +263,34 @@ fn main() -> ExitCode {
         cfg.shutdown_timeout,
         0,
     )
+}
+
+/// Execs `build` (the worker for Python `version`) in place of this process;
+/// returns only if that fails (logged; this worker then answers 500s).
+fn dispatch(version: &str, build: &std::path::Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let me = std::env::current_exe().unwrap_or_default();
+    std::env::set_var(wsgi::interp::DISPATCHED, &me);
+    let path = CString::new(build.as_os_str().as_bytes()).ok();
+    let args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.into_vec()).ok())
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    if let Some(path) = path {
+        // SAFETY: path and every argv entry are NUL-terminated strings that
+        // outlive the call, argv ends with NULL; execv keeps the environment
+        // (with the marker just set) and every descriptor without
+        // close-on-exec.
+        unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+    }
+    std::env::remove_var(wsgi::interp::DISPATCHED);
+    error!(
+        "cannot start {} for the Python {version} virtualenv: {}",
+        build.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// What a suEXEC daemon's children need to admit a connection.

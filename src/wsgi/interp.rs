@@ -54,42 +54,146 @@ fn venv_version(cfg: &str) -> Option<String> {
     })
 }
 
-/// Refuses a virtualenv made with another Python minor version: its
-/// site-packages (lib/pythonX.Y) would not be on sys.path and its compiled
-/// extensions would not load, so the site would fail later with an
-/// ImportError that names neither version. CPython looks for pyvenv.cfg beside
-/// the executable and one directory up; so does this.
-fn check_venv_version(bin: &str) -> Result<(), String> {
-    let Some(dir) = Path::new(bin).parent() else {
-        return Ok(());
-    };
+/// The Python `X.Y` of the virtualenv LS_PYTHONBIN (a path) belongs to,
+/// when it differs from the embedded Python's, with its pyvenv.cfg. Such a
+/// virtualenv's site-packages (lib/pythonX.Y) would not be on sys.path and
+/// its compiled extensions would not load, so the site would fail later with
+/// an ImportError that names neither version. CPython looks for pyvenv.cfg
+/// beside the executable and one directory up; so does this.
+fn venv_mismatch(bin: &str) -> Option<(String, std::path::PathBuf)> {
+    let dir = Path::new(bin).parent()?;
     for cfg in [Some(dir), dir.parent()].into_iter().flatten() {
         let cfg = cfg.join("pyvenv.cfg");
         let Ok(text) = std::fs::read_to_string(&cfg) else {
             continue;
         };
-        return match venv_version(&text) {
-            Some(v) if v != BUILD_VERSION => Err(format!(
-                "LS_PYTHONBIN={bin} is a Python {v} virtualenv ({}), but this lswsgi embeds \
-                 Python {BUILD_VERSION}; use the lswsgi built for Python {v}, or recreate \
-                 the virtualenv with Python {BUILD_VERSION}",
-                cfg.display()
-            )),
-            _ => Ok(()),
-        };
+        return venv_version(&text)
+            .filter(|v| v != BUILD_VERSION)
+            .map(|v| (v, cfg));
     }
-    Ok(())
+    None
 }
+
+/// The environment variable a worker sets before it execs the build for
+/// another Python ([`other_build`]); the build it starts never dispatches
+/// again. An LSAPI_ name: scrubbed before application code runs.
+pub const DISPATCHED: &str = "LSAPI_LSWSGI_DISPATCHED";
+
+/// The Python `X.Y` of LS_PYTHONBIN's virtualenv and the worker installed
+/// beside this one for that version, when the two Pythons differ and such a
+/// build exists (none once [`DISPATCHED`] is set). Beside means, for `X.Y` =
+/// 3.12: `lswsgi3.12` or `lswsgi312` in this executable's directory, or
+/// CloudLinux's `/opt/alt/python312/bin/lswsgi`. Only a file the host put
+/// there counts, never a path the virtualenv names: as root it must be a
+/// trusted path ([`crate::sys::root_trusted`]); otherwise a regular,
+/// executable file that group and others cannot write.
+pub fn other_build() -> Option<(String, std::path::PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    if std::env::var_os(DISPATCHED).is_some() {
+        return None;
+    }
+    let bin = std::env::var("LS_PYTHONBIN")
+        .ok()
+        .filter(|b| b.contains('/'))?;
+    let (version, _) = venv_mismatch(&bin)?;
+    let me = std::env::current_exe().ok()?;
+    let here = me.parent()?;
+    let nodot = version.replace('.', "");
+    let me_id = std::fs::metadata(&me).ok().map(|m| (m.dev(), m.ino()));
+    [
+        here.join(format!("lswsgi{version}")),
+        here.join(format!("lswsgi{nodot}")),
+        Path::new(&format!("/opt/alt/python{nodot}/bin/lswsgi")).to_path_buf(),
+    ]
+    .into_iter()
+    .find(|c| {
+        let Ok(m) = std::fs::metadata(c) else {
+            return false;
+        };
+        let usable = m.is_file()
+            && m.mode() & 0o111 != 0
+            && Some((m.dev(), m.ino())) != me_id
+            && if crate::suexec::is_root() {
+                crate::sys::root_trusted(c).is_ok()
+            } else {
+                m.mode() & 0o022 == 0
+            };
+        if !usable {
+            crate::warn!(
+                "not using {} for the Python {version} virtualenv: it is not a regular \
+                 executable file that only its owner (root, when this worker runs as root) \
+                 can write",
+                c.display()
+            );
+        }
+        usable
+    })
+    .map(|c| (version, c))
+}
+
+/// What every request of a worker that cannot run its site is answered
+/// with (a 500 page saying it), set at start-up; `None` for a working one.
+static MISCONFIGURED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The message for visitors when the site cannot run at all (see
+/// [`MISCONFIGURED`]): nothing secret, no paths.
+pub fn misconfigured() -> Option<&'static str> {
+    MISCONFIGURED.get().map(String::as_str)
+}
+
+/// Milliseconds (monotonic) when [`MISCONFIGURED`] was last logged.
+static MISCONFIGURED_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Logs the start-up problem again, at most once a minute (a site answered
+/// with 500s for days must stay visible in its log without flooding it).
+fn log_misconfigured(detail: &str) {
+    use std::sync::atomic::Ordering;
+    let now = crate::sys::now_ms();
+    let last = MISCONFIGURED_LOGGED.load(Ordering::Relaxed);
+    if last == 0 || now.saturating_sub(last) >= 60_000 {
+        MISCONFIGURED_LOGGED.store(now.max(1), Ordering::Relaxed);
+        crate::error!("{detail}");
+    }
+}
+
+/// The log's description of [`MISCONFIGURED`] (paths included).
+static MISCONFIGURED_DETAIL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Chooses the interpreter's program name and (when needed) home so it runs
 /// with the standard library of the Python it was built against, whatever
 /// PATH holds. Returns `(program_name, home)`.
 fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    if let Some(bin) = env("LS_PYTHONBIN") {
+    let venv = env("LS_PYTHONBIN").map(|bin| {
+        let mismatch = bin.contains('/').then(|| venv_mismatch(&bin)).flatten();
+        (bin, mismatch)
+    });
+    if let Some((bin, Some((v, cfg)))) = &venv {
+        // No build for that Python beside this one (see other_build): stay
+        // up on the embedded Python's own installation and answer every
+        // request at once with a 500 that says why, instead of exiting into
+        // the server's restart loop (a 503 after seconds for every visitor).
+        let b = BUILD_VERSION;
+        let _ = MISCONFIGURED.set(format!(
+            "This site's Python virtualenv was made with Python {v}, but the server runs it \
+             with Python {b}, and no worker for Python {v} is installed on this server. \
+             Recreate the virtualenv with Python {b}, or choose Python {b} for the site."
+        ));
+        let _ = MISCONFIGURED_DETAIL.set(format!(
+            "LS_PYTHONBIN={bin} is a Python {v} virtualenv ({}), but this lswsgi embeds \
+             Python {b} and no lswsgi for Python {v} is installed beside it (lswsgi{v} or \
+             lswsgi{} in its directory, or /opt/alt/python{}/bin/lswsgi); answering every \
+             request with 500 until the virtualenv is recreated with Python {b} or that build \
+             is installed",
+            cfg.display(),
+            v.replace('.', ""),
+            v.replace('.', "")
+        ));
+        log_misconfigured(MISCONFIGURED_DETAIL.get().map_or("", String::as_str));
+    }
+    if let Some((bin, None)) = venv {
         if bin.contains('/') {
             std::fs::metadata(&bin).map_err(|e| format!("LS_PYTHONBIN={bin}: {e}"))?;
-            check_venv_version(&bin)?;
         }
         if isolated {
             let bin = if bin.contains('/') {
@@ -770,7 +874,7 @@ impl Runtime {
             max_groups: opts.max_groups,
             refused: Vec::new(),
         };
-        if rt.preload.is_some() && opts.load_now {
+        if rt.preload.is_some() && opts.load_now && misconfigured().is_none() {
             if let Err(e) = rt.load_preload() {
                 crate::error!("{e}");
             }
@@ -893,6 +997,10 @@ impl Runtime {
         callable: Option<&[u8]>,
         reload: bool,
     ) -> Result<Obj, String> {
+        if let Some(why) = misconfigured() {
+            log_misconfigured(MISCONFIGURED_DETAIL.get().map_or(why, String::as_str));
+            return Err(why.to_string());
+        }
         let group = if self.preload.is_some() {
             b"".as_slice()
         } else {
