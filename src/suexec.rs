@@ -430,29 +430,47 @@ pub fn hold_as(uid: u32, gid: u32) -> Result<(), String> {
 /// and no tenant shares a session with root or another tenant), which also
 /// makes it the leader of a process group of its own, so that whatever the
 /// tenant's code starts (and does not move out with setsid/setpgid) can be
-/// found and ended with it ([`end_tenant_group`]).
+/// found and ended with it ([`end_tenant_group`]). It also becomes its
+/// descendants' subreaper: an orphaned grandchild is reparented to it, so
+/// "no children" at exit means nothing of the tenant is left.
 pub fn own_session() -> Result<(), String> {
-    // SAFETY: setsid on this process, forked and so never a group leader.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(format!(
-            "setsid in a daemon child: {}",
-            std::io::Error::last_os_error()
-        ));
+    // SAFETY: setsid on this process, forked and so never a group leader;
+    // prctl with integer arguments.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(format!(
+                "setsid in a daemon child: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
     Ok(())
+}
+
+/// Whether any thread of this process has a child (from
+/// /proc/self/task/TID/children; unreadable counts as yes).
+fn has_children() -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return true;
+    };
+    tasks
+        .flatten()
+        .any(|t| std::fs::read(t.path().join("children")).map_or(true, |c| !c.is_empty()))
 }
 
 /// At a daemon child's exit: SIGKILLs every other process of the group it
 /// leads ([`own_session`]), i.e. every process the tenant started from it
 /// that is still there. A session leader cannot leave its group, so the
 /// members are found in /proc (passes repeat while a pass found any, so a
-/// process forked during a pass is caught by the next; bounded). The kills
-/// run as the tenant's uid, so they reach nothing the tenant could not
-/// signal itself.
+/// process forked during a pass is caught by the next; bounded); a child
+/// without children (the usual case: as subreaper it would have any live
+/// descendant as a child) skips the scan. The kills run as the tenant's
+/// uid, so they reach nothing the tenant could not signal itself.
 pub fn end_tenant_group() {
     let me = crate::sys::getpid();
     // SAFETY: getpgrp takes no arguments.
-    if unsafe { libc::getpgrp() } != me || me <= 1 {
+    if unsafe { libc::getpgrp() } != me || me <= 1 || !has_children() {
         return;
     }
     for _ in 0..16 {

@@ -704,10 +704,12 @@ fn children_inherit_no_descriptors_no_lsapi_env_no_root_and_leave_no_processes()
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!waiting.is_empty(), "no child forked");
+    // Just forked, a child is root for the few instructions before it
+    // takes the default user's ids; waiting for its request it is not.
     for pid in &waiting {
-        assert_ne!(
-            effective_uid(*pid).as_deref(),
-            Some("0"),
+        assert!(
+            wait_until(Duration::from_secs(2), || effective_uid(*pid).as_deref()
+                != Some("0")),
             "child {pid} waits for its first request as root"
         );
     }
@@ -1484,5 +1486,44 @@ fn a_tenant_owned_file_in_the_build_pythons_prefix_refuses_to_start() {
         log.contains(&format!("{} is owned by uid 4321", pth.display())),
         "{log}"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_orphaned_grandchild_of_a_tenant_ends_with_its_child() {
+    let _shared = require_root();
+    let (dir, _, secret) = setup("suexec-orphan");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    // The shell exits at once: its sleep is orphaned, still in the child's
+    // process group, and the child has no child of its own left.
+    let app = put(
+        &dir,
+        "orphan.wsgi",
+        "import subprocess\n\
+         def application(environ, start_response):\n\
+         \x20   pid = subprocess.check_output(['sh', '-c', 'sleep 300 >/dev/null 2>&1 & echo $!'])\n\
+         \x20   start_response('200 OK', [])\n\
+         \x20   return [pid.strip()]\n",
+    );
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LSAPI_MAX_REQS", "1"),
+        ],
+    );
+    let mut c = w.connect();
+    let mut spec = RequestSpec::new("GET", "/o.wsgi", app.to_str().unwrap(), "/o.wsgi");
+    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    let r = call_ok(&mut c, &spec, b"");
+    let orphan: i32 = r.text().parse().expect("pid");
+    drop(c);
+    let gone = wait_until(Duration::from_secs(5), || !running(orphan));
+    if !gone {
+        // SAFETY: the tenant's sleep, still alive; clean up.
+        unsafe { libc::kill(orphan, libc::SIGKILL) };
+    }
+    assert!(gone, "the orphaned {orphan} outlived its child");
     std::fs::remove_dir_all(dir).unwrap();
 }
