@@ -647,21 +647,23 @@ impl Gate {
         if let Some(current) = self.serving_as {
             // No identity means the default user: only the default user's
             // process may serve it.
-            return match requested_ugid(special_env).unwrap_or(self.default) {
-                ids if ids != current => Err(Refusal::Drop(format!(
-                    "request for {}:{}{} on a connection serving {}:{}",
-                    ids.0 as i32,
-                    ids.1 as i32,
-                    if ids == self.default {
-                        " (no suEXEC credentials: the default user)"
-                    } else {
-                        ""
-                    },
-                    current.0,
-                    current.1
-                ))),
-                _ => Ok(()),
-            };
+            let requested = requested_ugid(special_env);
+            let ids = requested.unwrap_or(self.default);
+            if ids == current {
+                return Ok(());
+            }
+            return Err(Refusal::Drop(format!(
+                "request for {}:{}{} on a connection serving {}:{}",
+                ids.0 as i32,
+                ids.1 as i32,
+                if requested.is_none() {
+                    " (no suEXEC credentials: the default user)"
+                } else {
+                    ""
+                },
+                current.0,
+                current.1
+            )));
         }
         let auth = {
             let secret = self.secret.take().expect("secret held until first request");
