@@ -25,6 +25,15 @@ Options:
                      embeds one Python: install one per version side by side,
                      e.g. --name lswsgi312 --python /usr/bin/python3.12
                      (builds go to target/py3.X unless CARGO_TARGET_DIR is set)
+  --versioned        install as lswsgiX.Y, X.Y being the Python it embeds:
+                     the name under which lswsgi (the configured binPath in
+                     the same directory) finds the build for a virtualenv of
+                     that Python and hands the site to it (lswsgiXY works too)
+  --cloudlinux       install where CloudLinux keeps each Python's worker:
+                     /opt/alt/pythonXY/bin/lswsgi for the Python it embeds
+                     (overrides --prefix and --name; also found by lswsgi
+                     for a virtualenv of that Python)
+  --alt-root DIR     with --cloudlinux: DIR instead of /opt/alt
   --with-lsapi-call  also install lsapi-call next to it (a command-line LSAPI
                      client, used by scripts/smoke-direct.sh)
   --no-build         install the existing build instead of building:
@@ -62,6 +71,9 @@ name=lswsgi
 build=1
 binary=
 with_call=0
+versioned=0
+cloudlinux=0
+alt_root=/opt/alt
 
 while (($#)); do
     case $1 in
@@ -70,6 +82,9 @@ while (($#)); do
         --python) (($# > 1)) || die_usage "$1 needs a value"; python=$2; shift ;;
         --name) (($# > 1)) || die_usage "$1 needs a value"; name=$2; shift ;;
         --with-lsapi-call) with_call=1 ;;
+        --versioned) versioned=1 ;;
+        --cloudlinux) cloudlinux=1 ;;
+        --alt-root) (($# > 1)) || die_usage "$1 needs a value"; alt_root=$2; shift ;;
         --no-build) build=0 ;;
         --binary) (($# > 1)) || die_usage "$1 needs a value"; binary=$2; build=0; shift ;;
         *) die_usage "unknown argument '$1'" ;;
@@ -134,6 +149,17 @@ version=$("$binary" -v 2>&1) || die "$binary -v failed: $version"
 embedded=$(sed -n '2s/^Python [^ ]* (\(.*\))$/\1/p' <<<"$version")
 if [[ -n $python && $embedded != "$py_exe" ]]; then
     die "$binary embeds $embedded, not $py_exe (--python); rebuild without --no-build/--binary"
+fi
+# X.Y of the embedded Python, for the versioned and CloudLinux names.
+embedded_version=$(sed -n '2s/^Python \([0-9]*\.[0-9]*\).*/\1/p' <<<"$version")
+if ((versioned || cloudlinux)); then
+    [[ -n $embedded_version ]] || die "cannot tell which Python $binary embeds: $version"
+fi
+if ((cloudlinux)); then
+    prefix=$alt_root/python${embedded_version/./}/bin
+    name=lswsgi
+elif ((versioned)); then
+    name=lswsgi$embedded_version
 fi
 
 # install_file SOURCE DEST: backs DEST up, then replaces it atomically.

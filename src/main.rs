@@ -84,7 +84,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Cli, String> {
 
 fn main() -> ExitCode {
     let starter = sys::getppid();
-    sys::close_inherited_fds();
+    let kept_fd3 = sys::close_inherited_fds();
     let lsapi_env = sys::original_lsapi_env();
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Cli::Run(a)) => a,
@@ -94,6 +94,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A virtualenv of another Python: the build for that Python installed
+    // beside this one serves the site, as this same process with the same
+    // descriptors, arguments and environment, so one configured binPath
+    // serves every Python a host offers. Before anything irreversible.
+    if let Some((version, build)) = wsgi::interp::other_build() {
+        dispatch(&version, &build);
+    }
     let mut cfg = Config::from_env();
     if let Some(path) = &cfg.stderr_log {
         if let Err(e) = sys::redirect_stderr(path) {
@@ -101,9 +108,14 @@ fn main() -> ExitCode {
         }
     }
     sys::fold_stdout_into_stderr();
+    if let Ok(by) = std::env::var(wsgi::interp::DISPATCHED) {
+        let (version, _) = wsgi::interp::build_python();
+        info!("serving a Python {version} virtualenv: started by {by}");
+    }
     for w in &cfg.warnings {
         warn!("{w}");
     }
+    sys::stdin_never_a_terminal();
     sys::limit_core_dumps(cfg.allow_core_dump);
     sys::install_signal_handlers();
 
@@ -147,6 +159,13 @@ fn main() -> ExitCode {
         }
     };
 
+    // fd 3 is kept for a Worker-mode process LiteSpeed hands a connected
+    // socket there; a daemon has no use for it, and its children belong to
+    // tenants: the starter's socket must not reach them.
+    if daemon.is_some() && kept_fd3 {
+        sys::close(3);
+    }
+
     // Application code must not see the worker's own settings.
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("LSAPI_") {
@@ -170,6 +189,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     wsgi::init_context(cfg.stderr_log.is_some());
+    wsgi::errpage::configure(cfg.stderr_log.as_deref());
     let rt = match wsgi::Runtime::new(wsgi::Options {
         preload: args.preload,
         multiprocess: cfg.process_group(),
@@ -201,11 +221,13 @@ fn main() -> ExitCode {
             pgroup::Role::Child(member, conn) => {
                 let tenant = daemon.is_some();
                 if let Some(d) = &daemon {
-                    // The tenant's own processes start in this child's group
-                    // (see suexec::end_tenant_group).
-                    suexec::own_group();
-                    // Root stays only the saved uid until the final switch.
-                    if let Err(e) = suexec::hold_as(d.default.0, d.default.1) {
+                    // Root stays only the saved uid until the final switch;
+                    // no terminal or session shared with root or another
+                    // tenant, and the tenant's own processes start in this
+                    // child's group (see suexec::end_tenant_group).
+                    if let Err(e) = suexec::hold_as(d.default.0, d.default.1)
+                        .and_then(|()| suexec::own_session())
+                    {
                         error!("{e}");
                         sys::exit_now(1);
                     }
@@ -241,6 +263,34 @@ fn main() -> ExitCode {
         cfg.shutdown_timeout,
         0,
     )
+}
+
+/// Execs `build` (the worker for Python `version`) in place of this process;
+/// returns only if that fails (logged; this worker then answers 500s).
+fn dispatch(version: &str, build: &std::path::Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let me = std::env::current_exe().unwrap_or_default();
+    std::env::set_var(wsgi::interp::DISPATCHED, &me);
+    let path = CString::new(build.as_os_str().as_bytes()).ok();
+    let args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.into_vec()).ok())
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    if let Some(path) = path {
+        // SAFETY: path and every argv entry are NUL-terminated strings that
+        // outlive the call, argv ends with NULL; execv keeps the environment
+        // (with the marker just set) and every descriptor without
+        // close-on-exec.
+        unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+    }
+    std::env::remove_var(wsgi::interp::DISPATCHED);
+    error!(
+        "cannot start {} for the Python {version} virtualenv: {}",
+        build.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// What a suEXEC daemon's children need to admit a connection.

@@ -7,7 +7,9 @@
 //! without suEXEC credentials is served as LSAPI_DEFAULT_UID/GID (or
 //! `nobody`); one whose credentials are wrong, or name a user below the
 //! LSAPI_MIN_UID/LSAPI_MIN_GID floor, is refused and its connection dropped.
-//! Application code never runs as root.
+//! Later requests on the connection must name the same user (no credentials
+//! naming the default user). Application code never runs as root, and each
+//! child has its own session and, after the switch, its own session keyring.
 //!
 //! The secret lives in one anonymous page (never dumped, never swapped), is
 //! read into it straight from the file descriptor, and the MD5 state runs in
@@ -79,6 +81,17 @@ impl Secret {
     /// bytes. The bytes go straight from the kernel into the secret page.
     pub fn load(path: &str) -> Result<Secret, String> {
         let c = CString::new(path).map_err(|_| format!("LSAPI_SECRET {path:?}: NUL in path"))?;
+        // Whoever may write a directory above the file may swap it (or the
+        // directory) between this check and the next start.
+        let p = std::path::Path::new(path);
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::sys::root_trusted(dir).map_err(|e| {
+                format!(
+                    "LSAPI_SECRET {path}: {e}; the secret must lie in directories that root owns \
+                     and nobody else can write"
+                )
+            })?;
+        }
         let os = |what: &str| {
             format!(
                 "LSAPI_SECRET {path}: {what}: {}",
@@ -411,31 +424,114 @@ pub fn hold_as(uid: u32, gid: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// In a freshly forked daemon child: leads a process group of its own, so
-/// that whatever the tenant's code starts (and does not move out with
-/// setsid/setpgid) can be found and ended with it.
-pub fn own_group() {
-    // SAFETY: setpgid on this process; failure only loses the clean-up.
-    unsafe { libc::setpgid(0, 0) };
+/// In a freshly forked daemon child, before anything of a tenant runs: a
+/// session of its own (so no controlling terminal: `/dev/tty` cannot be
+/// opened and TIOCSTI cannot push keystrokes into the starter's terminal,
+/// and no tenant shares a session with root or another tenant), which also
+/// makes it the leader of a process group of its own, so that whatever the
+/// tenant's code starts (and does not move out with setsid/setpgid) can be
+/// found and ended with it ([`end_tenant_group`]). It also becomes its
+/// descendants' subreaper: an orphaned grandchild is reparented to it, so
+/// "no children" at exit means nothing of the tenant is left.
+pub fn own_session() -> Result<(), String> {
+    // SAFETY: setsid on this process, forked and so never a group leader;
+    // prctl with integer arguments.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(format!(
+                "setsid in a daemon child: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    Ok(())
 }
 
-/// At a daemon child's exit: moves this process back into its parent's
-/// group and SIGKILLs the group it led, i.e. every process the tenant
-/// started from it that is still there. The kill runs as the tenant's uid,
-/// so it can reach nothing the tenant could not signal itself.
+/// Whether any thread of this process has a child (from
+/// /proc/self/task/TID/children; unreadable counts as yes).
+fn has_children() -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return true;
+    };
+    tasks
+        .flatten()
+        .any(|t| std::fs::read(t.path().join("children")).map_or(true, |c| !c.is_empty()))
+}
+
+/// At a daemon child's exit: SIGKILLs every other process of the group it
+/// leads ([`own_session`]), i.e. every process the tenant started from it
+/// that is still there. A session leader cannot leave its group, so the
+/// members are found in /proc (passes repeat while a pass found any, so a
+/// process forked during a pass is caught by the next; bounded); a child
+/// without children (the usual case: as subreaper it would have any live
+/// descendant as a child) skips the scan. The kills run as the tenant's
+/// uid, so they reach nothing the tenant could not signal itself.
 pub fn end_tenant_group() {
-    // SAFETY: plain process-group calls on our own ids; own_group made
-    // our pid a group id, and it is > 0, so kill never gets 0 or -1.
-    unsafe {
-        let me = libc::getpid();
-        if libc::getpgrp() != me {
+    let me = crate::sys::getpid();
+    // SAFETY: getpgrp takes no arguments.
+    if unsafe { libc::getpgrp() } != me || me <= 1 || !has_children() {
+        return;
+    }
+    for _ in 0..16 {
+        let mut found = false;
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid != me && process_group(pid) == Some(me) {
+                found = true;
+                let _ = crate::sys::kill(pid, libc::SIGKILL);
+            }
+        }
+        if !found {
             return;
         }
-        let parent_group = libc::getpgid(libc::getppid());
-        if parent_group > 0 && libc::setpgid(0, parent_group) == 0 && me > 1 {
-            libc::kill(-me, libc::SIGKILL);
+    }
+}
+
+/// The process group of `pid`, from /proc/PID/stat (the fifth field; the
+/// command name, second, may hold spaces and parentheses).
+fn process_group(pid: i32) -> Option<i32> {
+    let mut buf = [0u8; 512];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        f.read(&mut buf).ok()?
+    };
+    let s = &buf[..n];
+    let rest = &s[memchr::memrchr(b')', s)? + 1..];
+    let mut f = rest.split(|&b| b == b' ').filter(|f| !f.is_empty());
+    let pgrp = f.nth(2)?;
+    std::str::from_utf8(pgrp).ok()?.parse().ok()
+}
+
+/// After the switch to a tenant: a new, empty session keyring, so that keys
+/// the tenant adds are not in the keyring it would otherwise share with root
+/// and every other tenant (the one inherited from the starter).
+fn fresh_session_keyring() -> Result<(), String> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a NULL name creates and joins an anonymous
+    // keyring; no memory is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        // Kernels without keyrings (or seccomp that forbids them) have no
+        // keyring to share.
+        if !matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
+            return Err(format!("cannot join a new session keyring: {e}"));
         }
     }
+    Ok(())
 }
 
 /// Undoes [`hold_as`]: root again as effective ids (only possible while
@@ -549,13 +645,25 @@ impl Gate {
         special_env: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
     ) -> Result<(), Refusal> {
         if let Some(current) = self.serving_as {
-            return match requested_ugid(special_env) {
-                Some(ids) if ids != current => Err(Refusal::Drop(format!(
-                    "request for {}:{} on a connection serving {}:{}",
-                    ids.0, ids.1, current.0, current.1
-                ))),
-                _ => Ok(()),
-            };
+            // No identity means the default user: only the default user's
+            // process may serve it.
+            let requested = requested_ugid(special_env);
+            let ids = requested.unwrap_or(self.default);
+            if ids == current {
+                return Ok(());
+            }
+            return Err(Refusal::Drop(format!(
+                "request for {}:{}{} on a connection serving {}:{}",
+                ids.0 as i32,
+                ids.1 as i32,
+                if requested.is_none() {
+                    " (no suEXEC credentials: the default user)"
+                } else {
+                    ""
+                },
+                current.0,
+                current.1
+            )));
         }
         let auth = {
             let secret = self.secret.take().expect("secret held until first request");
@@ -587,6 +695,7 @@ impl Gate {
             ids = lve.enter_and_jail(ids, self.default)?;
         }
         switch_user(ids.0, ids.1).map_err(Refusal::Drop)?;
+        fresh_session_keyring().map_err(Refusal::Drop)?;
         crate::wsgi::adopt_pythonpath();
         self.serving_as = Some(ids);
         Ok(())

@@ -395,7 +395,9 @@ pub fn move_off_stdin(fd: RawFd) -> io::Result<RawFd> {
 /// Closes every descriptor above 2 the starter left open, except fd 3 when
 /// it is a socket (LiteSpeed may hand a Worker-mode process an already
 /// connected socket there). Called first thing, before anything is opened.
-pub fn close_inherited_fds() {
+/// Returns whether fd 3 was kept, so that modes with no use for it (a suEXEC
+/// daemon, whose children belong to tenants) can close it.
+pub fn close_inherited_fds() -> bool {
     // SAFETY: fstat fills a plain struct.
     let fd3_socket = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
@@ -418,6 +420,134 @@ pub fn close_inherited_fds() {
             }
         }
     }
+    fd3_socket
+}
+
+/// Puts /dev/null on fd 0 when it is a terminal (a worker started from a
+/// shell with `-a ADDR`): application code must never read, or push input
+/// into, the starter's terminal through `sys.stdin`.
+pub fn stdin_never_a_terminal() {
+    // SAFETY: isatty/open/dup2/close on integer descriptors; the path is a
+    // C literal.
+    unsafe {
+        if libc::isatty(0) == 1 {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::close(null);
+            }
+        }
+    }
+}
+
+/// `Err` (naming the culprit) unless root may trust `path`: it and every
+/// directory above it belong to root and are not writable by group or
+/// others (a sticky directory such as /tmp excepted: there others can
+/// replace only their own entries). Walked one component at a time with
+/// lstat, never following a link unchecked: a symbolic link must itself be
+/// root's, in a trusted directory, and its target is walked the same way.
+/// `path` must exist. The one "may root trust this path" rule of the worker
+/// (log files, the secret, Python's prefix, `sys.path` of a daemon).
+pub fn root_trusted(path: &std::path::Path) -> Result<(), String> {
+    use std::ffi::OsString;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Component, PathBuf};
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("the current directory: {e}"))?
+            .join(path)
+    };
+    let check = |p: &std::path::Path, m: &std::fs::Metadata| {
+        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+        let writable = m.mode() & 0o022 != 0 && !sticky_dir && !m.file_type().is_symlink();
+        if m.uid() != 0 || writable {
+            return Err(format!(
+                "{} is owned by uid {} with mode {:04o}",
+                p.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+        Ok(())
+    };
+    // Components still to walk, the next one last; `cur` is the walked,
+    // link-free and trusted prefix.
+    let mut todo: Vec<OsString> = Vec::new();
+    let push = |todo: &mut Vec<OsString>, p: &std::path::Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_os_string()),
+                Component::ParentDir => todo.push("..".into()),
+                _ => {}
+            }
+        }
+    };
+    push(&mut todo, &abs);
+    let mut cur = PathBuf::from("/");
+    let root = std::fs::symlink_metadata(&cur).map_err(|e| format!("/: {e}"))?;
+    check(&cur, &root)?;
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&name);
+        let m = std::fs::symlink_metadata(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+        check(&next, &m)?;
+        if m.file_type().is_symlink() {
+            links += 1;
+            if links > 40 {
+                return Err(format!("{}: too many symbolic links", abs.display()));
+            }
+            let target =
+                std::fs::read_link(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+            if target.is_absolute() {
+                cur = PathBuf::from("/");
+            }
+            push(&mut todo, &target);
+            continue;
+        }
+        cur = next;
+    }
+    Ok(())
+}
+
+/// [`root_trusted`] for `dir` and everything in it, `depth` levels down,
+/// without following links (a link inside must be root's; where it points
+/// is not read as part of this tree). Nothing to check when `dir` does not
+/// exist.
+pub fn root_trusted_tree(dir: &std::path::Path, depth: u32) -> Result<(), String> {
+    if std::fs::symlink_metadata(dir).is_err() {
+        return Ok(());
+    }
+    root_trusted(dir)?;
+    fn walk(d: &std::path::Path, depth: u32) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.uid() != 0 || (m.mode() & 0o022 != 0 && !m.file_type().is_symlink()) {
+                return Err(format!(
+                    "{} is owned by uid {} with mode {:04o}",
+                    e.path().display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                ));
+            }
+            if m.is_dir() && depth > 0 {
+                walk(&e.path(), depth - 1)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, depth)
 }
 
 /// The bytes of each LSAPI_* entry of the environment block the kernel set
@@ -466,13 +596,17 @@ pub fn fold_stdout_into_stderr() {
 }
 
 /// Opens `path` for appending and makes it fd 2 (and fd 1). Paths that lead
-/// into /etc (after resolving `..` and symbolic links of the directory) are
-/// refused: a misconfigured log must not overwrite system files. The file
-/// itself is never a symbolic link (O_NOFOLLOW: a planted link cannot make
-/// root create or append to its target) and, checked on the descriptor, is
-/// a regular file with no other hard links; when root, no directory above
-/// it may be writable by group or others unless sticky, so that nobody else
-/// can swap it.
+/// into /etc (after resolving `..` and symbolic links) are refused: a
+/// misconfigured log must not overwrite system files. The file must be a
+/// regular file (checked on the descriptor).
+///
+/// As root the log is where a privilege boundary lies, so three more rules
+/// hold: the file itself is never a symbolic link (O_NOFOLLOW: a planted
+/// link cannot make root create or append to its target) and has no other
+/// hard links, and its directory is [`root_trusted`], so that nobody else
+/// can swap the file or a directory above it for a link. Not root, a
+/// symbolic or hard link gains nobody anything (a site owner's `stderr.log`
+/// pointing into their own logs directory is followed).
 pub fn redirect_stderr(path: &str) -> io::Result<()> {
     let refuse = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
     if under_etc(path) {
@@ -481,14 +615,21 @@ pub fn redirect_stderr(path: &str) -> io::Result<()> {
     let c = std::ffi::CString::new(path)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
     // SAFETY: geteuid takes no arguments.
-    if unsafe { libc::geteuid() } == 0 {
-        writable_by_others_above(path).map_or(Ok(()), |d| {
-            Err(refuse(format!(
-                "the directory {d} is writable by others; a root process only logs where nobody \
-                 else can replace the file"
-            )))
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        let p = std::path::Path::new(path);
+        let dir = match p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d.to_path_buf(),
+            None => std::env::current_dir()?,
+        };
+        root_trusted(&dir).map_err(|e| {
+            refuse(format!(
+                "{e}; a root process only logs in directories that root owns and nobody else \
+                 can write"
+            ))
         })?;
     }
+    let nofollow = if root { libc::O_NOFOLLOW } else { 0 };
     // SAFETY: c is a valid C string; fstat fills a plain struct; dup2/close
     // on integer descriptors; fd is closed on every path.
     unsafe {
@@ -498,7 +639,7 @@ pub fn redirect_stderr(path: &str) -> io::Result<()> {
                 | libc::O_APPEND
                 | libc::O_CREAT
                 | libc::O_CLOEXEC
-                | libc::O_NOFOLLOW
+                | nofollow
                 | libc::O_NOCTTY
                 | libc::O_NONBLOCK,
             0o644,
@@ -506,7 +647,11 @@ pub fn redirect_stderr(path: &str) -> io::Result<()> {
         if fd < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ELOOP) {
-                return Err(refuse("it is a symbolic link; name the file itself".into()));
+                return Err(refuse(
+                    "it is a symbolic link, which a root process does not follow; name the file \
+                     itself"
+                        .into(),
+                ));
             }
             return Err(e);
         }
@@ -515,7 +660,7 @@ pub fn redirect_stderr(path: &str) -> io::Result<()> {
             Some(io::Error::last_os_error().to_string())
         } else if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             Some("it is not a regular file".into())
-        } else if st.st_nlink > 1 {
+        } else if root && st.st_nlink > 1 {
             Some("it has other hard links".into())
         } else {
             None
@@ -531,29 +676,6 @@ pub fn redirect_stderr(path: &str) -> io::Result<()> {
         libc::close(fd);
     }
     Ok(())
-}
-
-/// The first directory above `path` (resolved) that group or others may
-/// write and that is not sticky, if any.
-fn writable_by_others_above(path: &str) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let p = std::path::Path::new(path);
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(p)
-    };
-    let dir = std::fs::canonicalize(abs.parent()?).ok()?;
-    let mut cur = Some(dir.as_path());
-    while let Some(d) = cur {
-        if let Ok(m) = std::fs::metadata(d) {
-            if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
-                return Some(d.display().to_string());
-            }
-        }
-        cur = d.parent();
-    }
-    None
 }
 
 /// Whether `path` names /etc or something inside it, once made absolute and

@@ -602,3 +602,31 @@ fn install_puts_versions_side_by_side_by_name() {
     assert!(dir.join("fcgi-bin/lswsgi311").exists() && dir.join("fcgi-bin/lswsgi312").exists());
     assert!(!dir.join("fcgi-bin/lswsgi").exists());
 }
+
+#[test]
+fn install_names_builds_where_lswsgi_looks_for_them() {
+    let dir = TempDir::new("install-dispatch");
+    let version = version_of(LSWSGI);
+    let xy = version
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|v| v.split('.').take(2).collect::<Vec<_>>().join("."))
+        .unwrap();
+    let prefix = dir.str("fcgi-bin");
+    let r = run(
+        &script("install.sh"),
+        &["--prefix", &prefix, "--binary", LSWSGI, "--versioned"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert!(dir.join(&format!("fcgi-bin/lswsgi{xy}")).exists(), "{r}");
+    let alt = dir.str("alt");
+    let r = run(
+        &script("install.sh"),
+        &["--cloudlinux", "--alt-root", &alt, "--binary", LSWSGI],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let installed = dir.join(&format!("alt/python{}/bin/lswsgi", xy.replace('.', "")));
+    assert!(installed.exists(), "{r}");
+    assert_eq!(version_of(installed.to_str().unwrap()), version);
+}

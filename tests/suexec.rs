@@ -20,13 +20,19 @@ def application(environ, start_response):
     return [body.encode()]
 ";
 
-fn require_root() {
+/// Held for reading by every test here, for writing by the one that
+/// plants a tenant-owned file in the build Python's prefix (every daemon
+/// refuses to start meanwhile).
+static PREFIX: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn require_root() -> std::sync::RwLockReadGuard<'static, ()> {
     // SAFETY: no arguments.
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
         "the suEXEC tests must run as root (as CI does)"
     );
+    PREFIX.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A scratch directory readable by every user, with the app and a secret.
@@ -85,7 +91,7 @@ fn proc_ids(pid: i32) -> (String, String) {
 
 #[test]
 fn daemon_children_run_as_the_authenticated_user() {
-    require_root();
+    let _shared = require_root();
     let (dir, app, secret) = setup("suexec");
     let secret_bytes = std::fs::read(&secret).unwrap();
     let w = Worker::start(
@@ -145,7 +151,7 @@ fn daemon_children_run_as_the_authenticated_user() {
 
 #[test]
 fn preloaded_apps_are_never_run_by_the_root_parent() {
-    require_root();
+    let _shared = require_root();
     let (dir, _, secret) = setup("suexec-m");
     let secret_bytes = std::fs::read(&secret).unwrap();
     let startup = dir.join("startup.py");
@@ -175,7 +181,7 @@ fn preloaded_apps_are_never_run_by_the_root_parent() {
 
 #[test]
 fn root_without_a_secret_drops_to_the_default_user() {
-    require_root();
+    let _shared = require_root();
     let (dir, app, _) = setup("suexec-drop");
     let w = Worker::start(
         &[],
@@ -193,7 +199,7 @@ fn root_without_a_secret_drops_to_the_default_user() {
 
 #[test]
 fn unsafe_secrets_and_root_defaults_refuse_to_start() {
-    require_root();
+    let _shared = require_root();
     let (dir, _, secret) = setup("suexec-refuse");
     let run = |env: &[(&str, &str)]| {
         let mut w = Worker::start(&[], env);
@@ -301,7 +307,7 @@ def application(environ, start_response):
 
 #[test]
 fn no_copy_of_the_secret_survives_into_tenant_code() {
-    require_root();
+    let _shared = require_root();
     let (dir, _, secret) = setup("suexec-scan");
     let secret_bytes = std::fs::read(&secret).unwrap();
     let app = put(&dir, "scan.wsgi", SCANNER);
@@ -336,7 +342,7 @@ fn no_copy_of_the_secret_survives_into_tenant_code() {
 
 #[test]
 fn wrong_credentials_and_system_ids_are_refused_not_defaulted() {
-    require_root();
+    let _shared = require_root();
     let (dir, app, secret) = setup("suexec-refusals");
     let secret_bytes = std::fs::read(&secret).unwrap();
     let w = Worker::start(
@@ -401,7 +407,7 @@ fn refuses_to_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String
 
 #[test]
 fn tenant_owned_or_linked_secrets_and_bad_defaults_refuse_to_start() {
-    require_root();
+    let _shared = require_root();
     let (dir, _, secret) = setup("suexec-secret-owner");
     let s = secret.to_str().unwrap();
     // A tenant-owned 0600 file.
@@ -450,7 +456,7 @@ fn tenant_owned_or_linked_secrets_and_bad_defaults_refuse_to_start() {
 
 #[test]
 fn a_planted_log_symlink_never_makes_root_write_into_etc() {
-    require_root();
+    let _shared = require_root();
     let (dir, app, _) = setup("suexec-log");
     let target = format!("/etc/lswsgi-test-planted-{}", std::process::id());
     let _ = std::fs::remove_file(&target);
@@ -489,7 +495,10 @@ fn a_planted_log_symlink_never_makes_root_write_into_etc() {
         ],
     );
     assert!(
-        w2.wait_log("writable by others", Duration::from_secs(10)),
+        w2.wait_log(
+            "only logs in directories that root owns",
+            Duration::from_secs(10)
+        ),
         "{}",
         w2.log_text()
     );
@@ -507,7 +516,7 @@ fn recorder(record: &Path) -> String {
 
 #[test]
 fn tenant_start_up_code_never_runs_as_root() {
-    require_root();
+    let _shared = require_root();
     let (dir, app, secret) = setup("suexec-pth");
     let secret_bytes = std::fs::read(&secret).unwrap();
     let rec = dir.join("rec");
@@ -525,7 +534,10 @@ fn tenant_start_up_code_never_runs_as_root() {
         "evil.pth",
         &format!("import os; {}", recorder(&record).replace('\n', "; ")),
     );
-    put(&pp, "tenantmod.py", "VALUE = 'from PYTHONPATH'\n");
+    // A module in a root-owned PYTHONPATH directory (a tenant-owned one is
+    // left off sys.path: every account would share it).
+    let shared = dir.join("shared-lib");
+    put(&shared, "tenantmod.py", "VALUE = 'from PYTHONPATH'\n");
     chown_r(&home, 4321, 4322);
     let probe = put(
         &dir,
@@ -537,7 +549,10 @@ fn tenant_start_up_code_never_runs_as_root() {
         &[
             ("LSAPI_CHILDREN", "2"),
             ("LSAPI_SECRET", secret.to_str().unwrap()),
-            ("PYTHONPATH", pp.to_str().unwrap()),
+            (
+                "PYTHONPATH",
+                &format!("{}:{}", pp.display(), shared.display()),
+            ),
             ("HOME", home.to_str().unwrap()),
         ],
     );
@@ -555,6 +570,12 @@ fn tenant_start_up_code_never_runs_as_root() {
     spec.special_env = identity(4321, 4322, &secret_bytes, false);
     let r = call_ok(&mut c, &spec, b"");
     assert_eq!(r.text(), "from PYTHONPATH", "{}", w.log_text());
+    assert!(
+        w.log_text()
+            .contains(&format!("PYTHONPATH entry {} (", pp.display())),
+        "{}",
+        w.log_text()
+    );
     let ran = std::fs::read_to_string(&record).unwrap_or_default();
     assert!(
         !ran.lines().any(|l| l == "0"),
@@ -652,7 +673,7 @@ def application(environ, start_response):
 
 #[test]
 fn children_inherit_no_descriptors_no_lsapi_env_no_root_and_leave_no_processes() {
-    require_root();
+    let _shared = require_root();
     let (dir, _, secret) = setup("suexec-inherit");
     let secret_bytes = std::fs::read(&secret).unwrap();
     let app = put(&dir, "inherit.wsgi", INHERIT);
@@ -683,10 +704,12 @@ fn children_inherit_no_descriptors_no_lsapi_env_no_root_and_leave_no_processes()
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!waiting.is_empty(), "no child forked");
+    // Just forked, a child is root for the few instructions before it
+    // takes the default user's ids; waiting for its request it is not.
     for pid in &waiting {
-        assert_ne!(
-            effective_uid(*pid).as_deref(),
-            Some("0"),
+        assert!(
+            wait_until(Duration::from_secs(2), || effective_uid(*pid).as_deref()
+                != Some("0")),
             "child {pid} waits for its first request as root"
         );
     }
@@ -764,7 +787,7 @@ int jail(struct passwd *pw, char *err) {
 
 #[test]
 fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
-    require_root();
+    let _shared = require_root();
     let (dir, app, secret) = setup("suexec-lve");
     let secret_bytes = std::fs::read(&secret).unwrap();
     let libdir = dir.join("lib");
@@ -858,7 +881,7 @@ fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
 
 #[test]
 fn a_root_owned_virtualenv_still_serves_in_daemon_mode() {
-    require_root();
+    let _shared = require_root();
     let venv = std::env::var("LSWSGI_TEST_VENV")
         .expect("LSWSGI_TEST_VENV: the test virtualenv with Flask (scripts/test.sh sets it)");
     let (dir, _, secret) = setup("suexec-venv");
@@ -882,7 +905,7 @@ fn a_root_owned_virtualenv_still_serves_in_daemon_mode() {
     spec.special_env = identity(4321, 4322, &secret_bytes, false);
     let r = call_ok(&mut c, &spec, b"");
     assert!(
-        r.text().ends_with(".venv-test"),
+        r.text() == venv.trim_end_matches('/'),
         "{} {}",
         r.text(),
         w.log_text()
@@ -1017,7 +1040,7 @@ def application(environ, start_response):
 
 #[test]
 fn a_tenant_cannot_write_the_group_header_other_tenants_read() {
-    require_root();
+    let _shared = require_root();
     let (dir, app, secret) = setup("suexec-header");
     let secret_bytes = std::fs::read(&secret).unwrap();
     let poker = put(&dir, "poker.wsgi", HEADER_POKER);
@@ -1076,5 +1099,431 @@ fn a_tenant_cannot_write_the_group_header_other_tenants_read() {
             "the header is the named memfd page, read-only: {report}"
         );
     });
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A tenant app that reports its uid and what it finds of a tenant that ran
+/// before it: the module `csv` it imports (shadowed by a planted csv.py?),
+/// a key in its session keyring, its terminal and session, and its open
+/// descriptors. `?plant=1` plants a csv.py in the working directory and a
+/// key in the session keyring.
+const PROBE: &str = r#"
+import ctypes, errno, fcntl, os, termios
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_add_key, SYS_keyctl = 248, 250
+KEY_SPEC_SESSION_KEYRING = -3
+KEYCTL_SEARCH = 10
+DESC = b'lswsgi-test-key'
+def application(environ, start_response):
+    q = environ.get('QUERY_STRING', '')
+    out = ['uid=%d' % os.getuid()]
+    if 'plant' in q:
+        try:
+            with open(os.path.join(os.getcwd(), 'csv.py'), 'w') as f:
+                f.write('PLANTED = %d\n' % os.getuid())
+            out.append('planted=csv')
+        except OSError as e:
+            out.append('planted=no:%s' % e.strerror)
+        k = libc.syscall(SYS_add_key, b'user', DESC, b'x', 1, KEY_SPEC_SESSION_KEYRING)
+        out.append('key=%s' % ('added' if k > 0 else 'no'))
+    else:
+        import csv
+        out.append('csv=%s' % getattr(csv, 'PLANTED', 'stdlib'))
+        k = libc.syscall(SYS_keyctl, KEYCTL_SEARCH, KEY_SPEC_SESSION_KEYRING, b'user', DESC, 0)
+        out.append('foundkey=%d' % (k > 0))
+    out.append('stdin_tty=%d' % os.isatty(0))
+    try:
+        tty = os.open('/dev/tty', os.O_RDWR)
+        try:
+            fcntl.ioctl(tty, termios.TIOCSTI, b'#')
+            out.append('tiocsti=ok')
+        except OSError as e:
+            out.append('tiocsti=%s' % errno.errorcode.get(e.errno, e.errno))
+        os.close(tty)
+    except OSError as e:
+        out.append('tty=%s' % errno.errorcode.get(e.errno, e.errno))
+    out.append('own_session=%d' % (os.getsid(0) != os.getsid(os.getppid())))
+    fds = []
+    for f in sorted(os.listdir('/proc/self/fd'), key=int):
+        try:
+            fds.append(os.readlink('/proc/self/fd/%s' % f))
+        except OSError:
+            pass
+    out.append('fds=' + ','.join(fds))
+    start_response('200 OK', [])
+    return [' '.join(out).encode()]
+"#;
+
+/// One request to `app` as `uid:gid` on a new connection.
+fn probe(w: &Worker, app: &Path, uid: i32, secret: &[u8], query: &str) -> String {
+    let mut c = w.connect();
+    let mut spec = RequestSpec::new(
+        "GET",
+        &format!("/probe.wsgi?{query}"),
+        app.to_str().unwrap(),
+        "/probe.wsgi",
+    );
+    spec.special_env = identity(uid, uid + 1, secret, false);
+    let r = call_ok(&mut c, &spec, b"");
+    assert_eq!(r.status, 200, "{} {}", r.text(), w.log_text());
+    r.text()
+}
+
+#[test]
+fn a_request_without_credentials_is_never_served_as_the_previous_tenant() {
+    let _shared = require_root();
+    let (dir, app, secret) = setup("suexec-nocreds");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "3"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LSAPI_DEFAULT_UID", "4444"),
+            ("LSAPI_DEFAULT_GID", "4445"),
+        ],
+    );
+    // Tenant A's request, then one without credentials on its connection.
+    let mut c = w.connect();
+    let r = call_ok(
+        &mut c,
+        &whoami(&app, identity(4321, 4322, &secret_bytes, false)),
+        b"",
+    );
+    assert!(r.text().starts_with("4321 4322"), "{}", w.log_text());
+    let a_child = r.pid.expect("PID notice from the child");
+    // Refused on that connection (the client, as LiteSpeed, sends it again
+    // on a new one, where a default user's child serves it).
+    let r = c.call(&whoami(&app, Vec::new()), b"");
+    assert!(
+        r.as_ref().map_or(true, |r| r.pid != Some(a_child)
+            && !r.text().starts_with("4321")),
+        "a request without credentials was served by tenant A's child: {:?}",
+        r.map(|r| r.text())
+    );
+    assert!(
+        w.wait_log(
+            "request for 4444:4445 (no suEXEC credentials: the default user) on a connection \
+             serving 4321:4322",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        w.log_text()
+    );
+    drop(c);
+    // A new connection serves it as the default user, and on a default
+    // user's connection later requests without credentials still are.
+    let mut c = w.connect();
+    for _ in 0..2 {
+        let r = call_ok(&mut c, &whoami(&app, Vec::new()), b"");
+        assert!(r.text().starts_with("4444 4445"), "{}", r.text());
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `PYTHON -c LAUNCHER LSWSGI ARGS...`: connects a socket to the path in
+/// $STARTER_SOCKET, puts it on fd 3 (inheritable), writes its inode to
+/// $STARTER_INODE and execs the worker: a starter that leaves its own socket
+/// on fd 3.
+const FD3_LAUNCHER: &str = "\
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(os.environ.pop('STARTER_SOCKET'))
+os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+open(os.environ.pop('STARTER_INODE'), 'w').write(str(os.fstat(3).st_ino))
+os.execv(sys.argv[1], sys.argv[1:])
+";
+
+#[test]
+fn the_starters_socket_on_fd_3_never_reaches_a_tenant() {
+    let _shared = require_root();
+    let (dir, _, secret) = setup("suexec-fd3");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let app = put(&dir, "probe.wsgi", PROBE);
+    let starter_sock = dir.join("starter.sock");
+    let starter = std::os::unix::net::UnixListener::bind(&starter_sock).unwrap();
+    let inode_file = dir.join("inode");
+    let w = Worker::start_via(
+        &["python3", "-c", FD3_LAUNCHER],
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("STARTER_SOCKET", starter_sock.to_str().unwrap()),
+            ("STARTER_INODE", inode_file.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        w.wait_log("suEXEC daemon mode", Duration::from_secs(10)),
+        "{}",
+        w.log_text()
+    );
+    let inode = std::fs::read_to_string(&inode_file).unwrap();
+    let text = probe(&w, &app, 4321, &secret_bytes, "");
+    assert!(text.starts_with("uid=4321"), "{text}");
+    assert!(
+        !text.contains(&format!("socket:[{inode}]")),
+        "the starter's socket reached the tenant: {text}"
+    );
+    drop(w);
+    drop(starter);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `PYTHON -c LAUNCHER LSWSGI ARGS...`: a root shell's terminal for the
+/// worker. Forks; the child starts a session whose controlling terminal is
+/// a new pty, puts the pty on fd 0 and execs the worker (which listens with
+/// `-a`); the parent holds the pty's master open until the worker exits.
+const TTY_LAUNCHER: &str = "\
+import fcntl, os, pty, sys, termios
+m, s = pty.openpty()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    fcntl.ioctl(s, termios.TIOCSCTTY, 0)
+    os.dup2(s, 0)
+    os.execv(sys.argv[1], sys.argv[1:])
+os.close(s)
+os.waitpid(pid, 0)
+";
+
+#[test]
+fn tenants_get_no_terminal_no_shared_session_and_no_shared_keyring() {
+    let _shared = require_root();
+    let (dir, _, secret) = setup("suexec-tty");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let app = put(&dir, "probe.wsgi", PROBE);
+    let sock = dir.join("own.sock");
+    let w = Worker::start_via(
+        &["python3", "-c", TTY_LAUNCHER],
+        &["-a", sock.to_str().unwrap()],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+        ],
+    );
+    let call = |uid: i32, query: &str| {
+        let mut c = None;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                c = lswsgi::client::Client::connect(sock.to_str().unwrap()).ok();
+                c.is_some()
+            }),
+            "{}",
+            w.log_text()
+        );
+        let mut c = c.unwrap();
+        c.stream()
+            .set_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut spec = RequestSpec::new(
+            "GET",
+            &format!("/probe.wsgi?{query}"),
+            app.to_str().unwrap(),
+            "/probe.wsgi",
+        );
+        spec.special_env = identity(uid, uid + 1, &secret_bytes, false);
+        let r = call_ok(&mut c, &spec, b"");
+        assert_eq!(r.status, 200, "{} {}", r.text(), w.log_text());
+        r.text()
+    };
+    // Tenant A: no terminal to open, let alone push keystrokes into; a
+    // session of its own; its key goes into a keyring of its own.
+    let a = call(4321, "plant=1");
+    assert!(a.starts_with("uid=4321"), "{a}");
+    assert!(a.contains("key=added"), "{a}");
+    assert!(
+        a.contains("stdin_tty=0"),
+        "fd 0 is the starter's terminal: {a}"
+    );
+    assert!(
+        a.contains("tty=ENXIO"),
+        "the tenant can open the starter's terminal: {a}"
+    );
+    assert!(a.contains("own_session=1"), "{a}");
+    // Tenant B does not find A's key.
+    let b = call(4331, "");
+    assert!(b.starts_with("uid=4331"), "{b}");
+    assert!(b.contains("foundkey=0"), "B found A's key: {b}");
+    drop(w);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn pythonpath_entries_a_tenant_can_write_are_not_shared_with_another() {
+    let _shared = require_root();
+    let (dir, _, secret) = setup("suexec-pythonpath");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    let app = put(&dir, "probe.wsgi", PROBE);
+    // The daemon's working directory is one tenant A can write (as when it
+    // is started from such a directory; here through WSGI_ROOT), and
+    // PYTHONPATH is OpenLiteSpeed's `.:<root>`.
+    let cwd = dir.join("tenant-a");
+    std::fs::create_dir(&cwd).unwrap();
+    chown_r(&cwd, 4321, 4322);
+    let shared = dir.join("shared");
+    put(&shared, "sharedmod.py", "VALUE = 1\n");
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("WSGI_ROOT", cwd.to_str().unwrap()),
+            ("PYTHONPATH", &format!(".:{}", shared.display())),
+        ],
+    );
+    // Tenant A plants csv.py in that directory...
+    let a = probe(&w, &app, 4321, &secret_bytes, "plant=1");
+    assert!(a.contains("planted=csv"), "{a}");
+    // ...and tenant B's `import csv` must still be the standard library's.
+    let b = probe(&w, &app, 4331, &secret_bytes, "");
+    assert!(b.starts_with("uid=4331"), "{b}");
+    assert!(
+        b.contains("csv=stdlib"),
+        "B imported the csv.py tenant A planted: {b}"
+    );
+    assert!(
+        w.log_text().contains("PYTHONPATH entry . ("),
+        "{}",
+        w.log_text()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_log_in_a_directory_a_tenant_owns_is_refused_as_root() {
+    let _shared = require_root();
+    let (dir, app, _) = setup("suexec-logdir");
+    // Mode 0755, but the tenant's: it could rename it and put a symbolic
+    // link in its place before the next start.
+    let tenant = dir.join("tenant-logs");
+    std::fs::create_dir(&tenant).unwrap();
+    chown_r(&tenant, 4321, 4322);
+    let log = tenant.join("stderr.log");
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_STDERR_LOG", log.to_str().unwrap()),
+            ("LSAPI_DEFAULT_UID", "4321"),
+            ("LSAPI_DEFAULT_GID", "4322"),
+        ],
+    );
+    let mut c = w.connect();
+    let r = call_ok(&mut c, &whoami(&app, Vec::new()), b"");
+    assert!(r.text().starts_with("4321 4322"));
+    assert!(!log.exists(), "root opened a log in a tenant's directory");
+    assert!(
+        w.log_text().contains("is owned by uid 4321"),
+        "{}",
+        w.log_text()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_secret_below_a_directory_a_tenant_owns_refuses_to_start() {
+    let _shared = require_root();
+    let (dir, _, secret) = setup("suexec-secretdir");
+    let tenant = dir.join("tenant");
+    std::fs::create_dir(&tenant).unwrap();
+    let inner = tenant.join("conf");
+    std::fs::create_dir(&inner).unwrap();
+    let moved = inner.join("secret");
+    std::fs::rename(&secret, &moved).unwrap();
+    // The file and its own directory are root's; one above is the tenant's.
+    chown_r(&tenant, 4321, 4322);
+    chown_r(&inner, 0, 0);
+    let (code, log) = refuses_to_start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", moved.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(&format!("{} is owned by uid 4321", tenant.display())),
+        "{log}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Removes a path when dropped (a file planted in a shared place).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_tenant_owned_file_in_the_build_pythons_prefix_refuses_to_start() {
+    drop(require_root());
+    let _alone = PREFIX.write().unwrap_or_else(|e| e.into_inner());
+    let (dir, _, secret) = setup("suexec-prefix");
+    // With neither LS_PYTHONBIN nor PYTHONHOME the build's own installation
+    // runs in the root parent: a tenant-owned .pth in its site-packages
+    // would run as root. (Its one line is a path that does not exist, which
+    // Python ignores: harmless to every other process meanwhile.)
+    let (ver, exe) = python_build();
+    let prefix = Path::new(&exe).parent().unwrap().parent().unwrap();
+    let site = prefix.join(format!("lib/python{ver}/site-packages"));
+    let pth = site.join(format!("zz-lswsgi-test-{}.pth", std::process::id()));
+    std::fs::write(&pth, "/nonexistent-lswsgi-test\n").unwrap();
+    let _guard = RemoveOnDrop(pth.clone());
+    chown_r(&pth, 4321, 4322);
+    let (code, log) = refuses_to_start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(&format!("{} is owned by uid 4321", pth.display())),
+        "{log}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_orphaned_grandchild_of_a_tenant_ends_with_its_child() {
+    let _shared = require_root();
+    let (dir, _, secret) = setup("suexec-orphan");
+    let secret_bytes = std::fs::read(&secret).unwrap();
+    // The shell exits at once: its sleep is orphaned, still in the child's
+    // process group, and the child has no child of its own left.
+    let app = put(
+        &dir,
+        "orphan.wsgi",
+        "import subprocess\n\
+         def application(environ, start_response):\n\
+         \x20   pid = subprocess.check_output(['sh', '-c', 'sleep 300 >/dev/null 2>&1 & echo $!'])\n\
+         \x20   start_response('200 OK', [])\n\
+         \x20   return [pid.strip()]\n",
+    );
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_SECRET", secret.to_str().unwrap()),
+            ("LSAPI_MAX_REQS", "1"),
+        ],
+    );
+    let mut c = w.connect();
+    let mut spec = RequestSpec::new("GET", "/o.wsgi", app.to_str().unwrap(), "/o.wsgi");
+    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    let r = call_ok(&mut c, &spec, b"");
+    let orphan: i32 = r.text().parse().expect("pid");
+    drop(c);
+    let gone = wait_until(Duration::from_secs(5), || !running(orphan));
+    if !gone {
+        // SAFETY: the tenant's sleep, still alive; clean up.
+        unsafe { libc::kill(orphan, libc::SIGKILL) };
+    }
+    assert!(gone, "the orphaned {orphan} outlived its child");
     std::fs::remove_dir_all(dir).unwrap();
 }

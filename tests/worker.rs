@@ -869,30 +869,130 @@ fn other_python() -> (String, String) {
     );
 }
 
-#[test]
-fn a_virtualenv_of_another_python_version_is_refused() {
-    let (python, other) = other_python();
-    let own = embedded_version();
-    let dir = scratch("venvver");
+/// A virtualenv made with `python` (no pip) in `dir`, and an app reporting
+/// the Python that serves it: `X.Y|sys.prefix`.
+fn venv_and_app(python: &str, dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let venv = dir.join("venv");
-    let st = std::process::Command::new(&python)
+    let st = std::process::Command::new(python)
         .args(["-m", "venv", "--without-pip"])
         .arg(&venv)
         .status()
         .unwrap();
     assert!(st.success(), "{python} -m venv");
-    let bin = venv.join("bin/python");
+    let app = dir.join("which.wsgi");
+    std::fs::write(
+        &app,
+        "import sys\n\
+         def application(environ, start_response):\n\
+         \x20   start_response('200 OK', [])\n\
+         \x20   return [('%d.%d|%s' % (sys.version_info[:2] + (sys.prefix,))).encode()]\n",
+    )
+    .unwrap();
+    (venv.join("bin/python"), app.to_str().unwrap().to_string())
+}
+
+#[test]
+fn a_virtualenv_of_another_python_gets_a_clear_500_at_once_not_a_restart_loop() {
+    let (python, other) = other_python();
+    let own = embedded_version();
+    let dir = scratch("venvver");
+    let (bin, app) = venv_and_app(&python, &dir);
+    // No build for `other` beside this worker (target/debug has none).
     let mut w = Worker::start(&[], &[("LS_PYTHONBIN", bin.to_str().unwrap())]);
-    let want = format!("is a Python {other} virtualenv");
-    assert!(
-        w.wait_log(&want, Duration::from_secs(10)),
-        "{}",
-        w.log_text()
-    );
+    let mut c = w.connect();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let r = call_ok(&mut c, &get("/w", &app, "/w"), b"");
+        let took = t.elapsed();
+        assert_eq!(r.status, 500, "{} {}", r.text(), w.log_text());
+        assert!(took < Duration::from_secs(1), "the 500 took {took:?}");
+        let page = r.text();
+        assert!(
+            page.contains(&format!("made with Python {other}"))
+                && page.contains(&format!("with Python {own}")),
+            "{page}"
+        );
+        assert!(
+            !page.contains(dir.to_str().unwrap()),
+            "the page names a path: {page}"
+        );
+    }
+    assert!(w.alive(), "the worker exited: {}", w.log_text());
+    // Logged at start-up and then at most once a minute, not per request.
     let log = w.log_text();
+    let want = format!("is a Python {other} virtualenv");
+    assert_eq!(log.matches(&want).count(), 1, "{log}");
     assert!(log.contains(&format!("embeds Python {own}")), "{log}");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!w.alive(), "the worker refused to start");
+}
+
+/// An lswsgi built against `python` (version `v`): LSWSGI_TEST_OTHER_LSWSGI
+/// when set, else a debug build into target/pyX.Y (as install.sh names the
+/// per-version target directories), built once and reused.
+fn other_build(python: &str, v: &str) -> String {
+    if let Ok(p) = std::env::var("LSWSGI_TEST_OTHER_LSWSGI") {
+        if !p.is_empty() {
+            return p;
+        }
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let target = format!("{root}/target/py{v}");
+    let st = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--offline", "--bin", "lswsgi"])
+        .current_dir(root)
+        .env("PYO3_PYTHON", python)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("cargo");
+    assert!(st.success(), "building lswsgi against {python}");
+    format!("{target}/debug/lswsgi")
+}
+
+#[test]
+fn a_virtualenv_of_another_python_is_served_by_the_build_installed_beside() {
+    let (python, other) = other_python();
+    let dir = scratch("dispatch");
+    let (bin, app) = venv_and_app(&python, &dir);
+    let build = other_build(&python, &other);
+    // The host's layout: the configured binPath and, beside it, the build
+    // for the other Python under the name lswsgiX.Y (then lswsgiXY).
+    let bin_dir = dir.join("fcgi-bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let worker = bin_dir.join("lswsgi");
+    std::fs::copy(LSWSGI, &worker).unwrap();
+    let nodot = other.replace('.', "");
+    for name in [format!("lswsgi{other}"), format!("lswsgi{nodot}")] {
+        let beside = bin_dir.join(&name);
+        std::fs::copy(&build, &beside).unwrap();
+        let w = Worker::start_argv(
+            &[worker.to_str().unwrap()],
+            &[("LS_PYTHONBIN", bin.to_str().unwrap())],
+        );
+        let mut c = w.connect();
+        let r = call_ok(&mut c, &get("/w", &app, "/w"), b"");
+        assert_eq!(r.status, 200, "{} {}", r.text(), w.log_text());
+        let venv = bin.parent().unwrap().parent().unwrap();
+        assert_eq!(
+            r.text(),
+            format!("{other}|{}", venv.display()),
+            "{}",
+            w.log_text()
+        );
+        // The same process, now running the other build.
+        let exe = std::fs::read_link(format!("/proc/{}/exe", w.pid())).unwrap();
+        assert_eq!(exe, beside, "{}", w.log_text());
+        assert!(
+            w.log_text().contains(&format!(
+                "serving a Python {other} virtualenv: started by {}",
+                worker.display()
+            )),
+            "{}",
+            w.log_text()
+        );
+        drop(c);
+        drop(w);
+        std::fs::remove_file(&beside).unwrap();
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// The worker's signals stay its own on every Python version: Python installs
@@ -943,4 +1043,121 @@ fn signals_stay_the_workers_in_every_interpreter() {
     assert!(w.wait_log("stopping on signal 15", Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(200));
     assert!(!w.alive());
+}
+
+/// A script that fails while it loads, one frame below its module code.
+const FAILS_TO_LOAD: &str = "def setup():
+    raise RuntimeError('<b>broken</b> settings')
+setup()
+def application(environ, start_response):
+    start_response('200 OK', [])
+    return [b'never']
+";
+
+#[test]
+fn the_500_page_says_where_to_look_and_development_shows_the_traceback() {
+    let dir = scratch("errpage");
+    let script = dir.join("broken.wsgi");
+    std::fs::write(&script, FAILS_TO_LOAD).unwrap();
+    let spec = get("/b", script.to_str().unwrap(), "/b");
+    // Behind a plain LSAPI app the traceback goes to the server's error log
+    // (the STDERR stream); the page says so and shows nothing of it.
+    let w = Worker::start(&[], &[]);
+    let mut c = w.connect();
+    let r = call_ok(&mut c, &spec, b"");
+    assert_eq!(r.status, 500);
+    let page = r.text();
+    assert!(page.contains("in the web server's error log"), "{page}");
+    assert!(!page.contains("broken"), "{page}");
+    let trace = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert!(
+        trace.contains("RuntimeError: <b>broken</b> settings"),
+        "{trace}"
+    );
+    assert!(trace.contains("in setup"), "{trace}");
+    assert!(!trace.contains("load_script"), "our own frame: {trace}");
+    drop(c);
+    drop(w);
+    // An App Server context: the traceback is in <approot>/stderr.log; the
+    // page names the file, not its path; WSGI_ENV=development shows the
+    // traceback (escaped), without our frames.
+    let log = dir.join("stderr.log");
+    let w = Worker::start(
+        &[],
+        &[
+            ("LSAPI_STDERR_LOG", log.to_str().unwrap()),
+            ("WSGI_ENV", "development"),
+        ],
+    );
+    let mut c = w.connect();
+    let r = call_ok(&mut c, &spec, b"");
+    assert_eq!(r.status, 500);
+    let page = r.text();
+    assert!(
+        page.contains("in the application's log file stderr.log"),
+        "{page}"
+    );
+    assert!(
+        page.contains("RuntimeError: &lt;b&gt;broken&lt;/b&gt; settings"),
+        "{page}"
+    );
+    assert!(page.contains("in setup"), "{page}");
+    assert!(!page.contains("load_script"), "our own frame: {page}");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("RuntimeError: <b>broken</b> settings"))),
+        "not in stderr.log"
+    );
+    drop(c);
+    drop(w);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_symlinked_stderr_log_is_followed_when_not_root() {
+    // SAFETY: no arguments.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root (as CI does)");
+    // A site owner's application root whose stderr.log points into their
+    // own logs directory; the worker runs as that owner (no privilege
+    // boundary: the link gains nobody anything).
+    let dir = scratch("loglink");
+    let logs = dir.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let real = logs.join("app.log");
+    let link = dir.join("stderr.log");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let script = dir.join("hello.wsgi");
+    std::fs::write(
+        &script,
+        "import sys\n\
+         def application(environ, start_response):\n\
+         \x20   print('hello from the app', file=sys.stderr)\n\
+         \x20   start_response('200 OK', [])\n\
+         \x20   return [b'ok']\n",
+    )
+    .unwrap();
+    let st = std::process::Command::new("chown")
+        .args(["-R", "4321:4322"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let w = Worker::start_via(
+        &["setpriv", "--reuid=4321", "--regid=4322", "--clear-groups"],
+        &[],
+        &[("LSAPI_STDERR_LOG", link.to_str().unwrap())],
+    );
+    let mut c = w.connect();
+    let r = call_ok(&mut c, &get("/h", script.to_str().unwrap(), "/h"), b"");
+    assert_eq!(r.status, 200, "{}", w.log_text());
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&real)
+            .is_ok_and(|t| t.contains("hello from the app"))),
+        "the owner's log stayed empty; worker log: {}",
+        w.log_text()
+    );
+    assert!(!w.log_text().contains("symbolic link"), "{}", w.log_text());
+    drop(c);
+    drop(w);
+    std::fs::remove_dir_all(dir).unwrap();
 }

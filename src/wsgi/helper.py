@@ -66,7 +66,15 @@ def format_exception(exc):
     # worker never needs.
     import traceback
 
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    # The worker's own frames (load_script) lead the traceback of a script
+    # that failed to load: they tell the site's owner nothing.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals is _OWN_GLOBALS:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+_OWN_GLOBALS = globals()
 
 
 _RESERVED = frozenset(

@@ -54,42 +54,146 @@ fn venv_version(cfg: &str) -> Option<String> {
     })
 }
 
-/// Refuses a virtualenv made with another Python minor version: its
-/// site-packages (lib/pythonX.Y) would not be on sys.path and its compiled
-/// extensions would not load, so the site would fail later with an
-/// ImportError that names neither version. CPython looks for pyvenv.cfg beside
-/// the executable and one directory up; so does this.
-fn check_venv_version(bin: &str) -> Result<(), String> {
-    let Some(dir) = Path::new(bin).parent() else {
-        return Ok(());
-    };
+/// The Python `X.Y` of the virtualenv LS_PYTHONBIN (a path) belongs to,
+/// when it differs from the embedded Python's, with its pyvenv.cfg. Such a
+/// virtualenv's site-packages (lib/pythonX.Y) would not be on sys.path and
+/// its compiled extensions would not load, so the site would fail later with
+/// an ImportError that names neither version. CPython looks for pyvenv.cfg
+/// beside the executable and one directory up; so does this.
+fn venv_mismatch(bin: &str) -> Option<(String, std::path::PathBuf)> {
+    let dir = Path::new(bin).parent()?;
     for cfg in [Some(dir), dir.parent()].into_iter().flatten() {
         let cfg = cfg.join("pyvenv.cfg");
         let Ok(text) = std::fs::read_to_string(&cfg) else {
             continue;
         };
-        return match venv_version(&text) {
-            Some(v) if v != BUILD_VERSION => Err(format!(
-                "LS_PYTHONBIN={bin} is a Python {v} virtualenv ({}), but this lswsgi embeds \
-                 Python {BUILD_VERSION}; use the lswsgi built for Python {v}, or recreate \
-                 the virtualenv with Python {BUILD_VERSION}",
-                cfg.display()
-            )),
-            _ => Ok(()),
-        };
+        return venv_version(&text)
+            .filter(|v| v != BUILD_VERSION)
+            .map(|v| (v, cfg));
     }
-    Ok(())
+    None
 }
+
+/// The environment variable a worker sets before it execs the build for
+/// another Python ([`other_build`]); the build it starts never dispatches
+/// again. An LSAPI_ name: scrubbed before application code runs.
+pub const DISPATCHED: &str = "LSAPI_LSWSGI_DISPATCHED";
+
+/// The Python `X.Y` of LS_PYTHONBIN's virtualenv and the worker installed
+/// beside this one for that version, when the two Pythons differ and such a
+/// build exists (none once [`DISPATCHED`] is set). Beside means, for `X.Y` =
+/// 3.12: `lswsgi3.12` or `lswsgi312` in this executable's directory, or
+/// CloudLinux's `/opt/alt/python312/bin/lswsgi`. Only a file the host put
+/// there counts, never a path the virtualenv names: as root it must be a
+/// trusted path ([`crate::sys::root_trusted`]); otherwise a regular,
+/// executable file that group and others cannot write.
+pub fn other_build() -> Option<(String, std::path::PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    if std::env::var_os(DISPATCHED).is_some() {
+        return None;
+    }
+    let bin = std::env::var("LS_PYTHONBIN")
+        .ok()
+        .filter(|b| b.contains('/'))?;
+    let (version, _) = venv_mismatch(&bin)?;
+    let me = std::env::current_exe().ok()?;
+    let here = me.parent()?;
+    let nodot = version.replace('.', "");
+    let me_id = std::fs::metadata(&me).ok().map(|m| (m.dev(), m.ino()));
+    [
+        here.join(format!("lswsgi{version}")),
+        here.join(format!("lswsgi{nodot}")),
+        Path::new(&format!("/opt/alt/python{nodot}/bin/lswsgi")).to_path_buf(),
+    ]
+    .into_iter()
+    .find(|c| {
+        let Ok(m) = std::fs::metadata(c) else {
+            return false;
+        };
+        let usable = m.is_file()
+            && m.mode() & 0o111 != 0
+            && Some((m.dev(), m.ino())) != me_id
+            && if crate::suexec::is_root() {
+                crate::sys::root_trusted(c).is_ok()
+            } else {
+                m.mode() & 0o022 == 0
+            };
+        if !usable {
+            crate::warn!(
+                "not using {} for the Python {version} virtualenv: it is not a regular \
+                 executable file that only its owner (root, when this worker runs as root) \
+                 can write",
+                c.display()
+            );
+        }
+        usable
+    })
+    .map(|c| (version, c))
+}
+
+/// What every request of a worker that cannot run its site is answered
+/// with (a 500 page saying it), set at start-up; `None` for a working one.
+static MISCONFIGURED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The message for visitors when the site cannot run at all (see
+/// [`MISCONFIGURED`]): nothing secret, no paths.
+pub fn misconfigured() -> Option<&'static str> {
+    MISCONFIGURED.get().map(String::as_str)
+}
+
+/// Milliseconds (monotonic) when [`MISCONFIGURED`] was last logged.
+static MISCONFIGURED_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Logs the start-up problem again, at most once a minute (a site answered
+/// with 500s for days must stay visible in its log without flooding it).
+fn log_misconfigured(detail: &str) {
+    use std::sync::atomic::Ordering;
+    let now = crate::sys::now_ms();
+    let last = MISCONFIGURED_LOGGED.load(Ordering::Relaxed);
+    if last == 0 || now.saturating_sub(last) >= 60_000 {
+        MISCONFIGURED_LOGGED.store(now.max(1), Ordering::Relaxed);
+        crate::error!("{detail}");
+    }
+}
+
+/// The log's description of [`MISCONFIGURED`] (paths included).
+static MISCONFIGURED_DETAIL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Chooses the interpreter's program name and (when needed) home so it runs
 /// with the standard library of the Python it was built against, whatever
 /// PATH holds. Returns `(program_name, home)`.
 fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    if let Some(bin) = env("LS_PYTHONBIN") {
+    let venv = env("LS_PYTHONBIN").map(|bin| {
+        let mismatch = bin.contains('/').then(|| venv_mismatch(&bin)).flatten();
+        (bin, mismatch)
+    });
+    if let Some((bin, Some((v, cfg)))) = &venv {
+        // No build for that Python beside this one (see other_build): stay
+        // up on the embedded Python's own installation and answer every
+        // request at once with a 500 that says why, instead of exiting into
+        // the server's restart loop (a 503 after seconds for every visitor).
+        let b = BUILD_VERSION;
+        let _ = MISCONFIGURED.set(format!(
+            "This site's Python virtualenv was made with Python {v}, but the server runs it \
+             with Python {b}, and no worker for Python {v} is installed on this server. \
+             Recreate the virtualenv with Python {b}, or choose Python {b} for the site."
+        ));
+        let _ = MISCONFIGURED_DETAIL.set(format!(
+            "LS_PYTHONBIN={bin} is a Python {v} virtualenv ({}), but this lswsgi embeds \
+             Python {b} and no lswsgi for Python {v} is installed beside it (lswsgi{v} or \
+             lswsgi{} in its directory, or /opt/alt/python{}/bin/lswsgi); answering every \
+             request with 500 until the virtualenv is recreated with Python {b} or that build \
+             is installed",
+            cfg.display(),
+            v.replace('.', ""),
+            v.replace('.', "")
+        ));
+        log_misconfigured(MISCONFIGURED_DETAIL.get().map_or("", String::as_str));
+    }
+    if let Some((bin, None)) = venv {
         if bin.contains('/') {
             std::fs::metadata(&bin).map_err(|e| format!("LS_PYTHONBIN={bin}: {e}"))?;
-            check_venv_version(&bin)?;
         }
         if isolated {
             let bin = if bin.contains('/') {
@@ -114,6 +218,13 @@ fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
         return Ok((BUILD_EXECUTABLE.into(), None));
     }
     if readable(&format!("{BUILD_STDLIB}/os.py")) {
+        if isolated {
+            // The installation the worker was built against (stdlib =
+            // PREFIX/lib/pythonX.Y).
+            if let Some(prefix) = Path::new(BUILD_STDLIB).parent().and_then(Path::parent) {
+                root_controlled_prefix(prefix, "the Python prefix")?;
+            }
+        }
         return Ok((BUILD_EXECUTABLE.into(), None));
     }
     let v = BUILD_VERSION;
@@ -122,6 +233,12 @@ fn choose_paths(isolated: bool) -> Result<(String, Option<String>), String> {
         if readable(&format!("{stdlib}/os.py"))
             && Path::new(&format!("{stdlib}/lib-dynload")).is_dir()
         {
+            if isolated {
+                if let Err(e) = root_controlled_prefix(Path::new(&prefix), "the Python prefix") {
+                    crate::warn!("not using Python {v} from {prefix}: {e}");
+                    continue;
+                }
+            }
             crate::warn!(
                 "cannot read the standard library at {BUILD_STDLIB}; using Python {v} from {prefix}"
             );
@@ -145,31 +262,19 @@ fn which(name: &str) -> String {
         .unwrap_or_else(|| name.to_string())
 }
 
-/// `Err` unless `path` (following symbolic links) and every directory above
-/// it belong to root and are not writable by group or others: what a root
-/// process may run or import from without running a tenant's code.
+/// `Err` unless root may start Python from `path` ([`crate::sys::root_trusted`]):
+/// what a root process may run or import from without running a tenant's
+/// code.
 fn root_controlled(path: &Path, what: &str) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let real =
-        std::fs::canonicalize(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    let mut p = Some(real.as_path());
-    while let Some(cur) = p {
-        let m = std::fs::metadata(cur).map_err(|e| format!("{what} {}: {e}", cur.display()))?;
-        // A sticky directory (/tmp) still lets others replace only their own entries.
-        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
-        if m.uid() != 0 || (m.mode() & 0o022 != 0 && !sticky_dir) {
-            return Err(format!(
-                "{what} {}: {} is owned by uid {} with mode {:04o}; a suEXEC daemon (root) only \
-                 starts Python from paths that root owns and nobody else can write",
-                path.display(),
-                cur.display(),
-                m.uid(),
-                m.mode() & 0o7777
-            ));
-        }
-        p = cur.parent();
-    }
-    Ok(())
+    crate::sys::root_trusted(path).map_err(|e| untrusted(what, path, &e))
+}
+
+fn untrusted(what: &str, path: &Path, why: &str) -> String {
+    format!(
+        "{what} {}: {why}; a suEXEC daemon (root) only starts Python from paths that root owns \
+         and nobody else can write",
+        path.display()
+    )
 }
 
 /// The parts of a Python prefix that run at start-up must be root's: for a
@@ -179,46 +284,13 @@ fn root_controlled(path: &Path, what: &str) -> Result<(), String> {
 fn root_controlled_prefix(prefix: &Path, what: &str) -> Result<(), String> {
     root_controlled(prefix, what)?;
     let cfg = prefix.join("pyvenv.cfg");
-    if cfg.exists() {
+    let (tree, depth) = if cfg.exists() {
         root_controlled(&cfg, what)?;
-        return root_controlled_tree(&prefix.join("lib"), what, 4);
-    }
-    let lib = prefix.join(format!("lib/python{BUILD_VERSION}"));
-    root_controlled_tree(&lib, what, 2)
-}
-
-/// [`root_controlled`] for `dir` and everything in it, `depth` levels down
-/// (nothing to check when it does not exist).
-fn root_controlled_tree(dir: &Path, what: &str, depth: u32) -> Result<(), String> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    root_controlled(dir, what)?;
-    fn walk(d: &Path, depth: u32, what: &str) -> Result<(), String> {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(entries) = std::fs::read_dir(d) else {
-            return Ok(());
-        };
-        for e in entries.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else {
-                continue;
-            };
-            if m.uid() != 0 || (m.mode() & 0o022 != 0 && !m.file_type().is_symlink()) {
-                return Err(format!(
-                    "{what}: {} is owned by uid {} with mode {:04o}; a suEXEC daemon (root) \
-                     only starts Python from paths that root owns and nobody else can write",
-                    e.path().display(),
-                    m.uid(),
-                    m.mode() & 0o7777
-                ));
-            }
-            if m.is_dir() && depth > 0 {
-                walk(&e.path(), depth - 1, what)?;
-            }
-        }
-        Ok(())
-    }
-    walk(dir, depth, what)
+        (prefix.join("lib"), 4)
+    } else {
+        (prefix.join(format!("lib/python{BUILD_VERSION}")), 2)
+    };
+    crate::sys::root_trusted_tree(&tree, depth).map_err(|e| untrusted(what, prefix, &e))
 }
 
 unsafe fn status_error(what: &str, st: ffi::PyStatus) -> Result<(), String> {
@@ -247,6 +319,9 @@ unsafe fn status_error(what: &str, st: ffi::PyStatus) -> Result<(), String> {
 /// PYTHONPATH after their user switch ([`adopt_pythonpath`]).
 pub fn init_python(isolated: bool) -> Result<(), String> {
     let (program, home) = choose_paths(isolated)?;
+    if isolated {
+        let _ = DAEMON_PYTHONPATH.set(daemon_pythonpath());
+    }
     // SAFETY: PyConfig is plain data initialised by PyConfig_InitPythonConfig;
     // strings are copied by PyConfig_SetBytesString.
     unsafe {
@@ -285,14 +360,57 @@ pub fn init_python(isolated: bool) -> Result<(), String> {
     }
 }
 
-/// In a suEXEC daemon child after its user switch: puts PYTHONPATH's
-/// entries at the front of sys.path, where a normal start would have put
-/// them (the root parent ignored the environment).
-pub fn adopt_pythonpath() {
+/// PYTHONPATH's entries a suEXEC daemon's children put on `sys.path`,
+/// vetted by the root parent at start-up ([`daemon_pythonpath`]).
+static DAEMON_PYTHONPATH: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// PYTHONPATH's entries as a suEXEC daemon may use them. Every account's
+/// children get the same `sys.path`, so a directory on it that one tenant
+/// could write is a module another tenant imports: each entry must be
+/// [`crate::sys::root_trusted`] or it is dropped (logged). A relative entry
+/// (`.` in OpenLiteSpeed's `PYTHONPATH=.:<root>`) would resolve against the
+/// root parent's working directory in every child: it is made absolute now
+/// and checked like the rest.
+fn daemon_pythonpath() -> Vec<Vec<u8>> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let Some(pp) = std::env::var_os("PYTHONPATH").filter(|v| !v.is_empty()) else {
+        return Vec::new();
+    };
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut out = Vec::new();
+    for entry in pp
+        .as_bytes()
+        .split(|&b| b == b':')
+        .filter(|e| !e.is_empty())
+    {
+        let p = Path::new(std::ffi::OsStr::from_bytes(entry));
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd.join(p)
+        };
+        match crate::sys::root_trusted(&abs) {
+            Ok(()) => out.push(abs.into_os_string().into_vec()),
+            Err(e) => crate::warn!(
+                "PYTHONPATH entry {} ({}) left off sys.path: {e}; in suEXEC daemon mode every \
+                 account shares the daemon's sys.path, so only directories that root owns and \
+                 nobody else can write go on it",
+                p.display(),
+                abs.display()
+            ),
+        }
+    }
+    out
+}
+
+/// In a suEXEC daemon child after its user switch: puts the vetted
+/// PYTHONPATH entries ([`daemon_pythonpath`]) at the front of sys.path,
+/// where a normal start would have put them (the root parent ignored the
+/// environment).
+pub fn adopt_pythonpath() {
+    let Some(entries) = DAEMON_PYTHONPATH.get() else {
         return;
     };
-    use std::os::unix::ffi::OsStrExt;
     // SAFETY: called on the serving thread with the GIL held; every object
     // created is checked and released; PySys_GetObject returns a borrowed
     // list.
@@ -301,12 +419,7 @@ pub fn adopt_pythonpath() {
         if path.is_null() || ffi::PyList_Check(path) == 0 {
             return;
         }
-        for (i, entry) in pp
-            .as_bytes()
-            .split(|&b| b == b':')
-            .filter(|e| !e.is_empty())
-            .enumerate()
-        {
+        for (i, entry) in entries.iter().enumerate() {
             let s = ffi::PyUnicode_DecodeFSDefaultAndSize(
                 entry.as_ptr().cast(),
                 entry.len() as ffi::Py_ssize_t,
@@ -761,7 +874,7 @@ impl Runtime {
             max_groups: opts.max_groups,
             refused: Vec::new(),
         };
-        if rt.preload.is_some() && opts.load_now {
+        if rt.preload.is_some() && opts.load_now && misconfigured().is_none() {
             if let Err(e) = rt.load_preload() {
                 crate::error!("{e}");
             }
@@ -884,6 +997,10 @@ impl Runtime {
         callable: Option<&[u8]>,
         reload: bool,
     ) -> Result<Obj, String> {
+        if let Some(why) = misconfigured() {
+            log_misconfigured(MISCONFIGURED_DETAIL.get().map_or(why, String::as_str));
+            return Err(why.to_string());
+        }
         let group = if self.preload.is_some() {
             b"".as_slice()
         } else {

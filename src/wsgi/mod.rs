@@ -19,6 +19,7 @@
 //! the main thread with any application thread that calls a request object.
 
 mod environ;
+pub mod errpage;
 pub mod interp;
 mod objects;
 pub mod py;

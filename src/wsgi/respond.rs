@@ -19,11 +19,6 @@ use std::cell::Cell;
 use std::io;
 use std::ptr;
 
-const ERROR_PAGE: &[u8] =
-    b"<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head>\
-<body><h1>Internal Server Error</h1><p>The application failed to handle this request; \
-details are in the error log.</p></body></html>\n";
-
 /// How far a response has gone out.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Phase {
@@ -152,24 +147,26 @@ impl Response {
                 conn,
                 "the application returned without calling start_response",
             );
-            self.fail(conn);
+            self.fail(conn, None);
             return;
         }
         self.complete(conn, &[]);
     }
 
-    /// The application failed: a complete 500 page if nothing went out yet,
-    /// otherwise the response is abandoned. Nothing once it has ended.
-    fn fail(&self, conn: &mut Conn) {
+    /// The application failed: a complete 500 page (showing `detail`, see
+    /// errpage) if nothing went out yet, otherwise the response is
+    /// abandoned. Nothing once it has ended.
+    fn fail(&self, conn: &mut Conn, detail: Option<&str>) {
         match self.phase.get() {
             Phase::Open if !conn.is_broken() => {
+                let page = super::errpage::page(detail);
                 let mut len_buf = [0u8; 20];
-                let len = fmt_usize(ERROR_PAGE.len(), &mut len_buf);
+                let len = fmt_usize(page.len(), &mut len_buf);
                 conn.head.clear();
                 let _ = conn.head.push(b"Content-Type", b"text/html; charset=utf-8");
                 let _ = conn.head.push(b"Content-Length", len);
                 self.status.set(500);
-                self.complete(conn, &[ERROR_PAGE]);
+                self.complete(conn, &[&page]);
             }
             Phase::Open | Phase::HeadSent => {
                 conn.set_broken("the application failed after the response headers were sent");
@@ -276,12 +273,18 @@ pub(crate) fn serve(
 
     match (environ, app) {
         (_, Err(msg)) => {
+            // A site that cannot run at all says so on the page (and is
+            // logged once a minute by the runtime, not per request).
+            let site_wide = super::interp::misconfigured();
             // SAFETY: active request; no Python call inside.
             unsafe {
                 ffi::PyErr_Clear();
                 c.with_conn(|conn| {
-                    log_request_error(conn, &msg);
-                    c.resp.fail(conn);
+                    if site_wide.is_none() {
+                        log_request_error(conn, &msg);
+                    }
+                    c.resp
+                        .fail(conn, site_wide.or_else(|| super::errpage::shown(&msg)));
                 });
             }
         }
@@ -290,8 +293,9 @@ pub(crate) fn serve(
             // SAFETY: as above.
             unsafe {
                 c.with_conn(|conn| {
-                    log_request_error(conn, &format!("cannot build the WSGI environ:\n{msg}"));
-                    c.resp.fail(conn);
+                    let msg = format!("cannot build the WSGI environ:\n{msg}");
+                    log_request_error(conn, &msg);
+                    c.resp.fail(conn, super::errpage::shown(&msg));
                 })
             };
         }
@@ -546,8 +550,9 @@ unsafe fn app_failed(rt: &mut Runtime, c: &Ctx, what: &str) {
     let trace = rt.interp().take_exception();
     // SAFETY: active request; no Python call inside.
     c.with_conn(|conn| {
-        log_request_error(conn, &format!("{what}:\n{trace}"));
-        c.resp.fail(conn);
+        let msg = format!("{what}:\n{trace}");
+        log_request_error(conn, &msg);
+        c.resp.fail(conn, super::errpage::shown(&msg));
     });
 }
 

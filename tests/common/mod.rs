@@ -45,10 +45,25 @@ pub struct Worker {
 impl Worker {
     /// Starts `lswsgi ARGS` with a listening socket on fd 0 and `env`.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Worker {
+        Worker::start_via(&[], args, env)
+    }
+
+    /// Starts `LAUNCHER... lswsgi ARGS` the same way: a starter program that
+    /// prepares something and then execs the worker (its pid is the
+    /// worker's when it execs directly).
+    pub fn start_via(launcher: &[&str], args: &[&str], env: &[(&str, &str)]) -> Worker {
+        let mut argv: Vec<&str> = launcher.to_vec();
+        argv.push(LSWSGI);
+        argv.extend_from_slice(args);
+        Worker::start_argv(&argv, env)
+    }
+
+    /// Starts `ARGV` (a program and its arguments, e.g. a copy of the worker
+    /// binary elsewhere) the same way.
+    pub fn start_argv(argv: &[&str], env: &[(&str, &str)]) -> Worker {
         let dir = scratch("worker");
         let log = dir.join("stderr.log");
-        let mut argv = vec![LSWSGI.to_string()];
-        argv.extend(args.iter().map(|s| s.to_string()));
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
