@@ -37,23 +37,66 @@ const DEAD_LOCK: &str = "possible dead lock";
 
 // ------------------------------------------------------------------ the build
 
-/// The OpenLiteSpeed installation to run, or why there is none.
-fn ols_prefix() -> Option<PathBuf> {
+/// The OpenLiteSpeed releases the suite runs against; every test runs once
+/// per server.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Server {
+    /// 1.5.12 (2019): `LSWSGI_OLS_PREFIX`, else `LSWSGI_OLS_SRC` (a
+    /// directory with `build-ols.sh` and the source archive it builds).
+    V1_5,
+    /// 1.9.1, what hosts run today: `LSWSGI_OLS19_PREFIX`, else
+    /// `LSWSGI_OLS19_SRC` (a directory with `build.sh` and `src-archives/`).
+    V1_9,
+}
+
+impl Server {
+    fn label(self) -> &'static str {
+        match self {
+            Server::V1_5 => "OpenLiteSpeed 1.5.12",
+            Server::V1_9 => "OpenLiteSpeed 1.9.1",
+        }
+    }
+
+    /// (prefix variable, kit variable, build script in the kit, the files
+    /// whose hash names the cached build).
+    fn kit(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Server::V1_5 => (
+                "LSWSGI_OLS_PREFIX",
+                "LSWSGI_OLS_SRC",
+                "build-ols.sh",
+                "build-ols.sh openlitespeed-1.5.12.tar.gz",
+            ),
+            Server::V1_9 => (
+                "LSWSGI_OLS19_PREFIX",
+                "LSWSGI_OLS19_SRC",
+                "build.sh",
+                "build.sh src-archives/*",
+            ),
+        }
+    }
+}
+
+/// The installation of `server` to run, or None (after one NOT RUN line
+/// naming `test`) when no server of that version was given.
+fn ols_prefix(server: Server, test: &str) -> Option<PathBuf> {
     // A failed build is stored too, so the other tests fail at once rather
     // than build again.
-    static PREFIX: OnceLock<Result<PathBuf, Missing>> = OnceLock::new();
-    let found = PREFIX.get_or_init(find_or_build);
+    static PREFIX: [OnceLock<Result<PathBuf, Missing>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let found = PREFIX[server as usize].get_or_init(|| find_or_build(server));
     match found {
         Ok(p) => Some(p.clone()),
-        Err(Missing::Broken(why)) => panic!("{why}"),
+        Err(Missing::Broken(why)) => panic!("{}: {why}", server.label()),
         Err(Missing::NotGiven(why)) => {
             let required = std::env::var("LSWSGI_OLS_REQUIRED").is_ok_and(|v| v == "1");
             assert!(!required, "LSWSGI_OLS_REQUIRED=1 but {why}");
-            // One line for the whole binary, past the test harness's capture.
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                let _ = writeln!(std::io::stderr(), "tests/ols.rs: NOT RUN: {why}");
-            });
+            // One line per test, past the test harness's capture:
+            // scripts/test.sh counts these lines as tests that did not run.
+            let _ = writeln!(
+                std::io::stderr(),
+                "tests/ols.rs: NOT RUN: {test} ({}): {why}",
+                server.label()
+            );
             None
         }
     }
@@ -66,43 +109,90 @@ enum Missing {
     Broken(String),
 }
 
-fn find_or_build() -> Result<PathBuf, Missing> {
-    if let Some(prefix) = std::env::var_os("LSWSGI_OLS_PREFIX") {
+/// Where built servers are kept between runs, outside the clone (a fresh
+/// CI clone reuses them): `LSWSGI_OLS_CACHE`, else /var/cache/lswsgi when it
+/// can be made, else the cargo target directory.
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LSWSGI_OLS_CACHE") {
+        return PathBuf::from(d);
+    }
+    let system = Path::new("/var/cache/lswsgi");
+    if std::fs::create_dir_all(system).is_ok() && !is_read_only(system) {
+        return system.to_path_buf();
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(ROOT).join("target"))
+}
+
+fn is_read_only(dir: &Path) -> bool {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: access(2) reads the NUL-terminated path `c` owns; no other
+    // memory is touched.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) != 0 }
+}
+
+fn find_or_build(server: Server) -> Result<PathBuf, Missing> {
+    let (prefix_var, kit_var, script_name, hashed) = server.kit();
+    if let Some(prefix) = std::env::var_os(prefix_var) {
         let prefix = PathBuf::from(prefix);
         if !prefix.join("bin/openlitespeed").is_file() {
             return Err(Missing::Broken(format!(
-                "LSWSGI_OLS_PREFIX={} has no bin/openlitespeed",
+                "{prefix_var}={} has no bin/openlitespeed",
                 prefix.display()
             )));
         }
         return Ok(prefix);
     }
-    let Some(src) = std::env::var_os("LSWSGI_OLS_SRC") else {
-        return Err(Missing::NotGiven(
-            "neither LSWSGI_OLS_SRC (a directory with build-ols.sh and the \
-             OpenLiteSpeed source archive) nor LSWSGI_OLS_PREFIX (an installed \
-             OpenLiteSpeed) is set"
-                .into(),
-        ));
+    let Some(kit) = std::env::var_os(kit_var) else {
+        return Err(Missing::NotGiven(format!(
+            "neither {kit_var} (a directory with {script_name} and the {} sources) \
+             nor {prefix_var} (an installed server) is set",
+            server.label()
+        )));
     };
-    let script = Path::new(&src).join("build-ols.sh");
+    let script = Path::new(&kit).join(script_name);
     if !script.is_file() {
         return Err(Missing::Broken(format!(
-            "LSWSGI_OLS_SRC: no {}",
+            "{kit_var}: no {}",
             script.display()
         )));
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target"));
-    let prefix = target.join("ols");
+    // The build is named by a hash of the kit, so a changed kit builds anew
+    // and an unchanged one is reused; flock(1) keeps two test processes
+    // from building into one prefix at once (the script itself returns at
+    // once when its prefix is up to date).
+    let sum = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; cd \"$1\" && sha256sum {hashed} | sha256sum"
+        ))
+        .arg("bash")
+        .arg(&kit)
+        .output()
+        .map_err(|e| Missing::Broken(format!("sha256sum: {e}")))?;
+    let sum = String::from_utf8_lossy(&sum.stdout).into_owned();
+    let sum = sum.split_whitespace().next().unwrap_or("");
+    if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Missing::Broken(format!(
+            "{kit_var}: cannot hash {hashed} in {}",
+            Path::new(&kit).display()
+        )));
+    }
+    let version = &server.label()["OpenLiteSpeed ".len()..];
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| Missing::Broken(format!("{}: {e}", cache.display())))?;
+    let prefix = cache.join(format!("ols-{version}-{}", &sum[..16]));
     let started = Instant::now();
-    let out = Command::new("bash")
+    let out = Command::new("flock")
+        .arg(cache.join(format!("ols-{version}.lock")))
+        .arg("bash")
         .arg(&script)
         .arg(&prefix)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| Missing::Broken(format!("bash {}: {e}", script.display())))?;
+        .map_err(|e| Missing::Broken(format!("flock bash {}: {e}", script.display())))?;
     if !out.status.success() || !prefix.join("bin/openlitespeed").is_file() {
         return Err(Missing::Broken(format!(
             "{} {} failed ({:?}):\n{}{}",
@@ -114,7 +204,7 @@ fn find_or_build() -> Result<PathBuf, Missing> {
         )));
     }
     eprintln!(
-        "build-ols.sh: {} in {:.1} s",
+        "{script_name}: {} in {:.1} s",
         String::from_utf8_lossy(&out.stdout).trim(),
         started.elapsed().as_secs_f64()
     );
@@ -222,6 +312,33 @@ fn unique() -> String {
     format!("{}{}x{:x}", std::process::id(), *n, nanos & 0xfff)
 }
 
+/// Makes `dir` a directory the workers' user (nobody) can write, and checks
+/// it is one. Servers (of this and other test processes) start
+/// concurrently: the directory is made under a unique name, given mode 1777
+/// (as /tmp), then renamed into place, so nobody sees it with another mode;
+/// when another got there first, theirs stays.
+fn shared_socket_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if !dir.is_dir() {
+        let parent = dir.parent().unwrap();
+        let part = parent.join(format!(".lswsgi-sockdir-{}", unique()));
+        std::fs::create_dir(&part).unwrap();
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        if let Err(e) = std::fs::rename(&part, dir) {
+            let _ = std::fs::remove_dir(&part);
+            // rename(2) onto an existing (non-empty) directory: EEXIST or ENOTEMPTY.
+            assert!(dir.is_dir(), "rename to {}: {e}", dir.display());
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).unwrap();
+    assert!(
+        m.mode() & 0o002 != 0 || m.uid() == 65534,
+        "{} must be writable by nobody (the App Server sockets go there)",
+        dir.display()
+    );
+}
+
 fn sh(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?}: {out:?}");
@@ -249,18 +366,7 @@ impl Ols {
         std::fs::create_dir_all(&state).unwrap();
         sh(Command::new("chmod").arg("1777").arg(&state));
         // App Server sockets live at a fixed place the server does not create.
-        if !Path::new("/tmp/lshttpd").is_dir() {
-            std::fs::create_dir_all("/tmp/lshttpd").unwrap();
-            sh(Command::new("chmod").args(["1777", "/tmp/lshttpd"]));
-        }
-        {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata("/tmp/lshttpd").unwrap();
-            assert!(
-                m.mode() & 0o002 != 0 || m.uid() == 65534,
-                "/tmp/lshttpd must be writable by nobody (the App Server sockets go there)"
-            );
-        }
+        shared_socket_dir(Path::new("/tmp/lshttpd"));
         std::os::unix::fs::symlink(
             prefix.join("bin/openlitespeed"),
             root.join("bin/openlitespeed"),
@@ -1045,9 +1151,54 @@ fn finish(mut ols: Ols, f: Failures) {
 
 // ------------------------------------------------------------------ tests
 
+/// `per_server!(check => test_1_5, test_1_9)`: the test `check` once per
+/// OpenLiteSpeed release.
+macro_rules! per_server {
+    ($($check:ident => $v15:ident, $v19:ident;)*) => {$(
+        #[test]
+        fn $v15() {
+            $check(Server::V1_5)
+        }
+        #[test]
+        fn $v19() {
+            $check(Server::V1_9)
+        }
+    )*};
+}
+
+per_server! {
+    worker_mode_behind_openlitespeed => worker_mode_behind_ols_1_5, worker_mode_behind_ols_1_9;
+    process_group_mode_behind_openlitespeed =>
+        process_group_mode_behind_ols_1_5, process_group_mode_behind_ols_1_9;
+    max_busy_worker_behind_openlitespeed =>
+        max_busy_worker_behind_ols_1_5, max_busy_worker_behind_ols_1_9;
+}
+
+/// Servers start concurrently, each making sure the App Server socket
+/// directory exists: none may see it before it has its final mode.
 #[test]
-fn worker_mode_behind_openlitespeed() {
-    let Some(prefix) = ols_prefix() else { return };
+fn socket_dir_is_never_seen_half_made() {
+    let base = std::env::temp_dir().join(format!("lswsgi-ols-sockdir-{}", unique()));
+    for round in 0..20 {
+        let dir = base.join(round.to_string());
+        std::fs::create_dir_all(&base).unwrap();
+        let go = std::sync::Barrier::new(8);
+        thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    go.wait();
+                    shared_socket_dir(&dir);
+                });
+            }
+        });
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+fn worker_mode_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server, "worker_mode_behind_openlitespeed") else {
+        return;
+    };
     let started = Instant::now();
     let ols = Ols::start(
         &prefix,
@@ -1090,9 +1241,10 @@ fn worker_mode_behind_openlitespeed() {
     finish(ols, f);
 }
 
-#[test]
-fn process_group_mode_behind_openlitespeed() {
-    let Some(prefix) = ols_prefix() else { return };
+fn process_group_mode_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server, "process_group_mode_behind_openlitespeed") else {
+        return;
+    };
     let started = Instant::now();
     let ols = Ols::start(
         &prefix,
@@ -1176,9 +1328,10 @@ fn process_group_mode_behind_openlitespeed() {
 /// logs every packet it receives, CONN_CLOSE included. (The pids cannot
 /// show it: a detached group runs with LSAPI_KEEP_LISTEN=2, so a child that
 /// shed its connection accepts the next one itself.)
-#[test]
-fn max_busy_worker_behind_openlitespeed() {
-    let Some(prefix) = ols_prefix() else { return };
+fn max_busy_worker_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server, "max_busy_worker_behind_openlitespeed") else {
+        return;
+    };
     let ols = Ols::start(
         &prefix,
         &[
