@@ -486,6 +486,62 @@ fn install_usage() {
     assert_eq!(bad.code, 2, "{bad}");
 }
 
+// ------------------------------------------------------- the closing line
+
+/// A cargo test log as libtest and tests/ols.rs write it when only one of
+/// the two OpenLiteSpeed releases was given: the two tests that returned at
+/// once are among libtest's "passed".
+const LOG_WITH_TESTS_NOT_RUN: &str = "\
+     Running tests/ols.rs (target/debug/deps/ols-0123456789abcdef)
+
+running 4 tests
+tests/ols.rs: NOT RUN: worker_mode_behind_openlitespeed (OpenLiteSpeed 1.9.1): neither \
+LSWSGI_OLS19_SRC (a directory with build.sh and the OpenLiteSpeed 1.9.1 sources) nor \
+LSWSGI_OLS19_PREFIX (an installed server) is set
+test worker_mode_behind_ols_1_9 ... ok
+tests/ols.rs: NOT RUN: process_group_mode_behind_openlitespeed (OpenLiteSpeed 1.9.1): neither \
+LSWSGI_OLS19_SRC (a directory with build.sh and the OpenLiteSpeed 1.9.1 sources) nor \
+LSWSGI_OLS19_PREFIX (an installed server) is set
+test process_group_mode_behind_ols_1_9 ... ok
+test worker_mode_behind_ols_1_5 ... ok
+test process_group_mode_behind_ols_1_5 ... ok
+
+test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 61.02s
+
+     Running tests/respond.rs (target/debug/deps/respond-0123456789abcdef)
+
+running 7 tests
+test a ... ok
+test result: FAILED. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s
+";
+
+/// The line CI reads counts tests that did not run as skipped, never as
+/// passed (test.sh tallies its log with test-matrix.sh --tally and hands
+/// the counts over with --default).
+#[test]
+fn closing_line_counts_tests_that_did_not_run() {
+    let dir = TempDir::new("closing-line");
+    std::fs::write(dir.join("cargo-test.log"), LOG_WITH_TESTS_NOT_RUN).unwrap();
+    // No other Python is found, so nothing else runs.
+    let env = [("LSWSGI_MATRIX_PYTHONS", "/nonexistent/python3.99")];
+    let matrix = script("test-matrix.sh");
+    let log = dir.str("cargo-test.log");
+    let tally = run_env(&matrix, &["--tally", &log], &env);
+    assert_eq!(tally.stdout.trim(), "8 1 2", "{tally}");
+    let r = run_env(
+        &matrix,
+        &["--default", "3.11:/usr/bin/python3:8:1:62:2"],
+        &env,
+    );
+    assert_eq!(
+        r.stdout.lines().last(),
+        Some("tests: 8 passed, 1 failed, 2 skipped"),
+        "{r}"
+    );
+    assert!(r.stderr.contains("2 tests did not run"), "{r}");
+    assert_ne!(r.code, 0, "{r}");
+}
+
 // ------------------------------------------------------------------ shellcheck
 
 #[test]
@@ -497,7 +553,13 @@ fn scripts_are_shellcheck_clean() {
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     files.sort();
-    for name in ["install.sh", "smoke-direct.sh", "smoke-lsws.sh", "test.sh"] {
+    for name in [
+        "install.sh",
+        "smoke-direct.sh",
+        "smoke-lsws.sh",
+        "test.sh",
+        "test-matrix.sh",
+    ] {
         assert!(files.iter().any(|f| f.ends_with(name)), "{name} missing");
     }
     let out = Command::new("shellcheck")
