@@ -277,8 +277,8 @@ struct Site {
     /// Extra `env` lines of the extProcessor (LSAPI_CHILDREN, ...).
     env: &'static [&'static str],
     max_conns: u32,
-    /// App Server contexts: (URI, startup file in the docroot).
-    app_servers: &'static [(&'static str, &'static str)],
+    /// App Server contexts: (URI, startup file in the docroot, maxConns).
+    app_servers: &'static [(&'static str, &'static str, u32)],
     /// The extProcessor's worker exits at once without serving (the server
     /// checks at start-up that the path exists and is executable).
     missing_worker: bool,
@@ -403,6 +403,12 @@ impl Ols {
         std::fs::write(html.join("broken/environ.wsgi"), FAILING_ENVIRON).unwrap();
         std::fs::write(html.join("broken/echo.wsgi"), SHORT_ECHO).unwrap();
         sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&root));
+        // 1.9.1 opens <location>stderr.log as the worker's user (the
+        // location belongs to the site's user on a host).
+        std::fs::write(html.join("stderr.log"), "").unwrap();
+        sh(Command::new("chown")
+            .arg("nobody:nogroup")
+            .arg(html.join("stderr.log")));
 
         let marker = format!("LSWSGI_OLS_RUN={id}");
         let r = root.display();
@@ -455,12 +461,12 @@ impl Ols {
                  scriptHandler {{\n add lsapi:{name} wsgi\n}}\n\
                  accessLog {r}/logs/access.log {{\n useServer 1\n}}\n"
             );
-            for (uri, startup) in site.app_servers {
+            for (uri, startup, mc) in site.app_servers {
                 let _ = write!(
                     vh,
                     "context {uri} {{\n type appserver\n location {r}/html/\n\
                      binPath {r}/fcgi-bin/lswsgi\n appType wsgi\n startupFile {startup}\n\
-                     maxConns 2\n env {marker}\n env OLS_STATE={}\n env APP_MARKER=from-context-env\n}}\n",
+                     maxConns {mc}\n env {marker}\n env OLS_STATE={}\n env APP_MARKER=from-context-env\n}}\n",
                     state.display()
                 );
             }
@@ -476,16 +482,23 @@ impl Ols {
             marker,
             stopped: false,
         };
-        let out = Command::new(ols.root.join("bin/openlitespeed"))
+        // Its output goes to a file, not a pipe: 1.9.1's daemon keeps the
+        // descriptors it was started with, so a pipe would never see EOF.
+        let start_log = ols.root.join("logs/start.out");
+        let out = std::fs::File::create(&start_log).unwrap();
+        let status = Command::new(ols.root.join("bin/openlitespeed"))
             .env("LSWS_HOME", &ols.root)
             .env("OLS_PID_FILE", ols.pid_file())
             .current_dir(&ols.root)
             .stdin(Stdio::null())
-            .output()
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .status()
             .expect("start openlitespeed");
         assert!(
-            out.status.success(),
-            "openlitespeed: {out:?}\n{}",
+            status.success(),
+            "openlitespeed: {status:?}\n{}\n{}",
+            std::fs::read_to_string(&start_log).unwrap_or_default(),
             ols.error_log()
         );
         // It daemonizes; ready once every listener accepts.
@@ -771,9 +784,16 @@ fn curl(url: &str, args: &[&str], max_secs: u32) -> Resp {
 /// of one call): per request (status, X-Pid header), and the number of
 /// connections curl opened.
 fn keep_alive(url: &str, n: usize) -> (Vec<(u32, String)>, usize) {
+    keep_alive_header(url, n, "x-pid")
+}
+
+/// As `keep_alive`, keeping response header `header` instead of X-Pid.
+fn keep_alive_header(url: &str, n: usize, header: &str) -> (Vec<(u32, String)>, usize) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "120"])
-        .args(["-w", "%{http_code} %{num_connects} %header{x-pid}\\n"]);
+    cmd.args(["-sS", "--max-time", "120"]).args([
+        "-w",
+        &format!("%{{http_code}} %{{num_connects}} %header{{{header}}}\\n"),
+    ]);
     for _ in 0..n {
         cmd.args(["-o", "/dev/null", url]);
     }
@@ -1254,10 +1274,10 @@ fn process_group_mode_behind_openlitespeed(server: Server) {
                 env: &["LSAPI_CHILDREN=4"],
                 max_conns: 4,
                 app_servers: &[
-                    ("/app/", "ols.wsgi"),
-                    ("/smoke-hello/", "hello.wsgi"),
-                    ("/smoke-environ/", "environ.wsgi"),
-                    ("/smoke-echo/", "echo.wsgi"),
+                    ("/app/", "ols.wsgi", 2),
+                    ("/smoke-hello/", "hello.wsgi", 2),
+                    ("/smoke-environ/", "environ.wsgi", 2),
+                    ("/smoke-echo/", "echo.wsgi", 2),
                 ],
                 missing_worker: false,
             },
@@ -1378,5 +1398,273 @@ fn max_busy_worker_behind_openlitespeed(server: Server) {
             ),
         );
     }
+    finish(ols, f);
+}
+
+// ------------------------------------------------- OpenLiteSpeed 1.9.1 only
+
+/// Clients requesting one URL over keep-alive connections, without pause,
+/// until stopped: (status, kept header) of every request, in order per
+/// client.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<thread::JoinHandle<Vec<(u32, String)>>>,
+}
+
+impl Load {
+    fn start(url: &str, clients: usize, header: &'static str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let (url, stop) = (url.to_string(), stop.clone());
+                thread::spawn(move || {
+                    let mut rows = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        rows.extend(keep_alive_header(&url, 10, header).0);
+                    }
+                    rows
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    fn finish(self) -> Vec<Vec<(u32, String)>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .collect()
+    }
+}
+
+/// The parent of `pid` (0 when it is gone).
+fn ppid(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// 1.9.1 runs every App Server context detached with
+/// `LSAPI_CHILDREN=<maxConns>`, 1 included, and
+/// `LSAPI_PGRP_MAX_IDLE=2147483647`, from binPath's folder, with stderr
+/// handed over as fd 2: contexts of maxConns 1 and 2 serve concurrent
+/// clients with no more processes than that, stay up while idle, and log a
+/// traceback.
+#[test]
+fn app_server_max_conns_1_and_2_behind_ols_1_9() {
+    let Some(prefix) = ols_prefix(Server::V1_9, "app_server_max_conns_1_and_2_behind_ols_1_9")
+    else {
+        return;
+    };
+    let ols = Ols::start(
+        &prefix,
+        &[Site {
+            name: "as",
+            env: &[],
+            max_conns: 1,
+            app_servers: &[("/one/", "ols.wsgi", 1), ("/two/", "ols.wsgi", 2)],
+            missing_worker: false,
+        }],
+        false,
+    );
+    let mut f = Failures::default();
+    let base = ols.base("as");
+    for (uri, max) in [("/one/", 1usize), ("/two/", 2)] {
+        let url = format!("{base}{uri}sleep?0.1");
+        let rows = concurrent(&url, 4, 10);
+        let serving = pids(&rows);
+        let parents: BTreeSet<i32> = serving
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .map(ppid)
+            .collect();
+        let parent = parents.iter().next().copied().unwrap_or(0);
+        f.check(
+            &format!("maxConns {max}: 4 concurrent clients"),
+            not_ok(&rows).is_empty() && !serving.is_empty() && serving.len() <= max,
+            format!(
+                "{} of {} not 200; served by {serving:?} (at most {max}), parent(s) {parents:?}",
+                not_ok(&rows).len(),
+                rows.len(),
+            ),
+        );
+        // LSAPI_PGRP_MAX_IDLE=2147483647: no limit, so the group is still
+        // the same one after a pause.
+        thread::sleep(Duration::from_secs(3));
+        let (rows, _) = keep_alive(&format!("{base}{uri}pid"), 5);
+        let after: BTreeSet<i32> = pids(&rows)
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .map(ppid)
+            .collect();
+        f.check(
+            &format!("maxConns {max}: same group after 3 s idle"),
+            not_ok(&rows).is_empty() && parent > 0 && after == BTreeSet::from([parent]),
+            format!(
+                "{} not 200; parent {parent}, then {after:?}",
+                not_ok(&rows).len()
+            ),
+        );
+    }
+    let r = curl(&format!("{base}/one/raise"), &[], 30);
+    let traced = wait_for(Duration::from_secs(5), || {
+        (ols.error_log() + &ols.stderr_log()).contains("deliberate failure before the headers")
+    });
+    // The worker's own log goes to fd 2, which lscgid opened as
+    // <location>stderr.log.
+    let own_log = std::fs::read_to_string(ols.root.join("html/stderr.log")).unwrap_or_default();
+    f.check(
+        "exception before headers: 500, traceback in the server's log; worker log on fd 2",
+        r.status == 500 && traced && own_log.contains("process group: up to 2 children"),
+        format!(
+            "{} traceback logged: {traced}; <location>stderr.log:\n{}",
+            r.status,
+            tail(&own_log, 10)
+        ),
+    );
+    finish(ols, f);
+}
+
+/// A versioned app for the restart tests: answers its version in X-Version.
+fn versioned_app(version: &str) -> String {
+    format!(
+        "import os\n\
+         def application(environ, start_response):\n    \
+             start_response('200 OK', [('Content-Type', 'text/plain'), \
+             ('X-Version', '{version}'), ('X-Pid', str(os.getpid()))])\n    \
+             return [b'{version}\\n']\n"
+    )
+}
+
+/// Touching `<location>tmp/restart.txt` under load: the server (checking
+/// every 10 s) removes the socket, SIGTERMs the old group and starts a new
+/// one; no request fails, the new code is served afterwards and the old
+/// group goes away.
+#[test]
+fn restart_txt_under_load_behind_ols_1_9() {
+    let Some(prefix) = ols_prefix(Server::V1_9, "restart_txt_under_load_behind_ols_1_9") else {
+        return;
+    };
+    let ols = Ols::start(
+        &prefix,
+        &[Site {
+            name: "rs",
+            env: &[],
+            max_conns: 1,
+            app_servers: &[("/app/", "versioned.wsgi", 2)],
+            missing_worker: false,
+        }],
+        false,
+    );
+    let html = ols.root.join("html");
+    std::fs::write(html.join("versioned.wsgi"), versioned_app("v1")).unwrap();
+    let url = format!("{}/app/", ols.base("rs"));
+    let first = curl(&url, &[], 30);
+    let old_parent = first
+        .header("X-Pid")
+        .and_then(|p| p.parse().ok())
+        .map(ppid)
+        .unwrap_or(0);
+    let load = Load::start(&url, 3, "x-version");
+    thread::sleep(Duration::from_secs(2));
+    std::fs::write(html.join("versioned.wsgi"), versioned_app("v2")).unwrap();
+    std::fs::create_dir_all(html.join("tmp")).unwrap();
+    std::fs::write(html.join("tmp/restart.txt"), "").unwrap();
+    let switched = wait_for(Duration::from_secs(45), || {
+        curl(&url, &[], 30).header("X-Version").as_deref() == Some("v2")
+    });
+    thread::sleep(Duration::from_secs(3));
+    let per_client = load.finish();
+    let rows: Vec<(u32, String)> = per_client.iter().flatten().cloned().collect();
+    let last: Vec<&str> = per_client
+        .iter()
+        .filter_map(|c| c.last().map(|r| r.1.as_str()))
+        .collect();
+    let old_gone = wait_for(Duration::from_secs(15), || !alive(old_parent));
+    let mut f = Failures::default();
+    f.check(
+        "restart.txt under load: no failed request, new code served, old group gone",
+        first.status == 200
+            && old_parent > 0
+            && switched
+            && not_ok(&rows).is_empty()
+            && last.iter().all(|v| *v == "v2")
+            && old_gone,
+        format!(
+            "{} of {} not 200 {:?}; v2 served: {switched}; last per client {last:?}; \
+             old parent {old_parent} gone: {old_gone}",
+            not_ok(&rows).len(),
+            rows.len(),
+            not_ok(&rows)
+        ),
+    );
+    finish(ols, f);
+}
+
+/// New in 1.9: the server restarts a detached worker whose binary's mtime
+/// changed (an upgrade replacing fcgi-bin/lswsgi while it serves): no
+/// request fails, and afterwards the new binary serves.
+#[test]
+fn binary_replaced_while_serving_behind_ols_1_9() {
+    let Some(prefix) = ols_prefix(Server::V1_9, "binary_replaced_while_serving_behind_ols_1_9")
+    else {
+        return;
+    };
+    let ols = Ols::start(
+        &prefix,
+        &[Site {
+            name: "up",
+            env: &["LSAPI_CHILDREN=4"],
+            max_conns: 4,
+            app_servers: &[],
+            missing_worker: false,
+        }],
+        false,
+    );
+    let url = format!("{}/ols.wsgi/pid", ols.base("up"));
+    let bin = ols.root.join("fcgi-bin/lswsgi");
+    let exe = |pid: &str| {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let load = Load::start(&url, 3, "x-pid");
+    thread::sleep(Duration::from_secs(2));
+    // As a package upgrade does: a new file renamed over the old one (its
+    // mtime is now, seconds after the server started the old one).
+    let new = ols.root.join("fcgi-bin/lswsgi.new");
+    std::fs::copy(worker_binary(), &new).unwrap();
+    std::fs::rename(&new, &bin).unwrap();
+    let mut served_by = String::new();
+    let switched = wait_for(Duration::from_secs(45), || {
+        ols.error_log().contains("detected binary change") && {
+            let r = curl(&url, &[], 30);
+            served_by = r.header("X-Pid").map(|p| exe(&p)).unwrap_or_default();
+            r.status == 200 && served_by == bin.display().to_string()
+        }
+    });
+    thread::sleep(Duration::from_secs(2));
+    let rows: Vec<(u32, String)> = load.finish().into_iter().flatten().collect();
+    let mut f = Failures::default();
+    f.check(
+        "binary replaced under load: no failed request, the new binary serves",
+        switched && not_ok(&rows).is_empty(),
+        format!(
+            "{} of {} not 200 {:?}; restart seen and a new process serving: {switched} \
+             (last served by {served_by:?})",
+            not_ok(&rows).len(),
+            rows.len(),
+            not_ok(&rows)
+        ),
+    );
     finish(ols, f);
 }
