@@ -58,8 +58,9 @@ Options:
                       (a green run on the worker being replaced): the echo
                       checks POST to echo?sized, which reads CONTENT_LENGTH
                       bytes; echo-read-all (wsgi.input.read() without a size,
-                      which PEP 3333 says a server should allow) is run too
-                      and shown as a NOTE row when it fails
+                      which PEP 3333 says a server should allow) and
+                      environ-path (SCRIPT_NAME + PATH_INFO is the request
+                      path) are run too and shown as NOTE rows when they fail
   -h, --help          show this help
 
 Exit status: 0 every check passed, 1 a check failed, 2 usage error or curl
@@ -286,16 +287,23 @@ check_url() {
         bad=$(env_mismatches "$work/environ.body" REQUEST_METHOD=GET "QUERY_STRING=smoke=$token" \
             "HTTP_X_LSWSGI_SMOKE=$token" "wsgi.url_scheme=$scheme" "wsgi.version=(1, 0)" \
             SCRIPT_NAME SERVER_NAME SERVER_PORT SERVER_PROTOCOL REMOTE_ADDR)
-        local script_name path_info
+        local script_name path_info path_bad=
         script_name=$(env_get SCRIPT_NAME "$work/environ.body")
         path_info=$(env_get PATH_INFO "$work/environ.body")
-        if [[ -z $bad && $script_name$path_info != "$(pct_decode "$path")" ]]; then
-            bad="SCRIPT_NAME + PATH_INFO = '$script_name' + '$path_info', not the request path '$(pct_decode "$path")'"
+        if [[ $script_name$path_info != "$(pct_decode "$path")" ]]; then
+            path_bad="SCRIPT_NAME + PATH_INFO = '$script_name' + '$path_info', not the request path '$(pct_decode "$path")'"
         fi
+        # PEP 3333's URL reconstruction is its own NOTE row with --baseline
+        # (LiteSpeed's lswsgi repeats SCRIPT_NAME as PATH_INFO).
+        ((baseline)) || bad=${bad:-$path_bad}
         if [[ -n $bad ]]; then
             row "$base" environ FAIL "$bad"
         else
             row "$base" environ PASS "200, SCRIPT_NAME='$script_name' PATH_INFO='$path_info', $elapsed ms"
+        fi
+        if ((baseline)); then
+            extra "$base" environ-path "$([[ -z $path_bad ]] && echo PASS || echo FAIL)" \
+                "${path_bad:-SCRIPT_NAME + PATH_INFO is the request path}"
         fi
     fi
 

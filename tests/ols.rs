@@ -19,6 +19,9 @@
 //! log; any process still carrying this server's marker variable afterwards is
 //! killed and reported as a failure.
 
+#[path = "../bench/peer.rs"]
+mod peer;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -279,9 +282,20 @@ struct Site {
     max_conns: u32,
     /// App Server contexts: (URI, startup file in the docroot, maxConns).
     app_servers: &'static [(&'static str, &'static str, u32)],
-    /// The extProcessor's worker exits at once without serving (the server
-    /// checks at start-up that the path exists and is executable).
-    missing_worker: bool,
+    /// The extProcessor's worker.
+    worker: Worker,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Worker {
+    /// The lswsgi under test.
+    Ours,
+    /// One that exits at once without serving (the server checks at
+    /// start-up that the path exists and is executable).
+    Dead,
+    /// LiteSpeed's own lswsgi 2.1 (built by bench/peer.rs from
+    /// LSWSGI_PEER_LSWSGI_SRC).
+    LiteSpeed,
 }
 
 /// A running OpenLiteSpeed with its own root; stopped on drop.
@@ -378,6 +392,13 @@ impl Ols {
         )
         .expect("PREFIX/conf/mime.properties");
         std::fs::copy(worker_binary(), root.join("fcgi-bin/lswsgi")).unwrap();
+        if sites.iter().any(|s| s.worker == Worker::LiteSpeed) {
+            std::fs::copy(
+                peer::litespeed_lswsgi(),
+                root.join("fcgi-bin/litespeed-lswsgi"),
+            )
+            .unwrap();
+        }
         std::fs::write(root.join("fcgi-bin/dead"), "#!/bin/sh\nexit 1\n").unwrap();
         sh(Command::new("chmod")
             .arg("755")
@@ -437,10 +458,10 @@ impl Ols {
             let name = format!("l{id}{}", site.name);
             let port = free_port();
             let mut env = format!(" env {marker}\n env OLS_STATE={}\n", state.display());
-            let bin = if site.missing_worker {
-                "dead"
-            } else {
-                "lswsgi"
+            let bin = match site.worker {
+                Worker::Ours => "lswsgi",
+                Worker::Dead => "dead",
+                Worker::LiteSpeed => "litespeed-lswsgi",
             };
             for e in site.env {
                 let _ = writeln!(env, " env {e}");
@@ -1187,6 +1208,8 @@ macro_rules! per_server {
 }
 
 per_server! {
+    smoke_lsws_baseline_behind_openlitespeed =>
+        smoke_lsws_baseline_behind_ols_1_5, smoke_lsws_baseline_behind_ols_1_9;
     worker_mode_behind_openlitespeed => worker_mode_behind_ols_1_5, worker_mode_behind_ols_1_9;
     process_group_mode_behind_openlitespeed =>
         process_group_mode_behind_ols_1_5, process_group_mode_behind_ols_1_9;
@@ -1228,21 +1251,21 @@ fn worker_mode_behind_openlitespeed(server: Server) {
                 env: &[],
                 max_conns: 4,
                 app_servers: &[],
-                missing_worker: false,
+                worker: Worker::Ours,
             },
             Site {
                 name: "wkmr",
                 env: &["LSAPI_MAX_REQS=5"],
                 max_conns: 4,
                 app_servers: &[],
-                missing_worker: false,
+                worker: Worker::Ours,
             },
             Site {
                 name: "gone",
                 env: &[],
                 max_conns: 1,
                 app_servers: &[],
-                missing_worker: true,
+                worker: Worker::Dead,
             },
         ],
         false,
@@ -1279,14 +1302,14 @@ fn process_group_mode_behind_openlitespeed(server: Server) {
                     ("/smoke-environ/", "environ.wsgi", 2),
                     ("/smoke-echo/", "echo.wsgi", 2),
                 ],
-                missing_worker: false,
+                worker: Worker::Ours,
             },
             Site {
                 name: "pgmr",
                 env: &["LSAPI_CHILDREN=4", "LSAPI_MAX_REQS=5"],
                 max_conns: 4,
                 app_servers: &[],
-                missing_worker: false,
+                worker: Worker::Ours,
             },
         ],
         false,
@@ -1360,14 +1383,14 @@ fn max_busy_worker_behind_openlitespeed(server: Server) {
                 env: &["LSAPI_CHILDREN=8"],
                 max_conns: 8,
                 app_servers: &[],
-                missing_worker: false,
+                worker: Worker::Ours,
             },
             Site {
                 name: "busy2",
                 env: &["LSAPI_CHILDREN=8", "LSAPI_MAX_BUSY_WORKER=2"],
                 max_conns: 8,
                 app_servers: &[],
-                missing_worker: false,
+                worker: Worker::Ours,
             },
         ],
         true,
@@ -1472,7 +1495,7 @@ fn app_server_max_conns_1_and_2_behind_ols_1_9() {
             env: &[],
             max_conns: 1,
             app_servers: &[("/one/", "ols.wsgi", 1), ("/two/", "ols.wsgi", 2)],
-            missing_worker: false,
+            worker: Worker::Ours,
         }],
         false,
     );
@@ -1561,7 +1584,7 @@ fn restart_txt_under_load_behind_ols_1_9() {
             env: &[],
             max_conns: 1,
             app_servers: &[("/app/", "versioned.wsgi", 2)],
-            missing_worker: false,
+            worker: Worker::Ours,
         }],
         false,
     );
@@ -1626,7 +1649,7 @@ fn binary_replaced_while_serving_behind_ols_1_9() {
             env: &["LSAPI_CHILDREN=4"],
             max_conns: 4,
             app_servers: &[],
-            missing_worker: false,
+            worker: Worker::Ours,
         }],
         false,
     );
@@ -1666,5 +1689,75 @@ fn binary_replaced_while_serving_behind_ols_1_9() {
             not_ok(&rows)
         ),
     );
+    finish(ols, f);
+}
+
+/// smoke-lsws.sh --baseline passes on ours with no NOTE row and, when
+/// LSWSGI_PEER_LSWSGI_SRC gives LiteSpeed's own lswsgi 2.1 (as in CI), on
+/// that too, its PEP 3333 differences (read() without a size, PATH_INFO
+/// repeating SCRIPT_NAME) shown as NOTE rows; without --baseline it fails.
+fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server, "smoke_lsws_baseline_behind_openlitespeed") else {
+        return;
+    };
+    let litespeed = std::env::var_os("LSWSGI_PEER_LSWSGI_SRC").is_some();
+    let site = |name, worker| Site {
+        name,
+        env: &["LSAPI_CHILDREN=2"],
+        max_conns: 2,
+        app_servers: &[],
+        worker,
+    };
+    let mut sites = vec![site("ours", Worker::Ours)];
+    if litespeed {
+        sites.push(site("ls", Worker::LiteSpeed));
+    }
+    let ols = Ols::start(&prefix, &sites, false);
+    let mut f = Failures::default();
+    let run = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(format!("{ROOT}/scripts/smoke-lsws.sh"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/smoke-lsws.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let notes: Vec<String> = stdout
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.len() >= 3 && w[2] == "NOTE").then(|| w[1].to_string())
+            })
+            .collect();
+        (out.status.code(), stdout, notes)
+    };
+    for (site, want_notes) in [
+        ("ours", &[][..]),
+        ("ls", &["environ-path", "echo-read-all"][..]),
+    ] {
+        if site == "ls" && !litespeed {
+            continue;
+        }
+        let url = format!("{}/", ols.base(site));
+        let (code, stdout, notes) = run(&["--baseline", &url]);
+        f.check(
+            &format!("smoke-lsws.sh --baseline, {site}"),
+            code == Some(0)
+                && stdout.contains("PASSED: all")
+                && notes
+                    .iter()
+                    .map(String::as_str)
+                    .eq(want_notes.iter().copied()),
+            format!("{code:?} NOTE rows {notes:?} (want {want_notes:?})\n{stdout}"),
+        );
+        if site == "ls" {
+            let (code, stdout, _) = run(&[&url]);
+            f.check(
+                "smoke-lsws.sh without --baseline fails on LiteSpeed's lswsgi",
+                code == Some(1),
+                format!("{code:?}\n{stdout}"),
+            );
+        }
+    }
     finish(ols, f);
 }
