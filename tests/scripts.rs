@@ -560,7 +560,8 @@ fn install_usage() {
 
 /// A cargo test log as libtest and tests/ols.rs write it when only one of
 /// the two OpenLiteSpeed releases was given: the two tests that returned at
-/// once are among libtest's "passed".
+/// once are among libtest's "passed" (with one test thread, libtest prints
+/// "test NAME ... " before the test runs, so a NOT RUN line can follow it).
 const LOG_WITH_TESTS_NOT_RUN: &str = "\
      Running tests/ols.rs (target/debug/deps/ols-0123456789abcdef)
 
@@ -569,10 +570,11 @@ tests/ols.rs: NOT RUN: worker_mode_behind_openlitespeed (OpenLiteSpeed 1.9.1): n
 LSWSGI_OLS19_SRC (a directory with build.sh and the OpenLiteSpeed 1.9.1 sources) nor \
 LSWSGI_OLS19_PREFIX (an installed server) is set
 test worker_mode_behind_ols_1_9 ... ok
-tests/ols.rs: NOT RUN: process_group_mode_behind_openlitespeed (OpenLiteSpeed 1.9.1): neither \
+test process_group_mode_behind_ols_1_9 ... tests/ols.rs: NOT RUN: \
+process_group_mode_behind_openlitespeed (OpenLiteSpeed 1.9.1): neither \
 LSWSGI_OLS19_SRC (a directory with build.sh and the OpenLiteSpeed 1.9.1 sources) nor \
 LSWSGI_OLS19_PREFIX (an installed server) is set
-test process_group_mode_behind_ols_1_9 ... ok
+ok
 test worker_mode_behind_ols_1_5 ... ok
 test process_group_mode_behind_ols_1_5 ... ok
 
