@@ -424,6 +424,11 @@ impl Ols {
         std::fs::write(html.join("broken/environ.wsgi"), FAILING_ENVIRON).unwrap();
         std::fs::write(html.join("broken/echo.wsgi"), SHORT_ECHO).unwrap();
         sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&root));
+        // The server, running as nobody, swaps large request bodies (a
+        // chunked one it de-chunks, 1.9.1) to files there.
+        sh(Command::new("chown")
+            .arg("nobody:nogroup")
+            .arg(root.join("tmp/swap")));
         // 1.9.1 opens <location>stderr.log as the worker's user (the
         // location belongs to the site's user on a host).
         std::fs::write(html.join("stderr.log"), "").unwrap();
@@ -1021,6 +1026,58 @@ fn common_checks(ols: &Ols, site: &str, multiprocess: bool, f: &mut Failures) {
         "exception before headers: 500 page, traceback in the server's log",
         r.status == 500 && traced,
         format!("{} traceback logged: {traced}", r.status),
+    );
+
+    // 1.9.1 drops the connection on a STDERR packet over 16384 bytes.
+    let r = curl(&format!("{app}/errors?100000"), &[], 30);
+    let logged = wait_for(Duration::from_secs(5), || {
+        (ols.error_log() + &ols.stderr_log()).contains("ols test: 100000 bytes to wsgi.errors")
+    });
+    f.check(
+        "100 kB to wsgi.errors in one write: 200, logged",
+        r.status == 200 && r.text() == "logged\n" && logged,
+        format!("{} {:?} logged: {logged}", r.status, r.text()),
+    );
+
+    // Chunked request bodies. The server de-chunks them and sends the length
+    // when the body has all arrived before it starts the request: always for
+    // a small one. OpenLiteSpeed 1.9.1 may start a larger one early, with
+    // reqBodyLen -1 and no end marker, which no worker can frame: the worker
+    // refuses it (a logged protocol error; the server answers 503 after its
+    // retries), never answering 200 with a body cut short.
+    let small = ols.root.join("state/small.bin");
+    std::fs::write(&small, &data[..1000]).unwrap();
+    let chunked = |file: &Path| {
+        curl(
+            &format!("{app}/echo"),
+            &[
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                &format!("@{}", file.display()),
+            ],
+            60,
+        )
+    };
+    let r = chunked(&small);
+    f.check(
+        "1000-byte chunked POST echoed byte-exact",
+        r.status == 200 && r.body == data[..1000],
+        format!("{} {} bytes back", r.status, r.body.len()),
+    );
+    let r = chunked(&data_path);
+    let refused = r.status == 503
+        && wait_for(Duration::from_secs(5), || {
+            ols.stderr_log().contains("invalid reqBodyLen -1")
+        });
+    f.check(
+        "1 MiB chunked POST: echoed byte-exact, or refused when sent without a length",
+        (r.status == 200 && r.body == data) || refused,
+        format!(
+            "{} {} bytes back; refused with 'invalid reqBodyLen -1' logged: {refused}",
+            r.status,
+            r.body.len()
+        ),
     );
 
     let token = unique();
