@@ -81,8 +81,8 @@ impl Server {
 }
 
 /// The installation of `server` to run, or None (after one NOT RUN line
-/// naming `test`) when no server of that version was given.
-fn ols_prefix(server: Server, test: &str) -> Option<PathBuf> {
+/// naming the test) when no server of that version was given.
+fn ols_prefix(server: Server) -> Option<PathBuf> {
     // A failed build is stored too, so the other tests fail at once rather
     // than build again.
     static PREFIX: [OnceLock<Result<PathBuf, Missing>>; 2] = [OnceLock::new(), OnceLock::new()];
@@ -93,13 +93,16 @@ fn ols_prefix(server: Server, test: &str) -> Option<PathBuf> {
         Err(Missing::NotGiven(why)) => {
             let required = std::env::var("LSWSGI_OLS_REQUIRED").is_ok_and(|v| v == "1");
             assert!(!required, "LSWSGI_OLS_REQUIRED=1 but {why}");
-            // One line per test, past the test harness's capture:
-            // scripts/test.sh counts these lines as tests that did not run.
-            let _ = writeln!(
-                std::io::stderr(),
-                "tests/ols.rs: NOT RUN: {test} ({}): {why}",
+            // One line per test (libtest names the thread after it), past
+            // the harness's capture, in one write so that it is never split
+            // by other output: scripts/test.sh counts these lines as tests
+            // that did not run.
+            let line = format!(
+                "tests/ols.rs: NOT RUN: {} ({}): {why}\n",
+                thread::current().name().unwrap_or("?"),
                 server.label()
             );
+            let _ = std::io::stderr().write_all(line.as_bytes());
             None
         }
     }
@@ -280,22 +283,12 @@ struct Site {
     /// Extra `env` lines of the extProcessor (LSAPI_CHILDREN, ...).
     env: &'static [&'static str],
     max_conns: u32,
-    /// App Server contexts: (URI, startup file in the docroot, maxConns).
-    app_servers: &'static [(&'static str, &'static str, u32)],
-    /// The extProcessor's worker.
-    worker: Worker,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Worker {
-    /// The lswsgi under test.
-    Ours,
-    /// One that exits at once without serving (the server checks at
-    /// start-up that the path exists and is executable).
-    Dead,
-    /// LiteSpeed's own lswsgi 2.1 (built by bench/peer.rs from
-    /// LSWSGI_PEER_LSWSGI_SRC).
-    LiteSpeed,
+    /// App Server contexts: (URI, startup file in the docroot), each with
+    /// the site's `max_conns`.
+    app_servers: &'static [(&'static str, &'static str)],
+    /// The extProcessor's worker exits at once without serving (the server
+    /// checks at start-up that the path exists and is executable).
+    missing_worker: bool,
 }
 
 /// A running OpenLiteSpeed with its own root; stopped on drop.
@@ -362,6 +355,11 @@ fn sh(cmd: &mut Command) -> Output {
 impl Ols {
     /// `debug`: the server logs every LSAPI packet it receives (debugLevel 10).
     fn start(prefix: &Path, sites: &[Site], debug: bool) -> Ols {
+        Ols::start_with(prefix, sites, debug, &worker_binary())
+    }
+
+    /// As `start`, with `worker` as the sites' lswsgi.
+    fn start_with(prefix: &Path, sites: &[Site], debug: bool, worker: &Path) -> Ols {
         let id = unique();
         let root = std::env::temp_dir().join(format!("lswsgi-ols-{id}"));
         for d in [
@@ -391,14 +389,7 @@ impl Ols {
             root.join("conf/mime.properties"),
         )
         .expect("PREFIX/conf/mime.properties");
-        std::fs::copy(worker_binary(), root.join("fcgi-bin/lswsgi")).unwrap();
-        if sites.iter().any(|s| s.worker == Worker::LiteSpeed) {
-            std::fs::copy(
-                peer::litespeed_lswsgi(),
-                root.join("fcgi-bin/litespeed-lswsgi"),
-            )
-            .unwrap();
-        }
+        std::fs::copy(worker, root.join("fcgi-bin/lswsgi")).unwrap();
         std::fs::write(root.join("fcgi-bin/dead"), "#!/bin/sh\nexit 1\n").unwrap();
         sh(Command::new("chmod")
             .arg("755")
@@ -463,10 +454,10 @@ impl Ols {
             let name = format!("l{id}{}", site.name);
             let port = free_port();
             let mut env = format!(" env {marker}\n env OLS_STATE={}\n", state.display());
-            let bin = match site.worker {
-                Worker::Ours => "lswsgi",
-                Worker::Dead => "dead",
-                Worker::LiteSpeed => "litespeed-lswsgi",
+            let bin = if site.missing_worker {
+                "dead"
+            } else {
+                "lswsgi"
             };
             for e in site.env {
                 let _ = writeln!(env, " env {e}");
@@ -487,13 +478,14 @@ impl Ols {
                  scriptHandler {{\n add lsapi:{name} wsgi\n}}\n\
                  accessLog {r}/logs/access.log {{\n useServer 1\n}}\n"
             );
-            for (uri, startup, mc) in site.app_servers {
+            for (uri, startup) in site.app_servers {
                 let _ = write!(
                     vh,
                     "context {uri} {{\n type appserver\n location {r}/html/\n\
                      binPath {r}/fcgi-bin/lswsgi\n appType wsgi\n startupFile {startup}\n\
                      maxConns {mc}\n env {marker}\n env OLS_STATE={}\n env APP_MARKER=from-context-env\n}}\n",
-                    state.display()
+                    state.display(),
+                    mc = site.max_conns
                 );
             }
             vh.push_str("rewrite {\n enable 0\n}\n");
@@ -1296,7 +1288,7 @@ fn socket_dir_is_never_seen_half_made() {
 }
 
 fn worker_mode_behind_openlitespeed(server: Server) {
-    let Some(prefix) = ols_prefix(server, "worker_mode_behind_openlitespeed") else {
+    let Some(prefix) = ols_prefix(server) else {
         return;
     };
     let started = Instant::now();
@@ -1308,21 +1300,21 @@ fn worker_mode_behind_openlitespeed(server: Server) {
                 env: &[],
                 max_conns: 4,
                 app_servers: &[],
-                worker: Worker::Ours,
+                missing_worker: false,
             },
             Site {
                 name: "wkmr",
                 env: &["LSAPI_MAX_REQS=5"],
                 max_conns: 4,
                 app_servers: &[],
-                worker: Worker::Ours,
+                missing_worker: false,
             },
             Site {
                 name: "gone",
                 env: &[],
                 max_conns: 1,
                 app_servers: &[],
-                worker: Worker::Dead,
+                missing_worker: true,
             },
         ],
         false,
@@ -1342,7 +1334,7 @@ fn worker_mode_behind_openlitespeed(server: Server) {
 }
 
 fn process_group_mode_behind_openlitespeed(server: Server) {
-    let Some(prefix) = ols_prefix(server, "process_group_mode_behind_openlitespeed") else {
+    let Some(prefix) = ols_prefix(server) else {
         return;
     };
     let started = Instant::now();
@@ -1354,19 +1346,19 @@ fn process_group_mode_behind_openlitespeed(server: Server) {
                 env: &["LSAPI_CHILDREN=4"],
                 max_conns: 4,
                 app_servers: &[
-                    ("/app/", "ols.wsgi", 2),
-                    ("/smoke-hello/", "hello.wsgi", 2),
-                    ("/smoke-environ/", "environ.wsgi", 2),
-                    ("/smoke-echo/", "echo.wsgi", 2),
+                    ("/app/", "ols.wsgi"),
+                    ("/smoke-hello/", "hello.wsgi"),
+                    ("/smoke-environ/", "environ.wsgi"),
+                    ("/smoke-echo/", "echo.wsgi"),
                 ],
-                worker: Worker::Ours,
+                missing_worker: false,
             },
             Site {
                 name: "pgmr",
                 env: &["LSAPI_CHILDREN=4", "LSAPI_MAX_REQS=5"],
                 max_conns: 4,
                 app_servers: &[],
-                worker: Worker::Ours,
+                missing_worker: false,
             },
         ],
         false,
@@ -1429,7 +1421,7 @@ fn process_group_mode_behind_openlitespeed(server: Server) {
 /// show it: a detached group runs with LSAPI_KEEP_LISTEN=2, so a child that
 /// shed its connection accepts the next one itself.)
 fn max_busy_worker_behind_openlitespeed(server: Server) {
-    let Some(prefix) = ols_prefix(server, "max_busy_worker_behind_openlitespeed") else {
+    let Some(prefix) = ols_prefix(server) else {
         return;
     };
     let ols = Ols::start(
@@ -1440,14 +1432,14 @@ fn max_busy_worker_behind_openlitespeed(server: Server) {
                 env: &["LSAPI_CHILDREN=8"],
                 max_conns: 8,
                 app_servers: &[],
-                worker: Worker::Ours,
+                missing_worker: false,
             },
             Site {
                 name: "busy2",
                 env: &["LSAPI_CHILDREN=8", "LSAPI_MAX_BUSY_WORKER=2"],
                 max_conns: 8,
                 app_servers: &[],
-                worker: Worker::Ours,
+                missing_worker: false,
             },
         ],
         true,
@@ -1570,24 +1562,27 @@ fn cmdline(pid: i32) -> String {
 /// traceback.
 #[test]
 fn app_server_max_conns_1_and_2_behind_ols_1_9() {
-    let Some(prefix) = ols_prefix(Server::V1_9, "app_server_max_conns_1_and_2_behind_ols_1_9")
-    else {
+    let Some(prefix) = ols_prefix(Server::V1_9) else {
         return;
+    };
+    let site = |name, max_conns, app_servers| Site {
+        name,
+        env: &[],
+        max_conns,
+        app_servers,
+        missing_worker: false,
     };
     let ols = Ols::start(
         &prefix,
-        &[Site {
-            name: "as",
-            env: &[],
-            max_conns: 1,
-            app_servers: &[("/one/", "ols.wsgi", 1), ("/two/", "ols.wsgi", 2)],
-            worker: Worker::Ours,
-        }],
+        &[
+            site("as1", 1, &[("/one/", "ols.wsgi")]),
+            site("as2", 2, &[("/two/", "ols.wsgi")]),
+        ],
         false,
     );
     let mut f = Failures::default();
-    let base = ols.base("as");
     for (uri, max) in [("/one/", 1usize), ("/two/", 2)] {
+        let base = ols.base(&format!("as{max}"));
         // The group's parent: the parent of the process that serves.
         let first = curl(&format!("{base}{uri}pid"), &[], 30);
         let parent = first
@@ -1650,7 +1645,7 @@ fn app_server_max_conns_1_and_2_behind_ols_1_9() {
             ),
         );
     }
-    let r = curl(&format!("{base}/one/raise"), &[], 30);
+    let r = curl(&format!("{}/one/raise", ols.base("as1")), &[], 30);
     let traced = wait_for(Duration::from_secs(5), || {
         (ols.error_log() + &ols.stderr_log()).contains("deliberate failure before the headers")
     });
@@ -1686,7 +1681,7 @@ fn versioned_app(version: &str) -> String {
 /// group goes away.
 #[test]
 fn restart_txt_under_load_behind_ols_1_9() {
-    let Some(prefix) = ols_prefix(Server::V1_9, "restart_txt_under_load_behind_ols_1_9") else {
+    let Some(prefix) = ols_prefix(Server::V1_9) else {
         return;
     };
     let ols = Ols::start(
@@ -1694,9 +1689,9 @@ fn restart_txt_under_load_behind_ols_1_9() {
         &[Site {
             name: "rs",
             env: &[],
-            max_conns: 1,
-            app_servers: &[("/app/", "versioned.wsgi", 2)],
-            worker: Worker::Ours,
+            max_conns: 2,
+            app_servers: &[("/app/", "versioned.wsgi")],
+            missing_worker: false,
         }],
         false,
     );
@@ -1750,8 +1745,7 @@ fn restart_txt_under_load_behind_ols_1_9() {
 /// request fails, and afterwards the new binary serves.
 #[test]
 fn binary_replaced_while_serving_behind_ols_1_9() {
-    let Some(prefix) = ols_prefix(Server::V1_9, "binary_replaced_while_serving_behind_ols_1_9")
-    else {
+    let Some(prefix) = ols_prefix(Server::V1_9) else {
         return;
     };
     let ols = Ols::start(
@@ -1761,7 +1755,7 @@ fn binary_replaced_while_serving_behind_ols_1_9() {
             env: &["LSAPI_CHILDREN=4"],
             max_conns: 4,
             app_servers: &[],
-            worker: Worker::Ours,
+            missing_worker: false,
         }],
         false,
     );
@@ -1809,22 +1803,20 @@ fn binary_replaced_while_serving_behind_ols_1_9() {
 /// that too, its PEP 3333 differences (read() without a size, PATH_INFO
 /// repeating SCRIPT_NAME) shown as NOTE rows; without --baseline it fails.
 fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
-    let Some(prefix) = ols_prefix(server, "smoke_lsws_baseline_behind_openlitespeed") else {
+    let Some(prefix) = ols_prefix(server) else {
         return;
     };
-    let litespeed = std::env::var_os("LSWSGI_PEER_LSWSGI_SRC").is_some();
-    let site = |name, worker| Site {
-        name,
+    // Ours, and LiteSpeed's lswsgi (when given) behind a server of its own.
+    let site = [Site {
+        name: "base",
         env: &["LSAPI_CHILDREN=2"],
         max_conns: 2,
         app_servers: &[],
-        worker,
-    };
-    let mut sites = vec![site("ours", Worker::Ours)];
-    if litespeed {
-        sites.push(site("ls", Worker::LiteSpeed));
-    }
-    let ols = Ols::start(&prefix, &sites, false);
+        missing_worker: false,
+    }];
+    let ours = Ols::start(&prefix, &site, false);
+    let litespeed = std::env::var_os("LSWSGI_PEER_LSWSGI_SRC")
+        .map(|_| Ols::start_with(&prefix, &site, false, Path::new(&peer::litespeed_lswsgi())));
     let mut f = Failures::default();
     let run = |args: &[&str]| {
         let out = Command::new("bash")
@@ -1843,17 +1835,20 @@ fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
             .collect();
         (out.status.code(), stdout, notes)
     };
-    for (site, want_notes) in [
-        ("ours", &[][..]),
-        ("ls", &["environ-path", "echo-read-all"][..]),
-    ] {
-        if site == "ls" && !litespeed {
-            continue;
-        }
-        let url = format!("{}/", ols.base(site));
+    let servers = [
+        ("ours", Some(&ours), &[][..]),
+        (
+            "LiteSpeed's",
+            litespeed.as_ref(),
+            &["environ-path", "echo-read-all"][..],
+        ),
+    ];
+    for (which, ols, want_notes) in servers {
+        let Some(ols) = ols else { continue };
+        let url = format!("{}/", ols.base("base"));
         let (code, stdout, notes) = run(&["--baseline", &url]);
         f.check(
-            &format!("smoke-lsws.sh --baseline, {site}"),
+            &format!("smoke-lsws.sh --baseline, {which} lswsgi"),
             code == Some(0)
                 && stdout.contains("PASSED: all")
                 && notes
@@ -1862,7 +1857,7 @@ fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
                     .eq(want_notes.iter().copied()),
             format!("{code:?} NOTE rows {notes:?} (want {want_notes:?})\n{stdout}"),
         );
-        if site == "ls" {
+        if which != "ours" {
             let (code, stdout, _) = run(&[&url]);
             f.check(
                 "smoke-lsws.sh without --baseline fails on LiteSpeed's lswsgi",
@@ -1871,5 +1866,13 @@ fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
             );
         }
     }
-    finish(ols, f);
+    if let Some(mut ls) = litespeed {
+        let leaked = ls.stop();
+        f.check(
+            "every process of LiteSpeed's lswsgi's server stopped by its pid",
+            leaked.is_empty(),
+            format!("found by marker only: {leaked:?}"),
+        );
+    }
+    finish(ours, f);
 }

@@ -566,12 +566,12 @@ const LOG_WITH_TESTS_NOT_RUN: &str = "\
      Running tests/ols.rs (target/debug/deps/ols-0123456789abcdef)
 
 running 4 tests
-tests/ols.rs: NOT RUN: worker_mode_behind_openlitespeed (OpenLiteSpeed 1.9.1): neither \
+tests/ols.rs: NOT RUN: worker_mode_behind_ols_1_9 (OpenLiteSpeed 1.9.1): neither \
 LSWSGI_OLS19_SRC (a directory with build.sh and the OpenLiteSpeed 1.9.1 sources) nor \
 LSWSGI_OLS19_PREFIX (an installed server) is set
 test worker_mode_behind_ols_1_9 ... ok
 test process_group_mode_behind_ols_1_9 ... tests/ols.rs: NOT RUN: \
-process_group_mode_behind_openlitespeed (OpenLiteSpeed 1.9.1): neither \
+process_group_mode_behind_ols_1_9 (OpenLiteSpeed 1.9.1): neither \
 LSWSGI_OLS19_SRC (a directory with build.sh and the OpenLiteSpeed 1.9.1 sources) nor \
 LSWSGI_OLS19_PREFIX (an installed server) is set
 ok
