@@ -1670,8 +1670,12 @@ fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
         missing_worker: false,
     }];
     let ours = Ols::start(&prefix, &site, false);
-    let litespeed = std::env::var_os("LSWSGI_PEER_LSWSGI_SRC")
-        .map(|_| Ols::start_with(&prefix, &site, false, Path::new(&peer::litespeed_lswsgi())));
+    // Built once for both servers' tests, which run at the same time.
+    static LITESPEED: OnceLock<String> = OnceLock::new();
+    let litespeed = std::env::var_os("LSWSGI_PEER_LSWSGI_SRC").map(|_| {
+        let bin = LITESPEED.get_or_init(peer::litespeed_lswsgi);
+        Ols::start_with(&prefix, &site, false, Path::new(bin))
+    });
     let mut f = Failures::default();
     let run = |args: &[&str]| {
         let out = Command::new("bash")
