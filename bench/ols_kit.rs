@@ -103,9 +103,11 @@ pub fn find_or_build(server: Server) -> Result<PathBuf, Missing> {
         )));
     }
     // The build is named by a hash of the kit, so a changed kit builds anew
-    // and an unchanged one is reused; flock(1) keeps two test processes
-    // from building into one prefix at once (the script itself returns at
-    // once when its prefix is up to date).
+    // and an unchanged one is reused (the script itself returns at once when
+    // its prefix is up to date). One lock for every build: two processes
+    // never build into one prefix at once, and the two servers' scripts
+    // never run apt-get at the same time (the second would find dpkg
+    // locked).
     let sum = Command::new("bash")
         .arg("-c")
         .arg(format!(
@@ -130,7 +132,7 @@ pub fn find_or_build(server: Server) -> Result<PathBuf, Missing> {
     let prefix = cache.join(format!("ols-{version}-{}", &sum[..16]));
     let started = Instant::now();
     let out = Command::new("flock")
-        .arg(cache.join(format!("ols-{version}.lock")))
+        .arg(cache.join("ols-build.lock"))
         .arg("bash")
         .arg(&script)
         .arg(&prefix)
