@@ -1519,11 +1519,14 @@ fn app_server_max_conns_1_and_2_behind_ols_1_9() {
     finish(ols, f);
 }
 
-/// A versioned app for the restart tests: answers its version in X-Version.
+/// A versioned app for the restart test: answers its version in X-Version,
+/// after 0.2 s, so that requests are in flight when the old group is told
+/// to stop.
 fn versioned_app(version: &str) -> String {
     format!(
-        "import os\n\
+        "import os, time\n\
          def application(environ, start_response):\n    \
+             time.sleep(0.2)\n    \
              start_response('200 OK', [('Content-Type', 'text/plain'), \
              ('X-Version', '{version}'), ('X-Pid', str(os.getpid()))])\n    \
              return [b'{version}\\n']\n"
@@ -1567,14 +1570,11 @@ fn restart_txt_under_load_behind_ols_1_9() {
     let switched = wait_for(Duration::from_secs(45), || {
         curl(&url, &[], 30).header("X-Version").as_deref() == Some("v2")
     });
-    thread::sleep(Duration::from_secs(3));
-    let per_client = load.finish();
-    let rows: Vec<(u32, String)> = per_client.iter().flatten().cloned().collect();
-    let last: Vec<&str> = per_client
-        .iter()
-        .filter_map(|c| c.last().map(|r| r.1.as_str()))
-        .collect();
-    let old_gone = wait_for(Duration::from_secs(15), || !alive(old_parent));
+    // The load goes on until the old group has gone (its children finish
+    // what they serve first), so it covers the whole switch.
+    let old_gone = wait_for(Duration::from_secs(20), || !alive(old_parent));
+    let rows: Vec<(u32, String)> = load.finish().into_iter().flatten().collect();
+    let (after, _) = keep_alive_header(&url, 10, "x-version");
     let mut f = Failures::default();
     f.check(
         "restart.txt under load: no failed request, new code served, old group gone",
@@ -1582,11 +1582,11 @@ fn restart_txt_under_load_behind_ols_1_9() {
             && old_parent > 0
             && switched
             && not_ok(&rows).is_empty()
-            && last.iter().all(|v| *v == "v2")
-            && old_gone,
+            && old_gone
+            && after.iter().all(|r| r.0 == 200 && r.1 == "v2"),
         format!(
-            "{} of {} not 200 {:?}; v2 served: {switched}; last per client {last:?}; \
-             old parent {old_parent} gone: {old_gone}",
+            "{} of {} not 200 {:?}; v2 served: {switched}; old parent {old_parent} gone: \
+             {old_gone}; then {after:?}",
             not_ok(&rows).len(),
             rows.len(),
             not_ok(&rows)
@@ -1614,7 +1614,8 @@ fn binary_replaced_while_serving_behind_ols_1_9() {
         }],
         false,
     );
-    let url = format!("{}/ols.wsgi/pid", ols.base("up"));
+    // 0.2 s per request: requests are in flight when the group restarts.
+    let url = format!("{}/ols.wsgi/sleep?0.2", ols.base("up"));
     let bin = ols.root.join("fcgi-bin/lswsgi");
     let exe = |pid: &str| {
         std::fs::read_link(format!("/proc/{pid}/exe"))
