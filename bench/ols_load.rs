@@ -5,10 +5,12 @@
 //!
 //! ```text
 //! LSWSGI_OLS_SRC=<dir with build-ols.sh> cargo bench --bench ols_load -- \
-//!     [--worker PATH] [--compare PATH | --litespeed] [--rounds R] [--secs S] [--clients N]
+//!     [--worker PATH] [--compare PATH | --litespeed] [--rounds R] [--secs S] [--clients N] \
+//!     [--ols 1.9]
 //! ```
-//! The server comes from LSWSGI_OLS_PREFIX (an installed OpenLiteSpeed) or is
-//! built by `LSWSGI_OLS_SRC/build-ols.sh target/ols`, as tests/ols.rs does.
+//! The server is the one tests/ols.rs runs (bench/ols_kit.rs): 1.5.12 from
+//! LSWSGI_OLS_PREFIX or LSWSGI_OLS_SRC, or with `--ols 1.9` 1.9.1 from
+//! LSWSGI_OLS19_PREFIX or LSWSGI_OLS19_SRC, built once and cached.
 //! The extProcessor is ProcessGroup mode, LSAPI_CHILDREN=4 with maxConns 4
 //! (the sample configuration); workers run as nobody, so the worker binary,
 //! its Python and the docroot must be readable by that user.
@@ -21,6 +23,8 @@
 
 #[path = "cpu.rs"]
 mod cpu;
+#[path = "ols_kit.rs"]
+mod ols_kit;
 #[path = "peer.rs"]
 mod peer;
 
@@ -39,20 +43,14 @@ fn sh(cmd: &mut Command) {
     assert!(out.status.success(), "{cmd:?}: {out:?}");
 }
 
-/// The installed server: LSWSGI_OLS_PREFIX, else built from LSWSGI_OLS_SRC.
-fn ols_prefix() -> PathBuf {
-    if let Some(p) = std::env::var_os("LSWSGI_OLS_PREFIX") {
-        return PathBuf::from(p);
+/// The installed server, or the one built from its kit.
+fn ols_prefix(server: ols_kit::Server) -> PathBuf {
+    match ols_kit::find_or_build(server) {
+        Ok(prefix) => prefix,
+        Err(ols_kit::Missing::NotGiven(why) | ols_kit::Missing::Broken(why)) => {
+            panic!("{}: {why}", server.label())
+        }
     }
-    let src = std::env::var_os("LSWSGI_OLS_SRC").expect(
-        "set LSWSGI_OLS_SRC (a directory with build-ols.sh) or LSWSGI_OLS_PREFIX (an installed OpenLiteSpeed)",
-    );
-    let prefix = peer::target_dir().join("ols");
-    sh(Command::new("bash")
-        .arg(Path::new(&src).join("build-ols.sh"))
-        .arg(&prefix)
-        .stdin(Stdio::null()));
-    prefix
 }
 
 /// One running server with its own root; stopped (with its workers) on drop.
@@ -115,6 +113,8 @@ impl Ols {
              fileAccessControl {{\n followSymbolLink 1\n checkSymbolLink 0\n\
               requiredPermissionMask 000\n restrictedPermissionMask 000\n}}\n\
              perClientConnLimit {{\n staticReqPerSec 0\n dynReqPerSec 0\n softLimit 10000\n hardLimit 10000\n}}\n\
+             CGIRLimit {{\n maxCGIInstances 20\n minUID 11\n minGID 10\n memSoftLimit 2047M\n\
+              memHardLimit 2047M\n procSoftLimit 400\n procHardLimit 450\n}}\n\
              accessControl {{\n allow ALL\n}}\n\
              module cache {{\n ls_enabled 0\n}}\n\
              extProcessor w{id} {{\n type lsapi\n address uds:/{r}/tmp/w.sock\n maxConns 4\n\
@@ -135,11 +135,22 @@ impl Ols {
         )
         .unwrap();
         let ols = Ols { root, port, marker };
-        sh(Command::new(ols.root.join("bin/openlitespeed"))
+        // Not through a pipe: 1.9.1's daemon keeps the descriptors it was
+        // started with, so a pipe would never see EOF.
+        let status = Command::new(ols.root.join("bin/openlitespeed"))
             .env("LSWS_HOME", &ols.root)
             .env("OLS_PID_FILE", ols.root.join("run/lshttpd.pid"))
             .current_dir(&ols.root)
-            .stdin(Stdio::null()));
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start openlitespeed");
+        assert!(
+            status.success(),
+            "openlitespeed: {status:?}; see {}/logs/error.log",
+            ols.root.display()
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "OpenLiteSpeed never listened");
@@ -334,6 +345,7 @@ fn main() {
     let mut worker = format!("{ROOT}/target/release/lswsgi");
     let mut compare = None;
     let (mut rounds, mut secs, mut clients) = (3usize, 5.0f64, 8usize);
+    let mut server = ols_kit::Server::V1_5;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -344,14 +356,22 @@ fn main() {
             "--rounds" => rounds = value().parse().expect("--rounds N"),
             "--secs" => secs = value().parse().expect("--secs S"),
             "--clients" => clients = value().parse().expect("--clients N"),
+            "--ols" => {
+                server = match value().as_str() {
+                    "1.5" => ols_kit::Server::V1_5,
+                    "1.9" => ols_kit::Server::V1_9,
+                    v => panic!("--ols 1.5 or 1.9, not {v}"),
+                }
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
     }
-    let prefix = ols_prefix();
+    let prefix = ols_prefix(server);
     let binaries: Vec<String> = std::iter::once(worker).chain(compare).collect();
     println!(
-        "OpenLiteSpeed {}; {clients} keep-alive clients, hello.wsgi, {secs} s per run, {rounds} rounds",
+        "{} ({}); {clients} keep-alive clients, hello.wsgi, {secs} s per run, {rounds} rounds",
+        server.label(),
         prefix.display()
     );
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); binaries.len()];

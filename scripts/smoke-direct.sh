@@ -55,8 +55,26 @@ Options:
                        LS_PYTHONBIN=/home/user/virtualenv/app/3.11/bin/python
   --binary-size BYTES  size of the binary POST body (default 200000)
   --timeout SECS       time-out of each request (default 10)
+  --baseline           check only what LiteSpeed's own lswsgi must do as well,
+                       so a host can get a green run on the worker it is
+                       replacing: what only this lswsgi does is run too and
+                       shown as NOTE rows that do not fail the run (see
+                       "Baseline" below)
   -v, --verbose        show the worker logs even when every check passed
   -h, --help           show this help
+
+Baseline (--baseline): the PEP 3333 minimum both workers meet. Changed:
+  version      only the first line "lswsgi version ..." is required
+  listener     (Worker mode) a second connection to the same worker; when it
+               fails (LiteSpeed's lswsgi serves one connection per process
+               in Worker mode; LiteSpeed starts another), the rest of the
+               mode's checks start their own worker per connection (--spawn)
+  environ      SCRIPT_FILENAME and the body length are not required
+  echo-*       the app reads CONTENT_LENGTH bytes (echo.wsgi?sized)
+Shown as NOTE rows when they fail: version-python (exit status 0 and the
+embedded Python named), listener, environ-extra, echo-read-all
+(wsgi.input.read() without a size, which PEP 3333 says a server should
+allow).
 
 Exit status: 0 every check passed, 1 a check failed, 2 usage error or a
 missing binary.
@@ -84,6 +102,7 @@ children=4
 binary_size=200000
 timeout=10
 verbose=0
+baseline=0
 worker_env=(PATH=/bin:/usr/bin)
 
 # Every argument but --lswsgi, for checking several binaries one by one.
@@ -110,6 +129,7 @@ while (($#)); do
         --binary-size) (($# > 1)) || die_usage "$1 needs a value"; binary_size=$2; shift ;;
         --timeout) (($# > 1)) || die_usage "$1 needs a value"; timeout=$2; shift ;;
         -v | --verbose) verbose=1 ;;
+        --baseline) baseline=1 ;;
         *) die_usage "unknown argument '$1'" ;;
     esac
     shift
@@ -201,12 +221,24 @@ trap 'exit 130' INT TERM
 hello_text='Hello from lswsgi!'
 fails=0
 checks=0
+notes=0
 logs=()
 
 row() { # MODE CHECK RESULT DETAIL
     printf '%-8s %-14s %-6s %s\n' "$1" "$2" "$3" "$4"
     checks=$((checks + 1))
     [[ $3 == PASS ]] || fails=$((fails + 1))
+}
+
+# extra MODE CHECK RESULT DETAIL: a check only this lswsgi has to pass; with
+# --baseline a failure is a NOTE row, not counted.
+extra() {
+    if ((baseline)) && [[ $3 != PASS ]]; then
+        printf '%-8s %-14s %-6s %s\n' "$1" "$2" NOTE "$4"
+        notes=$((notes + 1))
+    else
+        row "$@"
+    fi
 }
 
 # alive PID: whether the process exists and is not a zombie.
@@ -242,18 +274,24 @@ split_response() {
     tail -c "+$((n + 1))" "$1" >"$2.body"
 }
 
-# call TAG ARGS...: runs lsapi-call ARGS (with the time-out; in a clean
-# environment made of call_env when that is set); the response lands in
-# $work/TAG.head and $work/TAG.body; sets status and call_error.
+# lsapi ARGS...: runs lsapi-call ARGS with the time-out, in a clean
+# environment made of call_env when that is set (a spawned worker inherits
+# it).
 call_env=()
+lsapi() {
+    if ((${#call_env[@]})); then
+        env -i "${call_env[@]}" "$lsapi_call" --timeout "$timeout" "$@"
+    else
+        "$lsapi_call" --timeout "$timeout" "$@"
+    fi
+}
+
+# call TAG ARGS...: runs lsapi ARGS; the response lands in $work/TAG.head
+# and $work/TAG.body; sets status and call_error.
 call() {
     local tag=$1 rc
     shift
-    if ((${#call_env[@]})); then
-        env -i "${call_env[@]}" "$lsapi_call" --timeout "$timeout" "$@" >"$work/$tag.out" 2>"$work/$tag.err"
-    else
-        "$lsapi_call" --timeout "$timeout" "$@" >"$work/$tag.out" 2>"$work/$tag.err"
-    fi
+    lsapi "$@" >"$work/$tag.out" 2>"$work/$tag.err"
     rc=$?
     call_error=
     split_response "$work/$tag.out" "$work/$tag"
@@ -301,20 +339,21 @@ env_mismatches() {
 }
 
 # request_check MODE CHECK TAG EXPECTED_BODY_FILE ARGS...: one request that
-# must answer 200 with exactly EXPECTED_BODY_FILE.
+# must answer 200 with exactly EXPECTED_BODY_FILE; reported with the
+# function $report names (row, or extra).
 request_check() {
-    local m=$1 check=$2 tag=$3 expected=$4 start diff
+    local m=$1 check=$2 tag=$3 expected=$4 start diff report=${report:-row}
     shift 4
     start=$(date +%s%N)
     call "$tag" "$@"
     if [[ -n $call_error ]]; then
-        row "$m" "$check" FAIL "$call_error"
+        "$report" "$m" "$check" FAIL "$call_error"
     elif [[ $status != 200 ]]; then
-        row "$m" "$check" FAIL "status $status: $(head -c 120 "$work/$tag.body" | tr -s '\n\r' '  ')"
+        "$report" "$m" "$check" FAIL "status $status: $(head -c 120 "$work/$tag.body" | tr -s '\n\r' '  ')"
     elif diff=$(body_diff "$expected" "$work/$tag.body") && [[ -n $diff ]]; then
-        row "$m" "$check" FAIL "$diff"
+        "$report" "$m" "$check" FAIL "$diff"
     else
-        row "$m" "$check" PASS "200, $(wc -c <"$work/$tag.body" | tr -d ' ') bytes, $(ms_since "$start") ms"
+        "$report" "$m" "$check" PASS "200, $(wc -c <"$work/$tag.body" | tr -d ' ') bytes, $(ms_since "$start") ms"
     fi
 }
 
@@ -331,8 +370,17 @@ printf '%s' "$form" >"$work/form.data"
 } >"$work/binary.data"
 
 version_check() {
-    local out
-    if ! out=$("$lswsgi" -v 2>&1); then
+    local out rc
+    out=$("$lswsgi" -v 2>&1)
+    rc=$?
+    if ((baseline)) && [[ $(sed -n 1p <<<"$out") == "lswsgi version "* ]]; then
+        row - version PASS "$(sed -n 1p <<<"$out")"
+        if ((rc)) || [[ $(sed -n 2p <<<"$out") != "Python "* ]]; then
+            extra - version-python FAIL "exit status $rc, output: ${out//$'\n'/, } (this lswsgi: status 0 and the embedded Python)"
+        else
+            extra - version-python PASS "${out//$'\n'/, }"
+        fi
+    elif ((rc)); then
         row - version FAIL "$lswsgi -v failed: $(head -n1 <<<"$out")"
     elif [[ $(sed -n 1p <<<"$out") != "lswsgi version "* || $(sed -n 2p <<<"$out") != "Python "* ]]; then
         row - version FAIL "unexpected -v output: ${out//$'\n'/, }"
@@ -368,31 +416,64 @@ run_mode() {
     fi
     row "$m" start PASS "pid $worker_pid$([[ $m == pgroup ]] && echo ", LSAPI_CHILDREN=$children"), $(ms_since "$start") ms"
 
+    # Where the requests go: the worker's socket, or (--baseline, Worker
+    # mode, a worker that served one connection only) a worker of their own.
+    local target=("$sock")
     local script=(--script-name /hello.wsgi --script "$apps/hello.wsgi")
-    request_check "$m" hello "$m-hello" "$work/hello.expected" "$sock" "${script[@]}" /hello.wsgi
+    request_check "$m" hello "$m-hello" "$work/hello.expected" "${target[@]}" "${script[@]}" /hello.wsgi
+    if ((baseline)) && [[ $m == worker ]]; then
+        call "$m-listener" "$sock" "${script[@]}" /hello.wsgi
+        if [[ -z $call_error && $status == 200 ]] && cmp -s "$work/hello.expected" "$work/$m-listener.body"; then
+            extra "$m" listener PASS "a second connection served by the same worker"
+        else
+            extra "$m" listener FAIL "no second connection (${call_error:-status $status}): each check below starts its own worker with the socket on fd 0, as LiteSpeed does in Worker mode"
+            target=(--spawn "$(printf '%q' "$lswsgi")")
+            call_env=("${env[@]}")
+        fi
+    fi
 
     # environ
     local token="smoke-$$-$RANDOM" bad
-    call "$m-environ" "$sock" --script "$apps/environ.wsgi" --script-name /environ.wsgi \
+    call "$m-environ" "${target[@]}" --script "$apps/environ.wsgi" --script-name /environ.wsgi \
         -H "X-Lswsgi-Smoke: $token" "/environ.wsgi/extra/path?smoke=$token"
     if [[ -n $call_error ]]; then
         row "$m" environ FAIL "$call_error"
     elif [[ $status != 200 ]]; then
         row "$m" environ FAIL "status $status"
     else
-        bad=$(env_mismatches "$work/$m-environ.body" REQUEST_METHOD=GET \
-            SCRIPT_NAME=/environ.wsgi PATH_INFO=/extra/path "QUERY_STRING=smoke=$token" \
-            "HTTP_X_LSWSGI_SMOKE=$token" "SCRIPT_FILENAME=$apps/environ.wsgi" \
-            wsgi.url_scheme=http "wsgi.multiprocess=$multiprocess" "wsgi.version=(1, 0)" \
+        # PEP 3333's part, then what LiteSpeed's CGI-style variables and
+        # this lswsgi add (not required with --baseline).
+        # (LiteSpeed's lswsgi says wsgi.multiprocess=True in Worker mode
+        # too: LiteSpeed may run several Worker-mode processes of an app.)
+        local pep=(REQUEST_METHOD=GET SCRIPT_NAME=/environ.wsgi PATH_INFO=/extra/path
+            "QUERY_STRING=smoke=$token" "HTTP_X_LSWSGI_SMOKE=$token" wsgi.url_scheme=http
+            "wsgi.version=(1, 0)")
+        local more=("wsgi.multiprocess=$multiprocess" "SCRIPT_FILENAME=$apps/environ.wsgi"
             body.length=0)
+        if ((baseline)); then
+            bad=$(env_mismatches "$work/$m-environ.body" "${pep[@]}")
+            [[ -n $(env_mismatches "$work/$m-environ.body" wsgi.multiprocess=True) &&
+                -n $(env_mismatches "$work/$m-environ.body" wsgi.multiprocess=False) ]] &&
+                bad+="wsgi.multiprocess is neither True nor False; "
+        else
+            bad=$(env_mismatches "$work/$m-environ.body" "${pep[@]}" "${more[@]}")
+        fi
         if [[ -n $bad ]]; then
             row "$m" environ FAIL "$bad"
         else
             row "$m" environ PASS "200, $(wc -l <"$work/$m-environ.body" | tr -d ' ') keys as expected"
         fi
+        if ((baseline)); then
+            bad=$(env_mismatches "$work/$m-environ.body" "${more[@]}")
+            if [[ -n $bad ]]; then
+                extra "$m" environ-extra FAIL "$bad"
+            else
+                extra "$m" environ-extra PASS "wsgi.multiprocess, SCRIPT_FILENAME and body.length as expected"
+            fi
+        fi
     fi
 
-    call "$m-https" "$sock" --script "$apps/environ.wsgi" --script-name /environ.wsgi \
+    call "$m-https" "${target[@]}" --script "$apps/environ.wsgi" --script-name /environ.wsgi \
         -e HTTPS=on -e SERVER_PORT=443 /environ.wsgi
     if [[ -n $call_error ]]; then
         row "$m" environ-https FAIL "$call_error"
@@ -404,21 +485,27 @@ run_mode() {
         row "$m" environ-https PASS "wsgi.url_scheme=https"
     fi
 
-    local echo=(--script-name /echo.wsgi --script "$apps/echo.wsgi")
-    request_check "$m" echo-text "$m-echo-text" "$work/form.data" "$sock" "${echo[@]}" \
-        -d "@$work/form.data" /echo.wsgi
-    request_check "$m" echo-binary "$m-echo-binary" "$work/binary.data" "$sock" "${echo[@]}" \
-        -H 'Content-Type: application/octet-stream' -d "@$work/binary.data" /echo.wsgi
+    # echo.wsgi?sized reads CONTENT_LENGTH bytes, as every WSGI server
+    # allows; plain echo.wsgi calls read() without a size.
+    local echo=(--script-name /echo.wsgi --script "$apps/echo.wsgi") uri=/echo.wsgi
+    ((baseline)) && uri='/echo.wsgi?sized'
+    request_check "$m" echo-text "$m-echo-text" "$work/form.data" "${target[@]}" "${echo[@]}" \
+        -d "@$work/form.data" "$uri"
+    request_check "$m" echo-binary "$m-echo-binary" "$work/binary.data" "${target[@]}" "${echo[@]}" \
+        -H 'Content-Type: application/octet-stream' -d "@$work/binary.data" "$uri"
+    if ((baseline)); then
+        report=extra request_check "$m" echo-read-all "$m-echo-read-all" "$work/form.data" \
+            "${target[@]}" "${echo[@]}" -d "@$work/form.data" /echo.wsgi
+    fi
 
-    request_check "$m" keepalive "$m-keepalive" "$work/hello.expected" "$sock" "${script[@]}" \
+    request_check "$m" keepalive "$m-keepalive" "$work/hello.expected" "${target[@]}" "${script[@]}" \
         -n 50 /hello.wsgi
 
     # concurrent
     local pids=() failed=0
     start=$(date +%s%N)
     for i in 1 2 3 4 5 6 7 8; do
-        "$lsapi_call" --timeout "$timeout" -s -f "$sock" "${script[@]}" /hello.wsgi \
-            >"$work/$m-concurrent.$i" 2>&1 &
+        lsapi -s -f "${target[@]}" "${script[@]}" /hello.wsgi >"$work/$m-concurrent.$i" 2>&1 &
         pids+=($!)
     done
     for i in "${!pids[@]}"; do
@@ -453,7 +540,7 @@ run_mode() {
         mapfile -t kids < <(pgrep -P "$worker_pid")
     fi
     start=$(date +%s%N)
-    kill -TERM "$worker_pid"
+    kill -TERM "$worker_pid" 2>/dev/null
     for ((i = 0; i < 100; i++)); do
         alive "$worker_pid" || break
         sleep 0.1
@@ -501,8 +588,9 @@ echo
 if ((fails)); then
     echo "FAILED: $fails of $checks checks"
 else
-    echo "PASSED: all $checks checks"
+    echo "PASSED: all $checks checks$( ((baseline)) && echo " (--baseline)")"
 fi
+((notes == 0)) || echo "NOTES: $notes differences from this lswsgi (NOTE rows above; not failures with --baseline)"
 if ((fails || verbose)); then
     for log in "${logs[@]}"; do
         echo

@@ -10,7 +10,11 @@
 # Python). Prints one row per version (the default's from --default) and one
 # closing line; fails when a version is missing or any test fails.
 #
-# Usage: test-matrix.sh [--default X.Y:PYTHON:PASSED:FAILED:SECONDS]
+# Usage: test-matrix.sh [--default X.Y:PYTHON:PASSED:FAILED:SECONDS[:SKIPPED]]
+#        test-matrix.sh --tally CARGO_TEST_LOG   # prints PASSED FAILED SKIPPED
+# A test that could not run (the real-server suite without a server prints
+# "tests/NAME.rs: NOT RUN: ..." and returns) is counted as skipped, not as
+# passed; with LSWSGI_OLS_REQUIRED=1 a skipped test fails the run.
 # Pythons are found as python3.X on PATH, then under pyenv, /opt/alt and
 # /opt/cpanel, /usr/local/bin, /usr/bin; LSWSGI_MATRIX_PYTHONS="PATH ..."
 # replaces the search.
@@ -18,10 +22,22 @@ set -uo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.." || exit 1
 
+# tally LOG: "PASSED FAILED SKIPPED" of a cargo test log; a test that said
+# NOT RUN passed in libtest's count but is moved to SKIPPED.
+tally() {
+    awk '/^test result:/ { p += $4; f += $6 }
+         /tests\/[A-Za-z0-9_]+\.rs: NOT RUN: / { s++ }
+         END { print p - s, f + 0, s + 0 }' "$1"
+}
+if [[ ${1:-} == --tally ]]; then
+    tally "${2:?--tally needs a cargo test log}"
+    exit
+fi
+
 minors=(9 10 11 12 13)
 default=
 if [[ ${1:-} == --default ]]; then
-    default=${2:?--default needs X.Y:PYTHON:PASSED:FAILED:SECONDS}
+    default=${2:?--default needs X.Y:PYTHON:PASSED:FAILED:SECONDS[:SKIPPED]}
 fi
 default_version=${default%%:*}
 
@@ -61,7 +77,7 @@ for m in "${minors[@]}"; do
 done
 
 # run_version X.Y PYTHON: builds and runs the version tests; sets
-# passed, failed and status.
+# passed, failed, skipped and status.
 run_version() {
     local v=$1 python=$2 venv=.venv-test-$1 django log other
     django='django>=5.2,<6'
@@ -72,7 +88,7 @@ run_version() {
         if ! "$python" -m venv "$venv" ||
             ! "$venv/bin/pip" install --quiet --disable-pip-version-check 'flask>=3,<4' "$django"; then
             echo "test-matrix: cannot make $venv for Python $v" >&2
-            passed=0 failed=0 status=1
+            passed=0 failed=0 skipped=0 status=1
             return
         fi
     fi
@@ -87,7 +103,7 @@ run_version() {
         cargo test --no-fail-fast --bin lswsgi --test worker --test pgroup --test modwsgi --test frameworks \
         >"$log" 2>&1
     status=$?
-    read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$log")
+    read -r passed failed skipped < <(tally "$log")
     if ((status)); then
         echo "--- Python $v: cargo test failed (last 60 lines) ---"
         tail -n 60 "$log"
@@ -96,11 +112,13 @@ run_version() {
 }
 
 rows=()
-total_passed=0 total_failed=0 bad=0
+total_passed=0 total_failed=0 total_skipped=0 bad=0
 if [[ -n $default ]]; then
-    IFS=: read -r v p pa fa secs <<<"$default"
-    rows+=("$(printf '%-6s %-8s %6s %6s %6ss  %s' "$v" full "$pa" "$fa" "$secs" "$p")")
+    IFS=: read -r v p pa fa secs sk <<<"$default"
+    sk=${sk:-0}
+    rows+=("$(printf '%-6s %-8s %6s %6s %7s %6ss  %s' "$v" full "$pa" "$fa" "$sk" "$secs" "$p")")
     total_passed=$((total_passed + pa)) total_failed=$((total_failed + fa))
+    total_skipped=$((total_skipped + sk))
     ((fa == 0)) || bad=1
 fi
 tested=()
@@ -112,21 +130,27 @@ for m in "${minors[@]}"; do
     start=$SECONDS
     run_version "$v" "${found[$v]}"
     secs=$((SECONDS - start))
-    rows+=("$(printf '%-6s %-8s %6s %6s %6ss  %s' "$v" version "$passed" "$failed" "$secs" "${found[$v]}")")
+    rows+=("$(printf '%-6s %-8s %6s %6s %7s %6ss  %s' "$v" version "$passed" "$failed" "$skipped" "$secs" "${found[$v]}")")
     total_passed=$((total_passed + passed)) total_failed=$((total_failed + failed))
+    total_skipped=$((total_skipped + skipped))
     ((status == 0 && failed == 0 && passed > 0)) || bad=1
     tested+=("$v")
 done
 
 echo
-printf '%-6s %-8s %6s %6s %7s  %s\n' PYTHON TESTS PASSED FAILED TIME INTERPRETER
+printf '%-6s %-8s %6s %6s %7s %7s  %s\n' PYTHON TESTS PASSED FAILED SKIPPED TIME INTERPRETER
 printf '%s\n' "${rows[@]}"
 if ((${#missing[@]})); then
     echo "test-matrix: no CPython ${missing[*]} with a shared libpython found" \
         "(install it, or list interpreters in LSWSGI_MATRIX_PYTHONS)" >&2
     bad=1
 fi
+if ((total_skipped)); then
+    echo "test-matrix: $total_skipped tests did not run (their NOT RUN lines are above)" >&2
+    [[ ${LSWSGI_OLS_REQUIRED:-} != 1 ]] || bad=1
+fi
 echo "test-matrix: Python ${tested[*]} (${#tested[@]} versions)$( ((bad)) && echo ' - FAILED')"
-# The closing line alone, in the form CI reads.
-echo "tests: $total_passed passed, $total_failed failed"
+# The closing line alone, in the form CI reads; tests that did not run are
+# counted there, never among the passed.
+echo "tests: $total_passed passed, $total_failed failed, $total_skipped skipped"
 exit "$bad"

@@ -19,6 +19,13 @@
 //! log; any process still carrying this server's marker variable afterwards is
 //! killed and reported as a failure.
 
+#[path = "../bench/ols_kit.rs"]
+mod ols_kit;
+#[path = "../bench/peer.rs"]
+mod peer;
+
+use ols_kit::{find_or_build, Missing, Server};
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -37,88 +44,32 @@ const DEAD_LOCK: &str = "possible dead lock";
 
 // ------------------------------------------------------------------ the build
 
-/// The OpenLiteSpeed installation to run, or why there is none.
-fn ols_prefix() -> Option<PathBuf> {
+/// The installation of `server` to run, or None (after one NOT RUN line
+/// naming the test) when no server of that version was given.
+fn ols_prefix(server: Server) -> Option<PathBuf> {
     // A failed build is stored too, so the other tests fail at once rather
     // than build again.
-    static PREFIX: OnceLock<Result<PathBuf, Missing>> = OnceLock::new();
-    let found = PREFIX.get_or_init(find_or_build);
+    static PREFIX: [OnceLock<Result<PathBuf, Missing>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let found = PREFIX[server as usize].get_or_init(|| find_or_build(server));
     match found {
         Ok(p) => Some(p.clone()),
-        Err(Missing::Broken(why)) => panic!("{why}"),
+        Err(Missing::Broken(why)) => panic!("{}: {why}", server.label()),
         Err(Missing::NotGiven(why)) => {
             let required = std::env::var("LSWSGI_OLS_REQUIRED").is_ok_and(|v| v == "1");
             assert!(!required, "LSWSGI_OLS_REQUIRED=1 but {why}");
-            // One line for the whole binary, past the test harness's capture.
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                let _ = writeln!(std::io::stderr(), "tests/ols.rs: NOT RUN: {why}");
-            });
+            // One line per test (libtest names the thread after it), past
+            // the harness's capture, in one write so that it is never split
+            // by other output: scripts/test.sh counts these lines as tests
+            // that did not run.
+            let line = format!(
+                "tests/ols.rs: NOT RUN: {} ({}): {why}\n",
+                thread::current().name().unwrap_or("?"),
+                server.label()
+            );
+            let _ = std::io::stderr().write_all(line.as_bytes());
             None
         }
     }
-}
-
-enum Missing {
-    /// Neither variable is set.
-    NotGiven(String),
-    /// Set, but no usable server came of it.
-    Broken(String),
-}
-
-fn find_or_build() -> Result<PathBuf, Missing> {
-    if let Some(prefix) = std::env::var_os("LSWSGI_OLS_PREFIX") {
-        let prefix = PathBuf::from(prefix);
-        if !prefix.join("bin/openlitespeed").is_file() {
-            return Err(Missing::Broken(format!(
-                "LSWSGI_OLS_PREFIX={} has no bin/openlitespeed",
-                prefix.display()
-            )));
-        }
-        return Ok(prefix);
-    }
-    let Some(src) = std::env::var_os("LSWSGI_OLS_SRC") else {
-        return Err(Missing::NotGiven(
-            "neither LSWSGI_OLS_SRC (a directory with build-ols.sh and the \
-             OpenLiteSpeed source archive) nor LSWSGI_OLS_PREFIX (an installed \
-             OpenLiteSpeed) is set"
-                .into(),
-        ));
-    };
-    let script = Path::new(&src).join("build-ols.sh");
-    if !script.is_file() {
-        return Err(Missing::Broken(format!(
-            "LSWSGI_OLS_SRC: no {}",
-            script.display()
-        )));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target"));
-    let prefix = target.join("ols");
-    let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&prefix)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Missing::Broken(format!("bash {}: {e}", script.display())))?;
-    if !out.status.success() || !prefix.join("bin/openlitespeed").is_file() {
-        return Err(Missing::Broken(format!(
-            "{} {} failed ({:?}):\n{}{}",
-            script.display(),
-            prefix.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    eprintln!(
-        "build-ols.sh: {} in {:.1} s",
-        String::from_utf8_lossy(&out.stdout).trim(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(prefix)
 }
 
 /// The lswsgi binary to put behind the server: the release build (what
@@ -187,7 +138,8 @@ struct Site {
     /// Extra `env` lines of the extProcessor (LSAPI_CHILDREN, ...).
     env: &'static [&'static str],
     max_conns: u32,
-    /// App Server contexts: (URI, startup file in the docroot).
+    /// App Server contexts: (URI, startup file in the docroot), each with
+    /// the site's `max_conns`.
     app_servers: &'static [(&'static str, &'static str)],
     /// The extProcessor's worker exits at once without serving (the server
     /// checks at start-up that the path exists and is executable).
@@ -222,6 +174,33 @@ fn unique() -> String {
     format!("{}{}x{:x}", std::process::id(), *n, nanos & 0xfff)
 }
 
+/// Makes `dir` a directory the workers' user (nobody) can write, and checks
+/// it is one. Servers (of this and other test processes) start
+/// concurrently: the directory is made under a unique name, given mode 1777
+/// (as /tmp), then renamed into place, so nobody sees it with another mode;
+/// when another got there first, theirs stays.
+fn shared_socket_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if !dir.is_dir() {
+        let parent = dir.parent().unwrap();
+        let part = parent.join(format!(".lswsgi-sockdir-{}", unique()));
+        std::fs::create_dir(&part).unwrap();
+        std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        if let Err(e) = std::fs::rename(&part, dir) {
+            let _ = std::fs::remove_dir(&part);
+            // rename(2) onto an existing (non-empty) directory: EEXIST or ENOTEMPTY.
+            assert!(dir.is_dir(), "rename to {}: {e}", dir.display());
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).unwrap();
+    assert!(
+        m.mode() & 0o002 != 0 || m.uid() == 65534,
+        "{} must be writable by nobody (the App Server sockets go there)",
+        dir.display()
+    );
+}
+
 fn sh(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?}: {out:?}");
@@ -231,6 +210,11 @@ fn sh(cmd: &mut Command) -> Output {
 impl Ols {
     /// `debug`: the server logs every LSAPI packet it receives (debugLevel 10).
     fn start(prefix: &Path, sites: &[Site], debug: bool) -> Ols {
+        Ols::start_with(prefix, sites, debug, &worker_binary())
+    }
+
+    /// As `start`, with `worker` as the sites' lswsgi.
+    fn start_with(prefix: &Path, sites: &[Site], debug: bool, worker: &Path) -> Ols {
         let id = unique();
         let root = std::env::temp_dir().join(format!("lswsgi-ols-{id}"));
         for d in [
@@ -249,18 +233,7 @@ impl Ols {
         std::fs::create_dir_all(&state).unwrap();
         sh(Command::new("chmod").arg("1777").arg(&state));
         // App Server sockets live at a fixed place the server does not create.
-        if !Path::new("/tmp/lshttpd").is_dir() {
-            std::fs::create_dir_all("/tmp/lshttpd").unwrap();
-            sh(Command::new("chmod").args(["1777", "/tmp/lshttpd"]));
-        }
-        {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata("/tmp/lshttpd").unwrap();
-            assert!(
-                m.mode() & 0o002 != 0 || m.uid() == 65534,
-                "/tmp/lshttpd must be writable by nobody (the App Server sockets go there)"
-            );
-        }
+        shared_socket_dir(Path::new("/tmp/lshttpd"));
         std::os::unix::fs::symlink(
             prefix.join("bin/openlitespeed"),
             root.join("bin/openlitespeed"),
@@ -271,7 +244,7 @@ impl Ols {
             root.join("conf/mime.properties"),
         )
         .expect("PREFIX/conf/mime.properties");
-        std::fs::copy(worker_binary(), root.join("fcgi-bin/lswsgi")).unwrap();
+        std::fs::copy(worker, root.join("fcgi-bin/lswsgi")).unwrap();
         std::fs::write(root.join("fcgi-bin/dead"), "#!/bin/sh\nexit 1\n").unwrap();
         sh(Command::new("chmod")
             .arg("755")
@@ -297,6 +270,17 @@ impl Ols {
         std::fs::write(html.join("broken/environ.wsgi"), FAILING_ENVIRON).unwrap();
         std::fs::write(html.join("broken/echo.wsgi"), SHORT_ECHO).unwrap();
         sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&root));
+        // The server, running as nobody, swaps large request bodies (a
+        // chunked one it de-chunks, 1.9.1) to files there.
+        sh(Command::new("chown")
+            .arg("nobody:nogroup")
+            .arg(root.join("tmp/swap")));
+        // 1.9.1 opens <location>stderr.log as the worker's user (the
+        // location belongs to the site's user on a host).
+        std::fs::write(html.join("stderr.log"), "").unwrap();
+        sh(Command::new("chown")
+            .arg("nobody:nogroup")
+            .arg(html.join("stderr.log")));
 
         let marker = format!("LSWSGI_OLS_RUN={id}");
         let r = root.display();
@@ -354,8 +338,9 @@ impl Ols {
                     vh,
                     "context {uri} {{\n type appserver\n location {r}/html/\n\
                      binPath {r}/fcgi-bin/lswsgi\n appType wsgi\n startupFile {startup}\n\
-                     maxConns 2\n env {marker}\n env OLS_STATE={}\n env APP_MARKER=from-context-env\n}}\n",
-                    state.display()
+                     maxConns {mc}\n env {marker}\n env OLS_STATE={}\n env APP_MARKER=from-context-env\n}}\n",
+                    state.display(),
+                    mc = site.max_conns
                 );
             }
             vh.push_str("rewrite {\n enable 0\n}\n");
@@ -370,16 +355,23 @@ impl Ols {
             marker,
             stopped: false,
         };
-        let out = Command::new(ols.root.join("bin/openlitespeed"))
+        // Its output goes to a file, not a pipe: 1.9.1's daemon keeps the
+        // descriptors it was started with, so a pipe would never see EOF.
+        let start_log = ols.root.join("logs/start.out");
+        let out = std::fs::File::create(&start_log).unwrap();
+        let status = Command::new(ols.root.join("bin/openlitespeed"))
             .env("LSWS_HOME", &ols.root)
             .env("OLS_PID_FILE", ols.pid_file())
             .current_dir(&ols.root)
             .stdin(Stdio::null())
-            .output()
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .status()
             .expect("start openlitespeed");
         assert!(
-            out.status.success(),
-            "openlitespeed: {out:?}\n{}",
+            status.success(),
+            "openlitespeed: {status:?}\n{}\n{}",
+            std::fs::read_to_string(&start_log).unwrap_or_default(),
             ols.error_log()
         );
         // It daemonizes; ready once every listener accepts.
@@ -665,9 +657,16 @@ fn curl(url: &str, args: &[&str], max_secs: u32) -> Resp {
 /// of one call): per request (status, X-Pid header), and the number of
 /// connections curl opened.
 fn keep_alive(url: &str, n: usize) -> (Vec<(u32, String)>, usize) {
+    keep_alive_header(url, n, "x-pid")
+}
+
+/// As `keep_alive`, keeping response header `header` instead of X-Pid.
+fn keep_alive_header(url: &str, n: usize, header: &str) -> (Vec<(u32, String)>, usize) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "120"])
-        .args(["-w", "%{http_code} %{num_connects} %header{x-pid}\\n"]);
+    cmd.args(["-sS", "--max-time", "120"]).args([
+        "-w",
+        &format!("%{{http_code}} %{{num_connects}} %header{{{header}}}\\n"),
+    ]);
     for _ in 0..n {
         cmd.args(["-o", "/dev/null", url]);
     }
@@ -876,6 +875,58 @@ fn common_checks(ols: &Ols, site: &str, multiprocess: bool, f: &mut Failures) {
         format!("{} traceback logged: {traced}", r.status),
     );
 
+    // 1.9.1 drops the connection on a STDERR packet over 16384 bytes.
+    let r = curl(&format!("{app}/errors?100000"), &[], 30);
+    let logged = wait_for(Duration::from_secs(5), || {
+        (ols.error_log() + &ols.stderr_log()).contains("ols test: 100000 bytes to wsgi.errors")
+    });
+    f.check(
+        "100 kB to wsgi.errors in one write: 200, logged",
+        r.status == 200 && r.text() == "logged\n" && logged,
+        format!("{} {:?} logged: {logged}", r.status, r.text()),
+    );
+
+    // Chunked request bodies. The server de-chunks them and sends the length
+    // when the body has all arrived before it starts the request: always for
+    // a small one. OpenLiteSpeed 1.9.1 may start a larger one early, with
+    // reqBodyLen -1 and no end marker, which no worker can frame: the worker
+    // refuses it (a logged protocol error; the server answers 503 after its
+    // retries), never answering 200 with a body cut short.
+    let small = ols.root.join("state/small.bin");
+    std::fs::write(&small, &data[..1000]).unwrap();
+    let chunked = |file: &Path| {
+        curl(
+            &format!("{app}/echo"),
+            &[
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                &format!("@{}", file.display()),
+            ],
+            60,
+        )
+    };
+    let r = chunked(&small);
+    f.check(
+        "1000-byte chunked POST echoed byte-exact",
+        r.status == 200 && r.body == data[..1000],
+        format!("{} {} bytes back", r.status, r.body.len()),
+    );
+    let r = chunked(&data_path);
+    let refused = r.status == 503
+        && wait_for(Duration::from_secs(5), || {
+            ols.stderr_log().contains("invalid reqBodyLen -1")
+        });
+    f.check(
+        "1 MiB chunked POST: echoed byte-exact, or refused when sent without a length",
+        (r.status == 200 && r.body == data) || refused,
+        format!(
+            "{} {} bytes back; refused with 'invalid reqBodyLen -1' logged: {refused}",
+            r.status,
+            r.body.len()
+        ),
+    );
+
     let token = unique();
     let r = curl(&format!("{app}/crash?{token}"), &[], 60);
     let attempts = std::fs::read_to_string(ols.root.join(format!("state/crash-{token}")))
@@ -1045,9 +1096,59 @@ fn finish(mut ols: Ols, f: Failures) {
 
 // ------------------------------------------------------------------ tests
 
+/// `per_server!(check => test_1_5, test_1_9)`: the test `check` once per
+/// OpenLiteSpeed release.
+macro_rules! per_server {
+    ($($check:ident => $v15:ident, $v19:ident;)*) => {$(
+        #[test]
+        fn $v15() {
+            $check(Server::V1_5)
+        }
+        #[test]
+        fn $v19() {
+            $check(Server::V1_9)
+        }
+    )*};
+}
+
+per_server! {
+    smoke_lsws_baseline_behind_openlitespeed =>
+        smoke_lsws_baseline_behind_ols_1_5, smoke_lsws_baseline_behind_ols_1_9;
+    worker_mode_behind_openlitespeed => worker_mode_behind_ols_1_5, worker_mode_behind_ols_1_9;
+    process_group_mode_behind_openlitespeed =>
+        process_group_mode_behind_ols_1_5, process_group_mode_behind_ols_1_9;
+    max_busy_worker_behind_openlitespeed =>
+        max_busy_worker_behind_ols_1_5, max_busy_worker_behind_ols_1_9;
+    shedding_mid_request_loses_no_request_behind_openlitespeed =>
+        shedding_mid_request_loses_no_request_behind_ols_1_5,
+        shedding_mid_request_loses_no_request_behind_ols_1_9;
+}
+
+/// Servers start concurrently, each making sure the App Server socket
+/// directory exists: none may see it before it has its final mode.
 #[test]
-fn worker_mode_behind_openlitespeed() {
-    let Some(prefix) = ols_prefix() else { return };
+fn socket_dir_is_never_seen_half_made() {
+    let base = std::env::temp_dir().join(format!("lswsgi-ols-sockdir-{}", unique()));
+    for round in 0..20 {
+        let dir = base.join(round.to_string());
+        std::fs::create_dir_all(&base).unwrap();
+        let go = std::sync::Barrier::new(8);
+        thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    go.wait();
+                    shared_socket_dir(&dir);
+                });
+            }
+        });
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+fn worker_mode_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server) else {
+        return;
+    };
     let started = Instant::now();
     let ols = Ols::start(
         &prefix,
@@ -1090,9 +1191,10 @@ fn worker_mode_behind_openlitespeed() {
     finish(ols, f);
 }
 
-#[test]
-fn process_group_mode_behind_openlitespeed() {
-    let Some(prefix) = ols_prefix() else { return };
+fn process_group_mode_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server) else {
+        return;
+    };
     let started = Instant::now();
     let ols = Ols::start(
         &prefix,
@@ -1176,9 +1278,10 @@ fn process_group_mode_behind_openlitespeed() {
 /// logs every packet it receives, CONN_CLOSE included. (The pids cannot
 /// show it: a detached group runs with LSAPI_KEEP_LISTEN=2, so a child that
 /// shed its connection accepts the next one itself.)
-#[test]
-fn max_busy_worker_behind_openlitespeed() {
-    let Some(prefix) = ols_prefix() else { return };
+fn max_busy_worker_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server) else {
+        return;
+    };
     let ols = Ols::start(
         &prefix,
         &[
@@ -1233,11 +1336,12 @@ fn max_busy_worker_behind_openlitespeed() {
 /// of its own. With more clients than the server's connections, the server
 /// hands a waiting request to a connection the moment its RESP_END
 /// arrives, sometimes before the CONN_CLOSE: none of those requests may be
-/// lost (OpenLiteSpeed 1.5.12 sends them again: not yet confirmed by
-/// REQ_RECEIVED, so never run).
-#[test]
-fn shedding_mid_request_loses_no_request_behind_openlitespeed() {
-    let Some(prefix) = ols_prefix() else { return };
+/// lost (the server sends them again: not yet confirmed by REQ_RECEIVED, so
+/// never run).
+fn shedding_mid_request_loses_no_request_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server) else {
+        return;
+    };
     let ols = Ols::start(
         &prefix,
         &[Site {
@@ -1276,4 +1380,413 @@ fn shedding_mid_request_loses_no_request_behind_openlitespeed() {
         ),
     );
     finish(ols, f);
+}
+
+// ------------------------------------------------- OpenLiteSpeed 1.9.1 only
+
+/// Clients requesting one URL over keep-alive connections, without pause,
+/// until stopped: (status, kept header) of every request, in order per
+/// client.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<thread::JoinHandle<Vec<(u32, String)>>>,
+}
+
+impl Load {
+    fn start(url: &str, clients: usize, header: &'static str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let (url, stop) = (url.to_string(), stop.clone());
+                thread::spawn(move || {
+                    let mut rows = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        rows.extend(keep_alive_header(&url, 10, header).0);
+                    }
+                    rows
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    fn finish(self) -> Vec<Vec<(u32, String)>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .collect()
+    }
+}
+
+/// The parent of `pid` (0 when it is gone).
+fn ppid(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The live child processes of `pid` (forked by any of its threads).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    out.retain(|&p| alive(p));
+    out
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim_end()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// 1.9.1 runs every App Server context detached with
+/// `LSAPI_CHILDREN=<maxConns>`, 1 included, and
+/// `LSAPI_PGRP_MAX_IDLE=2147483647`, from binPath's folder, with stderr
+/// handed over as fd 2: contexts of maxConns 1 and 2 serve concurrent
+/// clients with no more processes than that, stay up while idle, and log a
+/// traceback.
+#[test]
+fn app_server_max_conns_1_and_2_behind_ols_1_9() {
+    let Some(prefix) = ols_prefix(Server::V1_9) else {
+        return;
+    };
+    let site = |name, max_conns, app_servers| Site {
+        name,
+        env: &[],
+        max_conns,
+        app_servers,
+        missing_worker: false,
+    };
+    let ols = Ols::start(
+        &prefix,
+        &[
+            site("as1", 1, &[("/one/", "ols.wsgi")]),
+            site("as2", 2, &[("/two/", "ols.wsgi")]),
+        ],
+        false,
+    );
+    let mut f = Failures::default();
+    for (uri, max) in [("/one/", 1usize), ("/two/", 2)] {
+        let base = ols.base(&format!("as{max}"));
+        // The group's parent: the parent of the process that serves.
+        let first = curl(&format!("{base}{uri}pid"), &[], 30);
+        let parent = first
+            .header("X-Pid")
+            .and_then(|p| p.parse().ok())
+            .map(ppid)
+            .unwrap_or(0);
+        let load = {
+            let url = format!("{base}{uri}sleep?0.1");
+            thread::spawn(move || concurrent(&url, 4, 10))
+        };
+        // Never more than maxConns processes serve at once: the children of
+        // a ProcessGroup parent (they come and go: LSAPI_MAX_IDLE_CHILDREN
+        // ends surplus ones), or the worker alone when its parent is the
+        // server's lscgid.
+        let group = cmdline(parent).contains("fcgi-bin/lswsgi");
+        let mut most = 0;
+        while !load.is_finished() {
+            if group {
+                most = most.max(children(parent).len());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let rows = load.join().unwrap();
+        if !group {
+            most = pids(&rows).len();
+        }
+        f.check(
+            &format!("maxConns {max}: 4 concurrent clients"),
+            not_ok(&rows).is_empty() && (1..=max).contains(&most),
+            format!(
+                "{} of {} not 200; at most {most} processes under the group's parent {parent} \
+                 ({}) at once (want 1..={max}); served by {:?}",
+                not_ok(&rows).len(),
+                rows.len(),
+                cmdline(parent),
+                pids(&rows),
+            ),
+        );
+        // LSAPI_PGRP_MAX_IDLE=2147483647: no limit, so the group (the
+        // parent, or the worker serving alone) is the same after a pause.
+        let before: BTreeSet<i32> = if group {
+            BTreeSet::from([parent])
+        } else {
+            pids(&rows).iter().filter_map(|p| p.parse().ok()).collect()
+        };
+        thread::sleep(Duration::from_secs(3));
+        let (rows, _) = keep_alive(&format!("{base}{uri}pid"), 5);
+        let after: BTreeSet<i32> = pids(&rows)
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .map(|p| if group { ppid(p) } else { p })
+            .collect();
+        f.check(
+            &format!("maxConns {max}: same group after 3 s idle"),
+            not_ok(&rows).is_empty() && parent > 0 && before.len() == 1 && after == before,
+            format!(
+                "{} not 200; {before:?}, then {after:?}",
+                not_ok(&rows).len()
+            ),
+        );
+    }
+    let r = curl(&format!("{}/one/raise", ols.base("as1")), &[], 30);
+    let traced = wait_for(Duration::from_secs(5), || {
+        (ols.error_log() + &ols.stderr_log()).contains("deliberate failure before the headers")
+    });
+    // The worker's own log goes to fd 2, which lscgid opened as
+    // <location>stderr.log.
+    let own_log = std::fs::read_to_string(ols.root.join("html/stderr.log")).unwrap_or_default();
+    f.check(
+        "exception before headers: 500, traceback in the server's log; worker log on fd 2",
+        r.status == 500 && traced && own_log.contains("process group: up to 2 children"),
+        format!(
+            "{} traceback logged: {traced}; <location>stderr.log:\n{}",
+            r.status,
+            tail(&own_log, 10)
+        ),
+    );
+    finish(ols, f);
+}
+
+/// A versioned app for the restart test: answers its version in X-Version,
+/// after 0.2 s, so that requests are in flight when the old group is told
+/// to stop.
+fn versioned_app(version: &str) -> String {
+    format!(
+        "import os, time\n\
+         def application(environ, start_response):\n    \
+             time.sleep(0.2)\n    \
+             start_response('200 OK', [('Content-Type', 'text/plain'), \
+             ('X-Version', '{version}'), ('X-Pid', str(os.getpid()))])\n    \
+             return [b'{version}\\n']\n"
+    )
+}
+
+/// Touching `<location>tmp/restart.txt` under load: the server (checking
+/// every 10 s) removes the socket, SIGTERMs the old group and starts a new
+/// one; no request fails, the new code is served afterwards and the old
+/// group goes away.
+#[test]
+fn restart_txt_under_load_behind_ols_1_9() {
+    let Some(prefix) = ols_prefix(Server::V1_9) else {
+        return;
+    };
+    let ols = Ols::start(
+        &prefix,
+        &[Site {
+            name: "rs",
+            env: &[],
+            max_conns: 2,
+            app_servers: &[("/app/", "versioned.wsgi")],
+            missing_worker: false,
+        }],
+        false,
+    );
+    let html = ols.root.join("html");
+    std::fs::write(html.join("versioned.wsgi"), versioned_app("v1")).unwrap();
+    let url = format!("{}/app/", ols.base("rs"));
+    let first = curl(&url, &[], 30);
+    let old_parent = first
+        .header("X-Pid")
+        .and_then(|p| p.parse().ok())
+        .map(ppid)
+        .unwrap_or(0);
+    let load = Load::start(&url, 3, "x-version");
+    thread::sleep(Duration::from_secs(2));
+    std::fs::write(html.join("versioned.wsgi"), versioned_app("v2")).unwrap();
+    std::fs::create_dir_all(html.join("tmp")).unwrap();
+    std::fs::write(html.join("tmp/restart.txt"), "").unwrap();
+    let switched = wait_for(Duration::from_secs(45), || {
+        curl(&url, &[], 30).header("X-Version").as_deref() == Some("v2")
+    });
+    // The load goes on until the old group has gone (its children finish
+    // what they serve first), so it covers the whole switch.
+    let old_gone = wait_for(Duration::from_secs(20), || !alive(old_parent));
+    let rows: Vec<(u32, String)> = load.finish().into_iter().flatten().collect();
+    let (after, _) = keep_alive_header(&url, 10, "x-version");
+    let mut f = Failures::default();
+    f.check(
+        "restart.txt under load: no failed request, new code served, old group gone",
+        first.status == 200
+            && old_parent > 0
+            && switched
+            && not_ok(&rows).is_empty()
+            && old_gone
+            && after.iter().all(|r| r.0 == 200 && r.1 == "v2"),
+        format!(
+            "{} of {} not 200 {:?}; v2 served: {switched}; old parent {old_parent} gone: \
+             {old_gone}; then {after:?}",
+            not_ok(&rows).len(),
+            rows.len(),
+            not_ok(&rows)
+        ),
+    );
+    finish(ols, f);
+}
+
+/// New in 1.9: the server restarts a detached worker whose binary's mtime
+/// changed (an upgrade replacing fcgi-bin/lswsgi while it serves): no
+/// request fails, and afterwards the new binary serves.
+#[test]
+fn binary_replaced_while_serving_behind_ols_1_9() {
+    let Some(prefix) = ols_prefix(Server::V1_9) else {
+        return;
+    };
+    let ols = Ols::start(
+        &prefix,
+        &[Site {
+            name: "up",
+            env: &["LSAPI_CHILDREN=4"],
+            max_conns: 4,
+            app_servers: &[],
+            missing_worker: false,
+        }],
+        false,
+    );
+    // 0.2 s per request: requests are in flight when the group restarts.
+    let url = format!("{}/ols.wsgi/sleep?0.2", ols.base("up"));
+    let bin = ols.root.join("fcgi-bin/lswsgi");
+    let exe = |pid: &str| {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let load = Load::start(&url, 3, "x-pid");
+    thread::sleep(Duration::from_secs(2));
+    // As a package upgrade does: a new file renamed over the old one (its
+    // mtime is now, seconds after the server started the old one).
+    let new = ols.root.join("fcgi-bin/lswsgi.new");
+    std::fs::copy(worker_binary(), &new).unwrap();
+    std::fs::rename(&new, &bin).unwrap();
+    let mut served_by = String::new();
+    let switched = wait_for(Duration::from_secs(45), || {
+        ols.error_log().contains("detected binary change") && {
+            let r = curl(&url, &[], 30);
+            served_by = r.header("X-Pid").map(|p| exe(&p)).unwrap_or_default();
+            r.status == 200 && served_by == bin.display().to_string()
+        }
+    });
+    thread::sleep(Duration::from_secs(2));
+    let rows: Vec<(u32, String)> = load.finish().into_iter().flatten().collect();
+    let mut f = Failures::default();
+    f.check(
+        "binary replaced under load: no failed request, the new binary serves",
+        switched && not_ok(&rows).is_empty(),
+        format!(
+            "{} of {} not 200 {:?}; restart seen and a new process serving: {switched} \
+             (last served by {served_by:?})",
+            not_ok(&rows).len(),
+            rows.len(),
+            not_ok(&rows)
+        ),
+    );
+    finish(ols, f);
+}
+
+/// smoke-lsws.sh --baseline passes on ours with no NOTE row and, when
+/// LSWSGI_PEER_LSWSGI_SRC gives LiteSpeed's own lswsgi 2.1 (as in CI), on
+/// that too, its PEP 3333 differences (read() without a size, PATH_INFO
+/// repeating SCRIPT_NAME) shown as NOTE rows; without --baseline it fails.
+fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server) else {
+        return;
+    };
+    // Ours, and LiteSpeed's lswsgi (when given) behind a server of its own.
+    let site = [Site {
+        name: "base",
+        env: &["LSAPI_CHILDREN=2"],
+        max_conns: 2,
+        app_servers: &[],
+        missing_worker: false,
+    }];
+    let ours = Ols::start(&prefix, &site, false);
+    // Built once for both servers' tests, which run at the same time.
+    static LITESPEED: OnceLock<String> = OnceLock::new();
+    let litespeed = std::env::var_os("LSWSGI_PEER_LSWSGI_SRC").map(|_| {
+        let bin = LITESPEED.get_or_init(peer::litespeed_lswsgi);
+        Ols::start_with(&prefix, &site, false, Path::new(bin))
+    });
+    let mut f = Failures::default();
+    let run = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(format!("{ROOT}/scripts/smoke-lsws.sh"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/smoke-lsws.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let notes: Vec<String> = stdout
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                (w.len() >= 3 && w[2] == "NOTE").then(|| w[1].to_string())
+            })
+            .collect();
+        (out.status.code(), stdout, notes)
+    };
+    let servers = [
+        ("ours", Some(&ours), &[][..]),
+        (
+            "LiteSpeed's",
+            litespeed.as_ref(),
+            &["environ-path", "echo-read-all"][..],
+        ),
+    ];
+    for (which, ols, want_notes) in servers {
+        let Some(ols) = ols else { continue };
+        let url = format!("{}/", ols.base("base"));
+        let (code, stdout, notes) = run(&["--baseline", &url]);
+        f.check(
+            &format!("smoke-lsws.sh --baseline, {which} lswsgi"),
+            code == Some(0)
+                && stdout.contains("PASSED: all")
+                && notes
+                    .iter()
+                    .map(String::as_str)
+                    .eq(want_notes.iter().copied()),
+            format!("{code:?} NOTE rows {notes:?} (want {want_notes:?})\n{stdout}"),
+        );
+        if which != "ours" {
+            let (code, stdout, _) = run(&[&url]);
+            f.check(
+                "smoke-lsws.sh without --baseline fails on LiteSpeed's lswsgi",
+                code == Some(1),
+                format!("{code:?}\n{stdout}"),
+            );
+        }
+    }
+    if let Some(mut ls) = litespeed {
+        let leaked = ls.stop();
+        f.check(
+            "every process of LiteSpeed's lswsgi's server stopped by its pid",
+            leaked.is_empty(),
+            format!("found by marker only: {leaked:?}"),
+        );
+    }
+    finish(ours, f);
 }

@@ -31,6 +31,12 @@ def application(environ, start_response):
     if path == "/sleep":
         time.sleep(float(query or "1"))
         return reply(start_response, ("slept %s\n" % query).encode())
+    if path == "/errors":
+        # QUERY_STRING bytes to wsgi.errors in one write, then a marker line.
+        n = int(query or "0")
+        environ["wsgi.errors"].write("e" * n + "\n")
+        environ["wsgi.errors"].write("ols test: %d bytes to wsgi.errors\n" % n)
+        return reply(start_response, b"logged\n")
     if path == "/pid":
         return reply(start_response, ("%d\n" % os.getpid()).encode())
     if path == "/raise":
