@@ -19,6 +19,7 @@
 //! the main thread with any application thread that calls a request object.
 
 mod environ;
+pub mod immortal;
 pub mod interp;
 mod objects;
 pub mod py;
