@@ -53,6 +53,8 @@ def state():
         "module": helper,
         "helper_table": helper.TABLE,
         "os": os,
+        # A builtin static type's method: CPython makes those mortal.
+        "str_join": str.__dict__["join"],
     }
     out = ["immortal_%s=%d" % (k, immortal(v)) for k, v in sorted(probes.items())]
     out.append("refcnt_shared=%d" % sys.getrefcount(SHARED))
