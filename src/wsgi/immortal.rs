@@ -119,21 +119,24 @@ unsafe fn unsupported() -> Option<&'static str> {
 }
 
 /// A list of the permanent generation's objects: `gc.get_objects()` lists
-/// only generations 0-2, so the frozen objects are moved back for the
-/// listing (`gc.unfreeze()`) and frozen again at once. Both moves are O(1)
-/// list splices, and no Python code runs in between.
+/// only generations 0-2, so the frozen objects are moved back into the
+/// oldest one for the listing (`gc.unfreeze()`; `get_objects(2)` leaves out
+/// whatever younger objects exist) and frozen again at once. Both moves are
+/// O(1) list splices, and no Python code runs in between.
 ///
 /// # Safety
-/// GIL held.
+/// GIL held, no exception pending.
 unsafe fn frozen_objects() -> Option<Obj> {
     let gc = Obj::owned(ffi::PyImport_ImportModule(c"gc".as_ptr()))?;
-    let call = |name: &CStr| {
-        let f = Obj::owned(ffi::PyObject_GetAttrString(gc.ptr(), name.as_ptr()))?;
-        Obj::owned(ffi::PyObject_CallNoArgs(f.ptr()))
-    };
-    call(c"unfreeze")?;
-    let objects = call(c"get_objects");
-    call(c"freeze")?;
+    let attr = |name: &CStr| Obj::owned(ffi::PyObject_GetAttrString(gc.ptr(), name.as_ptr()));
+    let (unfreeze, get_objects, freeze) =
+        (attr(c"unfreeze")?, attr(c"get_objects")?, attr(c"freeze")?);
+    let oldest = Obj::owned(ffi::PyLong_FromLong(2))?;
+    Obj::owned(ffi::PyObject_CallNoArgs(unfreeze.ptr()))?;
+    let objects = Obj::owned(ffi::PyObject_CallOneArg(get_objects.ptr(), oldest.ptr()));
+    // Frozen again whatever happened: no exception may be pending for it.
+    ffi::PyErr_Clear();
+    Obj::owned(ffi::PyObject_CallNoArgs(freeze.ptr()))?;
     objects.filter(|l| ffi::PyList_Check(l.ptr()) != 0)
 }
 
