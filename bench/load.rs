@@ -12,13 +12,24 @@
 //!
 //! ```text
 //! cargo bench --bench load -- [--worker PATH] [--compare PATH] [--rounds R]
-//!     [--litespeed] [--scale F] [--only NAME,..] [--soak] [--explain]
+//!     [--litespeed] [--compare-env K=V] [--scale F] [--only NAME,..] [--soak]
+//!     [--explain]
 //! ```
+//!
+//! `--compare-env K=V` (repeatable) sets a variable for the compared binary
+//! only: `--compare target/release/lswsgi --compare-env LSAPI_IMMORTALIZE=0`
+//! measures one switch against the same binary.
 //!
 //! `--explain` also prints, once per binary, where the footprint's memory
 //! is: the Worker process's resident kB per mapping, and for the preloaded
-//! Flask group the parent's private kB per mapping and a child's pages
-//! against the parent's (shared, copied on write, new; see bench/memmap.rs).
+//! Flask and Django groups the parent's private kB per mapping and a child's
+//! pages against the parent's (shared, copied on write, new; see
+//! bench/memmap.rs).
+//!
+//! The Python is the one the bench is built against: PYO3_PYTHON, with its
+//! own CARGO_TARGET_DIR (the worker measured is that directory's
+//! release/lswsgi, and LiteSpeed's is built there with the same Python), and
+//! LSWSGI_TEST_VENV a virtualenv of that Python with Flask and Django.
 
 #[path = "cpu.rs"]
 mod cpu;
@@ -152,6 +163,27 @@ const FLASK_SITE: Scenario = venv(scenario(
     None,
 ));
 
+/// Its Django twin, always preloaded with `-m`.
+const DJANGO_SITE: Scenario = pg4(preload(venv(scenario(
+    "django-site-preload-pg4",
+    "bench/apps/django_site.wsgi",
+    &["/?q=lsapi", "/api/42"],
+    4000,
+    None,
+))));
+
+/// The preloaded sites of the footprint: (name, scenario).
+const PRELOADED_SITES: [(&str, Scenario); 2] = [
+    (
+        "flask",
+        pg4(preload(Scenario {
+            uris: &["/?q=lsapi", "/api/42"],
+            ..FLASK_SITE
+        })),
+    ),
+    ("django", DJANGO_SITE),
+];
+
 const SCENARIOS: &[Scenario] = &[
     HELLO,
     pg4(Scenario {
@@ -187,10 +219,11 @@ const SCENARIOS: &[Scenario] = &[
         uris: &["/?q=lsapi", "/api/42"],
         ..FLASK_SITE
     })),
+    DJANGO_SITE,
 ];
 
-/// The virtualenv with Flask: LSWSGI_TEST_VENV, else .venv-test (made by
-/// scripts/test.sh).
+/// The virtualenv with Flask and Django: LSWSGI_TEST_VENV, else .venv-test
+/// (made by scripts/test.sh).
 fn flask_venv() -> Option<PathBuf> {
     let v = std::env::var_os("LSWSGI_TEST_VENV")
         .map(PathBuf::from)
@@ -401,10 +434,23 @@ fn drive(
     lat
 }
 
-fn run(worker: &str, s: &Scenario, scale: f64) -> Figures {
+/// A worker binary and the variables set for it alone (`--compare-env`).
+struct Binary {
+    path: String,
+    env: Vec<(String, String)>,
+}
+
+/// `venv_env(want)` plus the binary's own variables.
+fn env_for(b: &Binary, want_venv: bool) -> Vec<(String, String)> {
+    let mut env = venv_env(want_venv);
+    env.extend_from_slice(&b.env);
+    env
+}
+
+fn run(b: &Binary, s: &Scenario, scale: f64) -> Figures {
     let conns = if s.pgroup { 4 } else { 1 };
     let total = ((s.requests as f64 * scale) as usize).max(conns * 10);
-    let w = spawn_with(worker, &worker_args(s), s.pgroup, &venv_env(s.venv));
+    let w = spawn_with(&b.path, &worker_args(s), s.pgroup, &env_for(b, s.venv));
     let pid = w.child.id();
     let packets = Arc::new(packets(s));
     let body = Arc::new(vec![b'b'; s.body]);
@@ -451,44 +497,46 @@ const GROUP_REQUESTS: usize = 1000;
 /// Footprint of one round, kB: a Worker-mode process after warm-up and its
 /// RSS after 10 000 (and with `soak` 100 000) hello requests (growth means a
 /// leak); the private memory of each hello ProcessGroup child after 100
-/// requests; and the whole group (parent + 4 children) of the Flask site
-/// preloaded with `-m` after GROUP_REQUESTS requests. An idle neighbour
-/// worker runs meanwhile, as on a host with many accounts, so shared
-/// libraries count as shared.
-fn footprint(worker: &str, soak: bool, explain: bool) -> BTreeMap<&'static str, f64> {
-    let mut out = BTreeMap::new();
+/// requests; and the whole group (parent + 4 children) of the Flask and the
+/// Django site preloaded with `-m` after GROUP_REQUESTS requests, with the
+/// kB each child copied from the parent (median; needs root). An idle
+/// neighbour worker runs meanwhile, as on a host with many accounts, so
+/// shared libraries count as shared.
+fn footprint(b: &Binary, soak: bool, explain: bool) -> BTreeMap<String, f64> {
+    let worker = b.path.as_str();
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
     let s = &HELLO;
     let packet = packets(s);
-    let neighbour = spawn_with(worker, &[], false, &[]);
+    let neighbour = spawn_with(worker, &[], false, &b.env);
     {
         let mut c = neighbour.connect(Duration::from_secs(10)).unwrap();
         drive(&neighbour, &mut c, &packet, b"", 10, s.expect_len);
     }
 
-    let w = spawn_with(worker, &[], false, &[]);
+    let w = spawn_with(worker, &[], false, &b.env);
     let pid = w.child.id();
     let mut c = w.connect(Duration::from_secs(10)).unwrap();
     drive(&w, &mut c, &packet, b"", 200, s.expect_len);
     let (rss, pss, uss) = memory_kb(pid);
-    out.insert("worker RSS kB (warm)", rss as f64);
-    out.insert("worker PSS kB (warm)", pss as f64);
-    out.insert("worker USS kB (warm)", uss as f64);
+    out.insert("worker RSS kB (warm)".into(), rss as f64);
+    out.insert("worker PSS kB (warm)".into(), pss as f64);
+    out.insert("worker USS kB (warm)".into(), uss as f64);
     if explain {
         println!("\nwhere the memory is: {worker}");
         let by_rss = top(memmap::per_mapping(pid).into_iter().map(|(k, v)| (k, v.0)));
         println!("  Worker process, warm, resident kB by mapping: {by_rss}");
     }
     drive(&w, &mut c, &packet, b"", 10_000 - 200, s.expect_len);
-    out.insert("worker RSS kB @10k", memory_kb(pid).0 as f64);
+    out.insert("worker RSS kB @10k".into(), memory_kb(pid).0 as f64);
     if soak {
         drive(&w, &mut c, &packet, b"", 90_000, s.expect_len);
-        out.insert("worker RSS kB @100k", memory_kb(pid).0 as f64);
+        out.insert("worker RSS kB @100k".into(), memory_kb(pid).0 as f64);
     }
     drop(c);
     stop(w);
 
     // ProcessGroup: 4 connections, 4 children, 100 requests each.
-    let g = spawn_with(worker, &[], true, &[]);
+    let g = spawn_with(worker, &[], true, &b.env);
     let gpid = g.child.id();
     let mut conns: Vec<Client> = (0..4)
         .map(|_| g.connect(Duration::from_secs(10)).unwrap())
@@ -501,35 +549,50 @@ fn footprint(worker: &str, soak: bool, explain: bool) -> BTreeMap<&'static str, 
         .map(|p| memory_kb(p).2 as f64)
         .collect();
     if !child_uss.is_empty() {
-        out.insert("pg child USS kB (median, 100 req)", median(&mut child_uss));
+        out.insert(
+            "pg child USS kB (median, 100 req)".into(),
+            median(&mut child_uss),
+        );
     }
-    out.insert("pg parent USS kB", memory_kb(gpid).2 as f64);
+    out.insert("pg parent USS kB".into(), memory_kb(gpid).2 as f64);
     drop(conns);
     stop(g);
 
     if flask_venv().is_some() {
-        let f = pg4(preload(Scenario {
-            uris: &["/?q=lsapi", "/api/42"],
-            ..FLASK_SITE
-        }));
-        let g = spawn_with(worker, &worker_args(&f), true, &venv_env(true));
-        let gpid = g.child.id();
-        let packets = packets(&f);
-        let mut conns: Vec<Client> = (0..4)
-            .map(|_| g.connect(Duration::from_secs(20)).unwrap())
-            .collect();
-        for c in &mut conns {
-            drive(&g, c, &packets, b"", GROUP_REQUESTS / 4, f.expect_len);
+        for (site, f) in &PRELOADED_SITES {
+            let g = spawn_with(worker, &worker_args(f), true, &env_for(b, true));
+            let gpid = g.child.id();
+            let packets = packets(f);
+            let mut conns: Vec<Client> = (0..4)
+                .map(|_| g.connect(Duration::from_secs(20)).unwrap())
+                .collect();
+            for c in &mut conns {
+                drive(&g, c, &packets, b"", GROUP_REQUESTS / 4, f.expect_len);
+            }
+            let kids = children(gpid);
+            let group: u64 = memory_kb(gpid).2 + kids.iter().map(|&p| memory_kb(p).2).sum::<u64>();
+            out.insert(format!("{site} preloaded group USS kB"), group as f64);
+            out.insert(
+                format!("{site} preloaded group children"),
+                kids.len() as f64,
+            );
+            let mut copied: Vec<f64> = kids
+                .iter()
+                .filter_map(|&k| memmap::sharing(gpid, k))
+                .map(|(by_map, _)| by_map.values().map(|s| s.copied).sum::<u64>() as f64)
+                .collect();
+            if !copied.is_empty() {
+                out.insert(
+                    format!("{site} preloaded child copied kB (median)"),
+                    median(&mut copied),
+                );
+            }
+            if explain {
+                explain_group(site, gpid, &kids);
+            }
+            drop(conns);
+            stop(g);
         }
-        let kids = children(gpid);
-        let group: u64 = memory_kb(gpid).2 + kids.iter().map(|&p| memory_kb(p).2).sum::<u64>();
-        out.insert("flask preloaded group USS kB", group as f64);
-        out.insert("flask preloaded group children", kids.len() as f64);
-        if explain {
-            explain_group(gpid, &kids);
-        }
-        drop(conns);
-        stop(g);
     }
     stop(neighbour);
     out
@@ -547,11 +610,11 @@ fn top(kb: impl Iterator<Item = (String, u64)>) -> String {
 }
 
 /// Prints where the preloaded group's private memory is (see `--explain`).
-fn explain_group(parent: u32, kids: &[u32]) {
+fn explain_group(site: &str, parent: u32, kids: &[u32]) {
     let private = top(memmap::per_mapping(parent)
         .into_iter()
         .map(|(k, v)| (k, v.1)));
-    println!("  preloaded Flask group, parent private kB by mapping: {private}");
+    println!("  preloaded {site} group, parent private kB by mapping: {private}");
     let Some(&child) = kids.first() else { return };
     let Some((by_map, changes)) = memmap::sharing(parent, child) else {
         println!("  (a child's pages against the parent's need root)");
@@ -615,14 +678,16 @@ const TARGETS: &[(&str, &str, f64, bool)] = &[
     ("worker RSS kB (warm)", "kB", 1.00, true),
     ("worker USS kB (warm)", "kB", 0.95, true),
     ("flask preloaded group USS kB", "kB", 0.70, true),
+    ("django preloaded group USS kB", "kB", 0.35, true),
 ];
 
 fn main() {
-    let mut worker = root()
-        .join("target/release/lswsgi")
+    let mut worker = peer::target_dir()
+        .join("release/lswsgi")
         .to_string_lossy()
         .into_owned();
     let mut compare: Option<String> = None;
+    let mut compare_env: Vec<(String, String)> = Vec::new();
     let mut rounds = 3usize;
     let mut scale = 1.0f64;
     let mut only: Option<Vec<String>> = None;
@@ -634,6 +699,11 @@ fn main() {
             "--worker" => worker = args.next().expect("--worker PATH"),
             "--compare" => compare = args.next(),
             "--litespeed" => compare = Some(litespeed_lswsgi()),
+            "--compare-env" => {
+                let kv = args.next().expect("--compare-env K=V");
+                let (k, v) = kv.split_once('=').expect("--compare-env K=V");
+                compare_env.push((k.to_string(), v.to_string()));
+            }
             "--rounds" => {
                 rounds = args
                     .next()
@@ -653,16 +723,32 @@ fn main() {
         }
     }
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
-    let binaries: Vec<String> = std::iter::once(worker).chain(compare).collect();
+    let binaries: Vec<Binary> = std::iter::once(Binary {
+        path: worker,
+        env: Vec::new(),
+    })
+    .chain(compare.map(|path| Binary {
+        path,
+        env: compare_env,
+    }))
+    .collect();
     let two = binaries.len() > 1;
+    let names: Vec<String> = binaries
+        .iter()
+        .map(|b| {
+            let env: Vec<String> = b.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+            format!("{}{}", env.concat(), b.path)
+        })
+        .collect();
     println!(
-        "workers: {} (run as {})",
-        binaries.join(" vs "),
+        "workers: {} (run as {}; {})",
+        names.join(" vs "),
         if launcher().is_empty() {
             "this user"
         } else {
             "nobody"
-        }
+        },
+        env!("LSWSGI_PYTHON_EXECUTABLE")
     );
     println!(
         "rounds: {rounds} (binaries alternate within each round; medians shown{})",
@@ -732,19 +818,19 @@ fn main() {
         }
     }
     if wanted("footprint") {
-        let mut rounds_out: Vec<Vec<BTreeMap<&str, f64>>> = vec![Vec::new(); binaries.len()];
+        let mut rounds_out: Vec<Vec<BTreeMap<String, f64>>> = vec![Vec::new(); binaries.len()];
         for round in 0..rounds {
             for (i, b) in binaries.iter().enumerate() {
                 rounds_out[i].push(footprint(b, soak, explain && round == 0));
             }
         }
-        let med: Vec<BTreeMap<&str, f64>> = rounds_out
+        let med: Vec<BTreeMap<String, f64>> = rounds_out
             .iter()
             .map(|r| {
                 r[0].keys()
-                    .map(|&k| {
+                    .map(|k| {
                         let mut v: Vec<f64> = r.iter().filter_map(|m| m.get(k).copied()).collect();
-                        (k, median(&mut v))
+                        (k.clone(), median(&mut v))
                     })
                     .collect()
             })
@@ -760,17 +846,17 @@ fn main() {
         for (k, v) in &med[0] {
             match med.get(1).and_then(|m| m.get(k)) {
                 Some(t) => {
-                    ratios.insert((k.to_string(), "kB"), v / t);
+                    ratios.insert((k.clone(), "kB"), v / t);
                     println!("| {k} | {v:.0} | {t:.0} | {:.2} |", v / t);
                 }
                 None if two => println!("| {k} | {v:.0} | - | - |"),
                 None => println!("| {k} | {v:.0} |"),
             }
         }
-        if let Some((rss, uss)) = bare_python(&binaries[0]) {
+        if let Some((rss, uss)) = bare_python(&binaries[0].path) {
             println!("| bare interpreter, idle (baseline): RSS {rss} kB, USS {uss} kB |");
         }
-        if let Ok(m) = std::fs::metadata(&binaries[0]) {
+        if let Ok(m) = std::fs::metadata(&binaries[0].path) {
             let kib = m.len() as f64 / 1024.0;
             println!(
                 "\nour binary: {kib:.0} KiB (target ≤ 512 KiB stripped: {})",

@@ -5,7 +5,8 @@
 # Finds CPython 3.9-3.13 and, for each minor version other than the default
 # one, builds lswsgi against it in its own target directory (target/py3.X)
 # and runs the tests whose behaviour depends on the Python version (worker,
-# ProcessGroup, mod_wsgi application groups, frameworks, unit tests) with its
+# ProcessGroup, mod_wsgi application groups, frameworks, the immortalized
+# preloaded heap of 3.12+, unit tests) with its
 # own virtualenv (.venv-test-3.X: Flask and a Django release supporting that
 # Python). Prints one row per version (the default's from --default) and one
 # closing line; fails when a version is missing or any test fails.
@@ -100,7 +101,7 @@ run_version() {
     PYO3_PYTHON=$python CARGO_TARGET_DIR=target/py$v LSWSGI_TEST_VENV=$PWD/$venv \
         RUSTFLAGS="${RUSTFLAGS:-} -D warnings" \
         LSWSGI_TEST_OTHER_PYTHON=$other \
-        cargo test --no-fail-fast --bin lswsgi --test worker --test pgroup --test modwsgi --test frameworks \
+        cargo test --no-fail-fast --bin lswsgi --test worker --test pgroup --test modwsgi --test frameworks --test immortal \
         >"$log" 2>&1
     status=$?
     read -r passed failed skipped < <(tally "$log")

@@ -84,6 +84,10 @@ pub struct Config {
     /// process's exit work (non-daemon threads, atexit handlers) after which
     /// it exits anyway, like mod_wsgi's shutdown-timeout.
     pub shutdown_timeout: u64,
+    /// LSAPI_IMMORTALIZE (0 or 1, default 1): a ProcessGroup parent on
+    /// CPython 3.12/3.13 makes its preloaded heap immortal before the first
+    /// fork, so children stop copying its pages through reference counts.
+    pub immortalize: bool,
     /// Problems found while reading the variables, for the log.
     pub warnings: Vec<String>,
 }
@@ -139,6 +143,7 @@ impl Config {
         let shutdown_timeout = positive("LSAPI_SHUTDOWN_TIMEOUT", 5, 3600);
         let keep_listen = num("LSAPI_KEEP_LISTEN", 1, 2) as u8;
         let accept_notify = num("LSAPI_ACCEPT_NOTIFY", 0, 1) == 1;
+        let immortalize = num("LSAPI_IMMORTALIZE", 1, 1) == 1;
         let slow_req_msecs = num("LSAPI_SLOW_REQ_MSECS", 0, MAX_MSECS);
         let pgrp_max_idle = get("LSAPI_PGRP_MAX_IDLE")
             .is_some()
@@ -205,6 +210,7 @@ impl Config {
             lve_enable,
             shutdown_timeout,
             max_app_groups,
+            immortalize,
             warnings: warnings.into_inner(),
         }
     }
@@ -267,6 +273,7 @@ mod tests {
         assert_eq!(c.avoid_fork, None);
         assert_eq!(c.shutdown_timeout, 5);
         assert_eq!(c.max_app_groups, 10);
+        assert!(c.immortalize);
         assert!(!c.ppid_no_check && !c.allow_core_dump && !c.accept_notify);
         assert!(c.warnings.is_empty());
     }
@@ -334,7 +341,8 @@ mod tests {
     }
 
     /// Every numeric variable at u64::MAX, and beyond it.
-    const NUMERIC: [&str; 16] = [
+    const NUMERIC: [&str; 17] = [
+        "LSAPI_IMMORTALIZE",
         "LSAPI_MAX_APP_GROUPS",
         "LSAPI_CHILDREN",
         "LSAPI_EXTRA_CHILDREN",
@@ -362,7 +370,7 @@ mod tests {
         assert_eq!(c.max_process_time, MAX_SECS);
         assert_eq!(c.pgrp_max_idle, Some(MAX_SECS));
         assert_eq!(c.keep_listen, 2);
-        assert!(c.accept_notify);
+        assert!(c.accept_notify && c.immortalize);
         assert_eq!(c.slow_req_msecs, MAX_MSECS);
         assert_eq!(c.max_busy_worker, Some(MAX_CHILDREN));
         assert_eq!(c.shutdown_timeout, 3600);
@@ -389,6 +397,15 @@ mod tests {
         assert_eq!(c.avoid_fork, Some(u64::MAX));
         let c = config(&[("LSAPI_AVOID_FORK", "18446744073709551615G")]);
         assert_eq!(c.avoid_fork, None);
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn immortalize_switch() {
+        assert!(!config(&[("LSAPI_IMMORTALIZE", "0")]).immortalize);
+        assert!(config(&[("LSAPI_IMMORTALIZE", "1")]).immortalize);
+        let c = config(&[("LSAPI_IMMORTALIZE", "off")]);
+        assert!(c.immortalize, "a bad value keeps the default");
         assert_eq!(c.warnings.len(), 1);
     }
 

@@ -1338,6 +1338,7 @@ impl Parent<'_> {
             Some(n) => crate::info!("gc.freeze: {n} objects moved to the permanent generation"),
             None => crate::info!("gc.freeze is not available in this Python"),
         }
+        wsgi::immortal::after_freeze(self.cfg.immortalize);
     }
 
     /// Reaps every exited child of the parent's own record (waitpid on each

@@ -20,6 +20,7 @@
 
 mod environ;
 pub mod errpage;
+pub mod immortal;
 pub mod interp;
 mod objects;
 pub mod py;

@@ -1,0 +1,224 @@
+//! Immortalizing the preloaded heap before the first fork (CPython 3.12 and
+//! 3.13, PEP 683), so children stop copying the parent's pages merely by
+//! using its objects.
+//!
+//! Every `Py_INCREF`/`Py_DECREF` writes the object's header; in a forked
+//! child each such write copies a whole 4 KiB page the parent shares. CPython
+//! 3.12 and 3.13 skip both on an immortal object. The rule, for the 64-bit
+//! builds with a GIL (`object.h` of each version): an object is immortal when
+//! the low 32 bits of `ob_refcnt` read as a negative `int32_t`; `Py_INCREF`
+//! saturates there and `_Py_IMMORTAL_REFCNT` is `UINT_MAX` (0xFFFF_FFFF) in
+//! both. 3.13's free-threaded build keeps the count elsewhere (`ob_ref_local`
+//! == `UINT32_MAX`) and 3.11 and earlier have no immortal objects: on those
+//! nothing is done. 3.14 changes the value again; it is not supported here.
+//!
+//! What is marked: everything the main interpreter's garbage collector holds
+//! in its permanent generation (all it tracked at `gc.freeze()`), and,
+//! transitively, everything those objects reference (`tp_traverse`, which
+//! also reaches untracked objects: str, bytes, int, float, untracked tuples
+//! and dicts) plus the constants and names of code objects (which have no
+//! `tp_traverse`). Not marked, nor followed: objects already immortal (static
+//! types, small ints, interned strings of 3.12), and frame objects (they
+//! point into thread stacks that the child does not have).
+//!
+//! Why it is sound: an immortal object is never deallocated, so it never
+//! drops the references it holds; the mortal objects it references keep a
+//! count ≥ 1 for ever (leaked, never freed early), and decrementing an
+//! immortal count is a no-op. Only the main interpreter is walked, and only
+//! while it is the only one, so no object owned by a sub-interpreter (whose
+//! memory its teardown frees regardless of counts) is ever marked.
+
+use super::py::{ffi, intern, Obj};
+use std::ffi::{c_int, c_void, CStr};
+
+/// `_Py_IMMORTAL_REFCNT` of CPython 3.12 and 3.13 on 64-bit builds.
+#[cfg(target_pointer_width = "64")]
+const IMMORTAL_REFCNT: ffi::Py_ssize_t = 0xFFFF_FFFF;
+
+/// What [`immortalize_heap`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Objects marked immortal, of which code objects, and milliseconds spent.
+    Done {
+        objects: usize,
+        code: usize,
+        ms: u64,
+    },
+    /// Nothing done, and why (for the log).
+    Skipped(&'static str),
+}
+
+/// Marks the main interpreter's frozen heap immortal (see the module doc),
+/// once, in the ProcessGroup parent after `gc.freeze()` and before the first
+/// fork. `enabled` is LSAPI_IMMORTALIZE.
+pub fn immortalize_heap(enabled: bool) -> Outcome {
+    if !enabled {
+        return Outcome::Skipped("LSAPI_IMMORTALIZE=0");
+    }
+    // SAFETY: called on the thread that holds the GIL, with the main
+    // interpreter current (the group parent serves no requests).
+    unsafe {
+        if let Some(why) = unsupported() {
+            return Outcome::Skipped(why);
+        }
+        let start = std::time::Instant::now();
+        let Some(roots) = frozen_objects() else {
+            ffi::PyErr_Clear();
+            return Outcome::Skipped("the frozen generation could not be listed");
+        };
+        let (objects, code) = mark_reachable(&roots);
+        Outcome::Done {
+            objects,
+            code,
+            ms: start.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// [`immortalize_heap`], logged: the group parent's one call, made right
+/// after `gc.freeze()` before the first fork.
+pub fn after_freeze(enabled: bool) {
+    match immortalize_heap(enabled) {
+        Outcome::Done { objects, code, ms } => crate::info!(
+            "immortalized {objects} objects ({code} code objects) of the preloaded heap in {ms} ms"
+        ),
+        Outcome::Skipped(why) => crate::info!("heap not immortalized: {why}"),
+    }
+}
+
+/// Why this interpreter must not be touched, if it must not.
+///
+/// # Safety
+/// GIL held.
+unsafe fn unsupported() -> Option<&'static str> {
+    if cfg!(not(target_pointer_width = "64")) {
+        return Some("only 64-bit builds are supported");
+    }
+    let version = CStr::from_ptr(ffi::Py_GetVersion()).to_bytes();
+    let minor = version
+        .strip_prefix(b"3.")
+        .and_then(|r| r.split(|&b| b == b'.').next())
+        .and_then(|m| std::str::from_utf8(m).ok()?.parse::<u32>().ok());
+    if !matches!(minor, Some(12 | 13)) {
+        return Some("this Python has no immortal objects (CPython 3.12 and 3.13 only)");
+    }
+    // sys.abiflags holds 't' on a free-threaded build (another refcount layout).
+    let flags = ffi::PySys_GetObject(c"abiflags".as_ptr());
+    if !flags.is_null() && ffi::PyUnicode_Check(flags) != 0 {
+        let t = ffi::PyUnicode_FindChar(flags, 't' as u32, 0, isize::MAX, 1);
+        ffi::PyErr_Clear();
+        if t >= 0 {
+            return Some("free-threaded builds are not supported");
+        }
+    }
+    let main = ffi::PyInterpreterState_Main();
+    if ffi::PyInterpreterState_Get() != main || !ffi::PyInterpreterState_Next(main).is_null() {
+        return Some("a sub-interpreter exists (only a lone main interpreter is walked)");
+    }
+    None
+}
+
+/// A list of the permanent generation's objects: `gc.get_objects()` lists
+/// only generations 0-2, so the frozen objects are moved back into the
+/// oldest one for the listing (`gc.unfreeze()`; `get_objects(2)` leaves out
+/// whatever younger objects exist) and frozen again at once. Both moves are
+/// O(1) list splices, and no Python code runs in between.
+///
+/// # Safety
+/// GIL held, no exception pending.
+unsafe fn frozen_objects() -> Option<Obj> {
+    let gc = Obj::owned(ffi::PyImport_ImportModule(c"gc".as_ptr()))?;
+    let attr = |name: &CStr| Obj::owned(ffi::PyObject_GetAttrString(gc.ptr(), name.as_ptr()));
+    let (unfreeze, get_objects, freeze) =
+        (attr(c"unfreeze")?, attr(c"get_objects")?, attr(c"freeze")?);
+    let oldest = Obj::owned(ffi::PyLong_FromLong(2))?;
+    Obj::owned(ffi::PyObject_CallNoArgs(unfreeze.ptr()))?;
+    let objects = Obj::owned(ffi::PyObject_CallOneArg(get_objects.ptr(), oldest.ptr()));
+    // Frozen again whatever happened: no exception may be pending for it.
+    ffi::PyErr_Clear();
+    Obj::owned(ffi::PyObject_CallNoArgs(freeze.ptr()))?;
+    objects.filter(|l| ffi::PyList_Check(l.ptr()) != 0)
+}
+
+/// Whether `op` is immortal by the 3.12/3.13 64-bit rule.
+///
+/// # Safety
+/// `op` is a live object.
+#[inline]
+unsafe fn is_immortal(op: *mut ffi::PyObject) -> bool {
+    (ffi::Py_REFCNT(op) as i32) < 0
+}
+
+/// Marks `op` immortal (unless it already is, or is a frame) and queues it
+/// for its referents. Called by `tp_traverse` for each referent.
+unsafe extern "C" fn visit(op: *mut ffi::PyObject, arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the walk's stack (see mark_reachable); `op` is a live
+    // referent handed out by tp_traverse, or a root held by the root list.
+    let stack = &mut *arg.cast::<Vec<*mut ffi::PyObject>>();
+    if op.is_null()
+        || is_immortal(op)
+        || ffi::Py_TYPE(op) == std::ptr::addr_of_mut!(ffi::PyFrame_Type)
+    {
+        return 0;
+    }
+    #[cfg(target_pointer_width = "64")]
+    {
+        // SAFETY: ob_refcnt is the first word of the header in every 64-bit
+        // build with a GIL (checked in `unsupported`); the GIL is held, so
+        // no other thread reads or writes it meanwhile.
+        std::ptr::addr_of_mut!((*op).ob_refcnt)
+            .cast::<ffi::Py_ssize_t>()
+            .write(IMMORTAL_REFCNT);
+    }
+    stack.push(op);
+    0
+}
+
+/// Attributes of a code object that hold objects: all plain members, so
+/// reading them allocates nothing (co_code and co_varnames would build and
+/// cache new objects).
+const CODE_MEMBERS: [&CStr; 7] = [
+    c"co_consts",
+    c"co_names",
+    c"co_filename",
+    c"co_name",
+    c"co_qualname",
+    c"co_linetable",
+    c"co_exceptiontable",
+];
+
+/// Marks every item of `roots` and everything reachable from them; returns
+/// (objects marked, code objects among them). The walk keeps its own stack,
+/// so deep structures cannot exhaust the C stack.
+///
+/// # Safety
+/// GIL held, no Python code runs meanwhile (nothing here calls any), the
+/// main interpreter is the only one.
+unsafe fn mark_reachable(roots: &Obj) -> (usize, usize) {
+    let n = ffi::PyList_Size(roots.ptr()).max(0);
+    let mut stack: Vec<*mut ffi::PyObject> = Vec::with_capacity(1024);
+    let arg = std::ptr::addr_of_mut!(stack).cast::<c_void>();
+    let (mut objects, mut code) = (0usize, 0usize);
+    let names = CODE_MEMBERS.map(|n| intern(n));
+    for i in 0..n {
+        visit(ffi::PyList_GetItem(roots.ptr(), i), arg);
+        while let Some(op) = stack.pop() {
+            objects += 1;
+            if ffi::PyObject_IS_GC(op) != 0 {
+                if let Some(traverse) = (*ffi::Py_TYPE(op)).tp_traverse {
+                    traverse(op, visit, arg);
+                }
+            } else if ffi::PyCode_Check(op) != 0 {
+                code += 1;
+                for name in &names {
+                    // A new reference, to an object the code object holds.
+                    if let Some(v) = Obj::owned(ffi::PyObject_GetAttr(op, name.ptr())) {
+                        visit(v.ptr(), arg);
+                    }
+                }
+                ffi::PyErr_Clear();
+            }
+        }
+    }
+    (objects, code)
+}
