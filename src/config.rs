@@ -145,10 +145,13 @@ impl Config {
         let accept_notify = num("LSAPI_ACCEPT_NOTIFY", 0, 1) == 1;
         let immortalize = num("LSAPI_IMMORTALIZE", 1, 1) == 1;
         let slow_req_msecs = num("LSAPI_SLOW_REQ_MSECS", 0, MAX_MSECS);
-        let pgrp_max_idle = get("LSAPI_PGRP_MAX_IDLE")
-            .is_some()
-            .then(|| num("LSAPI_PGRP_MAX_IDLE", 0, MAX_SECS))
-            .filter(|&s| s > 0);
+        // OpenLiteSpeed 1.9 sets INT32_MAX in every App Server context to
+        // mean "no limit": nothing to warn the account about.
+        let pgrp_max_idle = match get("LSAPI_PGRP_MAX_IDLE") {
+            Some(v) if v.trim() == "2147483647" => None,
+            Some(_) => Some(num("LSAPI_PGRP_MAX_IDLE", 0, MAX_SECS)).filter(|&s| s > 0),
+            None => None,
+        };
         let min_uid = num("LSAPI_MIN_UID", 11, u32::MAX as u64 - 1) as u32;
         let min_gid = num("LSAPI_MIN_GID", 10, u32::MAX as u64 - 1) as u32;
         let lve_enable = if get("LSAPI_LVE_ENABLE").is_some() {
@@ -419,6 +422,9 @@ mod tests {
         assert_eq!(c.stderr_log.as_deref(), Some("/tmp/b.log"));
         assert!(c.ppid_no_check);
         assert_eq!(c.pgrp_max_idle, Some(30));
+        // OpenLiteSpeed 1.9's "no limit", silently.
+        let c = config(&[("LSAPI_PGRP_MAX_IDLE", "2147483647")]);
+        assert_eq!((c.pgrp_max_idle, c.warnings.len()), (None, 0));
         let c = config(&[
             ("LSAPI_STDERR_LOG", "/tmp/a.log"),
             ("LS_STDERR_LOG", "/tmp/b.log"),
