@@ -84,8 +84,23 @@ pub struct Config {
     /// process's exit work (non-daemon threads, atexit handlers) after which
     /// it exits anyway, like mod_wsgi's shutdown-timeout.
     pub shutdown_timeout: u64,
+    /// LSAPI_APP_INTERFACE (`auto`, `wsgi` or `asgi`; default `auto`): how
+    /// the application callable is called.
+    pub app_interface: AppInterface,
     /// Problems found while reading the variables, for the log.
     pub warnings: Vec<String>,
+}
+
+/// Which interface the application callable speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppInterface {
+    /// ASGI when the callable is a coroutine function or its `__call__` is
+    /// one, WSGI otherwise.
+    Auto,
+    /// Always WSGI (PEP 3333).
+    Wsgi,
+    /// Always ASGI 3.0.
+    Asgi,
 }
 
 impl Config {
@@ -179,6 +194,19 @@ impl Config {
         let max_busy_worker =
             Some(num("LSAPI_MAX_BUSY_WORKER", 0, MAX_CHILDREN as u64) as u32).filter(|&n| n > 0);
 
+        let app_interface = match get("LSAPI_APP_INTERFACE").as_deref().map(str::trim) {
+            None | Some("") => AppInterface::Auto,
+            Some(v) if v.eq_ignore_ascii_case("auto") => AppInterface::Auto,
+            Some(v) if v.eq_ignore_ascii_case("wsgi") => AppInterface::Wsgi,
+            Some(v) if v.eq_ignore_ascii_case("asgi") => AppInterface::Asgi,
+            Some(v) => {
+                warnings.borrow_mut().push(format!(
+                    "LSAPI_APP_INTERFACE={v:?} is not auto, wsgi or asgi; using auto"
+                ));
+                AppInterface::Auto
+            }
+        };
+
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
         Config {
             children,
@@ -205,6 +233,7 @@ impl Config {
             lve_enable,
             shutdown_timeout,
             max_app_groups,
+            app_interface,
             warnings: warnings.into_inner(),
         }
     }
@@ -267,6 +296,7 @@ mod tests {
         assert_eq!(c.avoid_fork, None);
         assert_eq!(c.shutdown_timeout, 5);
         assert_eq!(c.max_app_groups, 10);
+        assert_eq!(c.app_interface, AppInterface::Auto);
         assert!(!c.ppid_no_check && !c.allow_core_dump && !c.accept_notify);
         assert!(c.warnings.is_empty());
     }
@@ -407,5 +437,21 @@ mod tests {
             ("LS_STDERR_LOG", "/tmp/b.log"),
         ]);
         assert_eq!(c.stderr_log.as_deref(), Some("/tmp/a.log"));
+    }
+
+    #[test]
+    fn app_interface_override() {
+        let get = |v: &str| config(&[("LSAPI_APP_INTERFACE", v)]);
+        assert_eq!(get("asgi").app_interface, AppInterface::Asgi);
+        assert_eq!(get(" WSGI ").app_interface, AppInterface::Wsgi);
+        assert_eq!(get("auto").app_interface, AppInterface::Auto);
+        assert_eq!(get("").app_interface, AppInterface::Auto);
+        let c = get("fastapi");
+        assert_eq!(c.app_interface, AppInterface::Auto);
+        assert!(
+            c.warnings[0].contains("LSAPI_APP_INTERFACE"),
+            "{:?}",
+            c.warnings
+        );
     }
 }

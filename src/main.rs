@@ -169,7 +169,7 @@ fn main() -> ExitCode {
         error!("{e}");
         return ExitCode::FAILURE;
     }
-    wsgi::init_context(cfg.stderr_log.is_some());
+    wsgi::init_context(cfg.stderr_log.is_some(), cfg.app_interface);
     let rt = match wsgi::Runtime::new(wsgi::Options {
         preload: args.preload,
         multiprocess: cfg.process_group(),

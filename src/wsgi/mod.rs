@@ -18,12 +18,14 @@
 //! Python. All of it is touched only with the GIL held, which serialises
 //! the main thread with any application thread that calls a request object.
 
+mod asgi;
 mod environ;
 pub mod interp;
 mod objects;
 pub mod py;
 mod respond;
 
+use crate::config::AppInterface;
 use lswsgi::conn::Conn;
 use respond::Response;
 use std::cell::Cell;
@@ -51,6 +53,13 @@ pub struct Ctx {
     /// The `write` callable for the request in flight (a new reference is
     /// handed out by start_response).
     writer: Cell<*mut py::ffi::PyObject>,
+    /// LSAPI_APP_INTERFACE: how applications are called.
+    interface: Cell<AppInterface>,
+    /// ASGI: the last `http.request` message (more_body false) went out.
+    body_done: Cell<bool>,
+    /// ASGI: the scope and message keys of the interpreter serving the
+    /// request in flight (null when none is).
+    asgi_keys: Cell<*const asgi::Keys>,
 }
 
 /// Capacity the readline scratch is cut back to between requests (bytes).
@@ -108,6 +117,9 @@ static CTX: Global = Global(Ctx {
     main_thread: Cell::new(0),
     line: Cell::new(Vec::new()),
     writer: Cell::new(std::ptr::null_mut()),
+    interface: Cell::new(AppInterface::Auto),
+    body_done: Cell::new(false),
+    asgi_keys: Cell::new(std::ptr::null()),
 });
 
 /// The process-wide request context.
@@ -142,14 +154,15 @@ pub fn log_request_error(conn: &mut Conn, msg: &str) {
     crate::error!("{msg}");
 }
 
-/// Sets up [`Ctx`] for the process: the thread that serves requests and where
-/// wsgi.errors goes.
-pub fn init_context(errors_to_fd2: bool) {
+/// Sets up [`Ctx`] for the process: the thread that serves requests, where
+/// wsgi.errors goes and which interface applications speak.
+pub fn init_context(errors_to_fd2: bool, interface: AppInterface) {
     // SAFETY: called once before serving, on the main thread with the GIL.
     unsafe {
         let c = ctx();
         c.main_thread.set(libc::pthread_self());
         c.errors_to_fd2.set(errors_to_fd2);
+        c.interface.set(interface);
         c.line.set(Vec::with_capacity(1024));
     }
 }
