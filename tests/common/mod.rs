@@ -227,3 +227,27 @@ pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
     }
     out
 }
+
+/// `LS_PYTHONBIN` of the test virtualenv (`LSWSGI_TEST_VENV`, else
+/// `<repo>/.venv-test`), checked to import `modules` (comma-separated); a
+/// panic naming what is missing otherwise (these tests never skip).
+pub fn venv_python_with(modules: &str) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = match std::env::var_os("LSWSGI_TEST_VENV") {
+        Some(v) if !v.is_empty() => repo.join(PathBuf::from(v)),
+        _ => repo.join(".venv-test"),
+    };
+    let python = dir.join("bin/python");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests need a virtualenv where `bin/python -c 'import {modules}'` works: {} \
+         does not (LSWSGI_TEST_VENV; `bash scripts/test.sh` creates .venv-test)",
+        dir.display()
+    );
+    python.to_string_lossy().into_owned()
+}
