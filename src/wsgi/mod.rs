@@ -132,13 +132,15 @@ unsafe fn ctx() -> &'static Ctx {
 }
 
 /// Writes an error-log line for the request in flight: to the server's log
-/// (STDERR_STREAM) when a request is active and wsgi.errors goes there, to
-/// fd 2 otherwise.
+/// (STDERR_STREAM) while a request is active, its response not yet ended,
+/// and wsgi.errors goes there; to fd 2 otherwise. After RESP_END the server
+/// takes the next packets as the next request's, so nothing more of this
+/// request may go there.
 pub fn log_request_error(conn: &mut Conn, msg: &str) {
     // SAFETY: GIL held by every caller (main thread, serving).
     let to_server = unsafe {
         let c = ctx();
-        c.active.get() && !c.errors_to_fd2.get()
+        c.active.get() && !c.errors_to_fd2.get() && c.resp.phase() != respond::Phase::Ended
     };
     if to_server && conn.fd() >= 0 {
         let mut line = String::with_capacity(msg.len() + 24);
