@@ -247,7 +247,14 @@ fn client_that_disconnects_mid_body() {
     let packet = spec.encode().unwrap();
     c.stream().write_all(&packet).unwrap();
     c.stream().write_all(&[1u8; 200_000]).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Gone once the application is reading (before that, the worker would
+    // only find the connection closed when it acknowledges the request).
+    assert!(
+        w.wait_log("slow-upload reading", Duration::from_secs(30)),
+        "{}",
+        w.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(100));
     drop(c);
     // Whole 64 KiB messages only: the last, partial one never arrived.
     assert!(

@@ -138,6 +138,8 @@ async def application(scope, receive, send):
             if m["type"] == "http.disconnect":
                 print("slow-upload saw http.disconnect after %d bytes" % total, flush=True)
                 return
+            if total == 0:
+                print("slow-upload reading", flush=True)
             total += len(m["body"])
             await asyncio.sleep(0.01)
             if not m.get("more_body"):
