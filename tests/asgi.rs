@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use lswsgi::client::{Client, Ending, Response};
 use lswsgi::lsapi::build::RequestSpec;
+use lswsgi::lsapi::PacketType;
 use std::io::Write;
 use std::time::Duration;
 
@@ -165,8 +166,21 @@ fn streaming_response_goes_out_in_parts() {
     let r = call_ok(&mut c, &req("GET", "/stream?4"), b"");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "part 0\npart 1\npart 2\npart 3\n");
-    // One RESP_HEADER, a RESP_STREAM per part, one RESP_END.
-    let streams = r.packets.iter().filter(|&&p| p == 4).count();
+    // REQ_RECEIVED first (before the app ran), then one RESP_HEADER, a
+    // RESP_STREAM per part, one RESP_END.
+    assert_eq!(
+        r.packets[0],
+        PacketType::ReqReceived as u8,
+        "{:?}",
+        r.packets
+    );
+    assert_eq!(r.packets[1], PacketType::RespHeader as u8);
+    assert_eq!(r.packets.last(), Some(&(PacketType::RespEnd as u8)));
+    let streams = r
+        .packets
+        .iter()
+        .filter(|&&p| p == PacketType::RespStream as u8)
+        .count();
     assert!(streams >= 4, "packets {:?}", r.packets);
     // pathsend: the file itself, with sendfile.
     let r = call_ok(&mut c, &req("GET", "/pathsend"), b"");
