@@ -349,6 +349,21 @@ fn lifespan_once_per_child_never_in_the_parent_and_shutdown_at_exit() {
 }
 
 #[test]
+fn lifespan_shutdown_is_bounded_by_the_shutdown_timeout() {
+    let mut w = start_raw(&[("RAW_SHUTDOWN_HANG", "1"), ("LSAPI_SHUTDOWN_TIMEOUT", "2")]);
+    assert_eq!(call_ok(&mut w.connect(), &req("GET", "/"), b"").status, 200);
+    let t = std::time::Instant::now();
+    w.spawned.stop(Duration::from_secs(30)).unwrap();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(15), "exit took {took:?}");
+    let log = w.log_text();
+    assert!(
+        log.contains("shutdown not done after 2 s (LSAPI_SHUTDOWN_TIMEOUT), while running the atexit handlers"),
+        "{log}"
+    );
+}
+
+#[test]
 fn failed_lifespan_startup_is_a_500_not_a_crash_loop() {
     let mut w = start_raw(&[("RAW_FAIL_STARTUP", "1")]);
     let mut c = w.connect();

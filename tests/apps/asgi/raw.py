@@ -54,6 +54,8 @@ async def application(scope, receive, send):
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif m["type"] == "lifespan.shutdown":
+                if os.environ.get("RAW_SHUTDOWN_HANG"):
+                    await asyncio.sleep(3600)
                 path = os.environ.get("RAW_SHUTDOWN_FILE")
                 if path:
                     with open(path, "a") as f:
