@@ -655,3 +655,13 @@ fn django_asgi_worker_preload() {
 fn django_asgi_group_script() {
     django(Load::GroupScript);
 }
+
+#[test]
+fn a_wsgi_app_does_not_load_asyncio_or_inspect() {
+    // The interface check runs for every application; for a WSGI one it
+    // must not import anything (inspect alone is ten modules, kept for the
+    // life of every worker).
+    let w = Worker::start(&["-m", &app("asgi/modules.wsgi")], &[]);
+    let r = call_ok(&mut w.connect(), &req("GET", "/"), b"");
+    assert_eq!(r.text(), "loaded=");
+}
