@@ -111,17 +111,38 @@ def restrict_signals(log):
 # for the end of the response, as the spec asks ("http.disconnect" then).
 
 
+# CO_COROUTINE: the code flag of an `async def` function.
+_CO_COROUTINE = 0x80
+
+
+def _coroutine_function(f):
+    """inspect.iscoroutinefunction without importing inspect (which a WSGI
+    worker would otherwise load, and keep, just for this check)."""
+    functools = sys.modules.get("functools")
+    while functools is not None and isinstance(f, functools.partial):
+        f = f.func
+    f = getattr(f, "__func__", f)  # a bound method: its function
+    code = getattr(f, "__code__", None)
+    if code is not None and getattr(code, "co_flags", 0) & _CO_COROUTINE:
+        return True
+    # Marked with inspect.markcoroutinefunction (3.12+, asgiref): inspect is
+    # loaded already.
+    if getattr(f, "_is_coroutine_marker", None) is not None:
+        import inspect
+
+        return inspect.iscoroutinefunction(f)
+    return False
+
+
 def asgi_kind(app):
     """Whether `app` is an ASGI 3 application: a coroutine function, or an
     object whose __call__ is one (FastAPI, Starlette, Django's ASGIHandler)."""
-    import inspect
-
-    if inspect.isclass(app):
+    if isinstance(app, type):
         return False
-    if inspect.iscoroutinefunction(app):
+    if _coroutine_function(app):
         return True
     call = getattr(app, "__call__", None)
-    return call is not None and inspect.iscoroutinefunction(call)
+    return call is not None and _coroutine_function(call)
 
 
 class _Lifespan:
