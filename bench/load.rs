@@ -66,6 +66,9 @@ struct Scenario {
     /// The script is preloaded with `-m` (else each request names it in
     /// SCRIPT_FILENAME, the script handler).
     preload: bool,
+    /// Only our worker can serve it (a native ASGI application): with a
+    /// second binary it runs for ours alone.
+    ours_only: bool,
 }
 
 /// A scenario with the common defaults (Worker mode, GET, script handler).
@@ -87,6 +90,7 @@ const fn scenario(
         expect_len,
         venv: false,
         preload: false,
+        ours_only: false,
     }
 }
 
@@ -184,6 +188,17 @@ const PRELOADED_SITES: [(&str, Scenario); 2] = [
     ("django", DJANGO_SITE),
 ];
 
+/// A FastAPI JSON route (47 bytes), preloaded with `-m`: natively as ASGI
+/// (ours only), and the same app through a2wsgi's ASGI-to-WSGI adapter
+/// (both workers).
+const FASTAPI: Scenario = venv(preload(scenario(
+    "fastapi-json",
+    "bench/apps/fastapi_json.py",
+    &["/json"],
+    5000,
+    Some(47),
+)));
+
 const SCENARIOS: &[Scenario] = &[
     HELLO,
     pg4(Scenario {
@@ -220,6 +235,15 @@ const SCENARIOS: &[Scenario] = &[
         ..FLASK_SITE
     })),
     DJANGO_SITE,
+    Scenario {
+        ours_only: true,
+        ..FASTAPI
+    },
+    Scenario {
+        name: "fastapi-json-a2wsgi",
+        script: "bench/apps/fastapi_a2wsgi.py",
+        ..FASTAPI
+    },
 ];
 
 /// The virtualenv with Flask and Django: LSWSGI_TEST_VENV, else .venv-test
@@ -763,6 +787,8 @@ fn main() {
     }
     // (name, figure) -> ours/theirs
     let mut ratios: BTreeMap<(String, &str), f64> = BTreeMap::new();
+    // Scenario -> median CPU µs/req per binary run.
+    let mut cpu_us: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for s in SCENARIOS {
         if !wanted(s.name) {
             continue;
@@ -775,9 +801,14 @@ fn main() {
             continue;
         }
         // Alternate binaries within each round so drift hits both alike.
-        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); binaries.len()];
+        let runs = if s.ours_only {
+            &binaries[..1]
+        } else {
+            &binaries[..]
+        };
+        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); runs.len()];
         for _ in 0..rounds {
-            for (i, b) in binaries.iter().enumerate() {
+            for (i, b) in runs.iter().enumerate() {
                 results[i].push(run(b, s, scale));
             }
         }
@@ -793,7 +824,14 @@ fn main() {
                 }
             })
             .collect();
-        if two {
+        cpu_us.insert(s.name, med.iter().map(|f| f.cpu_us).collect());
+        if two && s.ours_only {
+            let a = &med[0];
+            println!(
+                "| {} | {:.0} | - | - | {:.1} | - | - | {:.3} | - |",
+                s.name, a.rps, a.cpu_us, a.p99_ms
+            );
+        } else if two {
             let (a, b) = (&med[0], &med[1]);
             ratios.insert((s.name.into(), "req/s"), a.rps / b.rps);
             ratios.insert((s.name.into(), "CPU"), a.cpu_us / b.cpu_us);
@@ -816,6 +854,20 @@ fn main() {
                 s.name, a.rps, a.p50_ms, a.p99_ms, a.cpu_us
             );
         }
+    }
+    if let (Some(native), Some(adapted)) = (
+        cpu_us.get("fastapi-json"),
+        cpu_us.get("fastapi-json-a2wsgi"),
+    ) {
+        println!("\nFastAPI JSON route, CPU µs/req: native ASGI (ours) {:.1}; through a2wsgi: ours {:.1} (native/a2wsgi {:.2}){}",
+            native[0],
+            adapted[0],
+            native[0] / adapted[0],
+            match adapted.get(1) {
+                Some(t) => format!(", LiteSpeed's lswsgi {t:.1} (native ours/a2wsgi theirs {:.2})", native[0] / t),
+                None => String::new(),
+            }
+        );
     }
     if wanted("footprint") {
         let mut rounds_out: Vec<Vec<BTreeMap<String, f64>>> = vec![Vec::new(); binaries.len()];

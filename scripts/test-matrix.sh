@@ -5,10 +5,11 @@
 # Finds CPython 3.9-3.13 and, for each minor version other than the default
 # one, builds lswsgi against it in its own target directory (target/py3.X)
 # and runs the tests whose behaviour depends on the Python version (worker,
-# ProcessGroup, mod_wsgi application groups, frameworks, the immortalized
-# preloaded heap of 3.12+, unit tests) with its
-# own virtualenv (.venv-test-3.X: Flask and a Django release supporting that
-# Python). Prints one row per version (the default's from --default) and one
+# ProcessGroup, mod_wsgi application groups, frameworks, ASGI, the
+# immortalized preloaded heap of 3.12+, unit tests) with its own virtualenv
+# (.venv-test-3.X: Flask, FastAPI, Starlette, Pydantic, a2wsgi and a Django
+# release supporting that Python). Prints one row per version (the default's
+# from --default) and one
 # closing line; fails when a version is missing or any test fails.
 #
 # Usage: test-matrix.sh [--default X.Y:PYTHON:PASSED:FAILED:SECONDS[:SKIPPED]]
@@ -83,11 +84,12 @@ run_version() {
     local v=$1 python=$2 venv=.venv-test-$1 django log other
     django='django>=5.2,<6'
     [[ $v == 3.9 ]] && django='django>=4.2,<5' # Django 5 needs Python 3.10
-    if ! "$venv/bin/python" -c 'import flask, django' 2>/dev/null ||
+    if ! "$venv/bin/python" -c 'import flask, django, fastapi, starlette, pydantic, a2wsgi' 2>/dev/null ||
         [[ $("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) != "$v" ]]; then
         rm -rf "$venv"
         if ! "$python" -m venv "$venv" ||
-            ! "$venv/bin/pip" install --quiet --disable-pip-version-check 'flask>=3,<4' "$django"; then
+            ! "$venv/bin/pip" install --quiet --disable-pip-version-check 'flask>=3,<4' "$django" \
+                'fastapi>=0.115' 'starlette>=0.40' 'pydantic>=2,<3' 'a2wsgi>=1.10,<2'; then
             echo "test-matrix: cannot make $venv for Python $v" >&2
             passed=0 failed=0 skipped=0 status=1
             return
@@ -101,7 +103,7 @@ run_version() {
     PYO3_PYTHON=$python CARGO_TARGET_DIR=target/py$v LSWSGI_TEST_VENV=$PWD/$venv \
         RUSTFLAGS="${RUSTFLAGS:-} -D warnings" \
         LSWSGI_TEST_OTHER_PYTHON=$other \
-        cargo test --no-fail-fast --bin lswsgi --test worker --test pgroup --test modwsgi --test frameworks --test immortal \
+        cargo test --no-fail-fast --bin lswsgi --test worker --test pgroup --test modwsgi --test frameworks --test immortal --test asgi \
         >"$log" 2>&1
     status=$?
     read -r passed failed skipped < <(tally "$log")

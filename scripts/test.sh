@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test the project has, as CI does.
 #
-# Prepares .venv-test (a virtualenv with Flask and Django from PyPI, reused
+# Prepares .venv-test (a virtualenv with Flask, Django, FastAPI, Starlette,
+# Pydantic and a2wsgi from PyPI, reused
 # between runs) for the framework and virtualenv tests, then: formatting,
 # clippy, a warning-free release build, and the whole cargo test suite on the
 # default Python (PYO3_PYTHON, else python3), then the version-dependent tests
@@ -12,10 +13,12 @@ cd "$(dirname "$0")/.."
 python=${PYO3_PYTHON:-python3}
 default_version=$(bash scripts/python-supported.sh "$python") || exit 1
 venv=.venv-test
-if ! "$venv/bin/python" -c 'import flask, django; assert django.VERSION >= (5, 2)' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import flask, django, fastapi, starlette, pydantic, a2wsgi
+assert django.VERSION >= (5, 2)' 2>/dev/null; then
     rm -rf "$venv"
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'flask>=3,<4' 'django>=5.2,<6'
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'flask>=3,<4' 'django>=5.2,<6' \
+        'fastapi>=0.115' 'starlette>=0.40' 'pydantic>=2,<3' 'a2wsgi>=1.10,<2'
 fi
 export LSWSGI_TEST_VENV="$PWD/$venv"
 

@@ -88,8 +88,23 @@ pub struct Config {
     /// CPython 3.12/3.13 makes its preloaded heap immortal before the first
     /// fork, so children stop copying its pages through reference counts.
     pub immortalize: bool,
+    /// LSAPI_APP_INTERFACE (`auto`, `wsgi` or `asgi`; default `auto`): how
+    /// the application callable is called.
+    pub app_interface: AppInterface,
     /// Problems found while reading the variables, for the log.
     pub warnings: Vec<String>,
+}
+
+/// Which interface the application callable speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppInterface {
+    /// ASGI when the callable is a coroutine function or its `__call__` is
+    /// one, WSGI otherwise.
+    Auto,
+    /// Always WSGI (PEP 3333).
+    Wsgi,
+    /// Always ASGI 3.0.
+    Asgi,
 }
 
 impl Config {
@@ -187,6 +202,19 @@ impl Config {
         let max_busy_worker =
             Some(num("LSAPI_MAX_BUSY_WORKER", 0, MAX_CHILDREN as u64) as u32).filter(|&n| n > 0);
 
+        let app_interface = match get("LSAPI_APP_INTERFACE").as_deref().map(str::trim) {
+            None | Some("") => AppInterface::Auto,
+            Some(v) if v.eq_ignore_ascii_case("auto") => AppInterface::Auto,
+            Some(v) if v.eq_ignore_ascii_case("wsgi") => AppInterface::Wsgi,
+            Some(v) if v.eq_ignore_ascii_case("asgi") => AppInterface::Asgi,
+            Some(v) => {
+                warnings.borrow_mut().push(format!(
+                    "LSAPI_APP_INTERFACE={v:?} is not auto, wsgi or asgi; using auto"
+                ));
+                AppInterface::Auto
+            }
+        };
+
         let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
         Config {
             children,
@@ -214,6 +242,7 @@ impl Config {
             shutdown_timeout,
             max_app_groups,
             immortalize,
+            app_interface,
             warnings: warnings.into_inner(),
         }
     }
@@ -277,6 +306,7 @@ mod tests {
         assert_eq!(c.shutdown_timeout, 5);
         assert_eq!(c.max_app_groups, 10);
         assert!(c.immortalize);
+        assert_eq!(c.app_interface, AppInterface::Auto);
         assert!(!c.ppid_no_check && !c.allow_core_dump && !c.accept_notify);
         assert!(c.warnings.is_empty());
     }
@@ -430,5 +460,21 @@ mod tests {
             ("LS_STDERR_LOG", "/tmp/b.log"),
         ]);
         assert_eq!(c.stderr_log.as_deref(), Some("/tmp/a.log"));
+    }
+
+    #[test]
+    fn app_interface_override() {
+        let get = |v: &str| config(&[("LSAPI_APP_INTERFACE", v)]);
+        assert_eq!(get("asgi").app_interface, AppInterface::Asgi);
+        assert_eq!(get(" WSGI ").app_interface, AppInterface::Wsgi);
+        assert_eq!(get("auto").app_interface, AppInterface::Auto);
+        assert_eq!(get("").app_interface, AppInterface::Auto);
+        let c = get("fastapi");
+        assert_eq!(c.app_interface, AppInterface::Auto);
+        assert!(
+            c.warnings[0].contains("LSAPI_APP_INTERFACE"),
+            "{:?}",
+            c.warnings
+        );
     }
 }

@@ -188,7 +188,7 @@ fn main() -> ExitCode {
         error!("{e}");
         return ExitCode::FAILURE;
     }
-    wsgi::init_context(cfg.stderr_log.is_some());
+    wsgi::init_context(cfg.stderr_log.is_some(), cfg.app_interface);
     wsgi::errpage::configure(cfg.stderr_log.as_deref());
     let rt = match wsgi::Runtime::new(wsgi::Options {
         preload: args.preload,

@@ -269,6 +269,30 @@ impl Ols {
         .unwrap();
         std::fs::write(html.join("broken/environ.wsgi"), FAILING_ENVIRON).unwrap();
         std::fs::write(html.join("broken/echo.wsgi"), SHORT_ECHO).unwrap();
+        // The ASGI apps: .py for App Server startup files, .wsgi for the
+        // script handler; the Django project with its ASGI entry point.
+        std::fs::create_dir_all(html.join("asgi")).unwrap();
+        for (from, to) in [
+            ("raw.py", "raw.py"),
+            ("raw.py", "raw.wsgi"),
+            ("fastapi_app.py", "fastapi.wsgi"),
+            ("starlette_app.py", "starlette.wsgi"),
+        ] {
+            std::fs::copy(
+                format!("{ROOT}/tests/apps/asgi/{from}"),
+                html.join("asgi").join(to),
+            )
+            .unwrap();
+        }
+        sh(Command::new("cp")
+            .arg("-r")
+            .arg(format!("{ROOT}/tests/apps/django_site"))
+            .arg(&html));
+        std::fs::copy(
+            html.join("django_site/asgi_app.py"),
+            html.join("django_site/asgi.wsgi"),
+        )
+        .unwrap();
         sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&root));
         // The server, running as nobody, swaps large request bodies (a
         // chunked one it de-chunks, 1.9.1) to files there.
@@ -1122,6 +1146,7 @@ per_server! {
     shedding_mid_request_loses_no_request_behind_openlitespeed =>
         shedding_mid_request_loses_no_request_behind_ols_1_5,
         shedding_mid_request_loses_no_request_behind_ols_1_9;
+    asgi_behind_openlitespeed => asgi_behind_ols_1_5, asgi_behind_ols_1_9;
 }
 
 /// Servers start concurrently, each making sure the App Server socket
@@ -1789,4 +1814,189 @@ fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
         );
     }
     finish(ours, f);
+}
+
+// ------------------------------------------------------------- ASGI (issue 24)
+
+mod common;
+
+/// A `'static` env list for a [`Site`] (each test starts its server once).
+fn leak_env(vars: Vec<String>) -> &'static [&'static str] {
+    let v: Vec<&'static str> = vars
+        .into_iter()
+        .map(|s| &*Box::leak(s.into_boxed_str()))
+        .collect();
+    Box::leak(v.into_boxed_slice())
+}
+
+/// FastAPI, Starlette and Django's ASGI handler as script handlers of an
+/// External App (Worker and ProcessGroup mode), and a plain ASGI app as an
+/// App Server startup file, all through the real server.
+fn asgi_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server) else {
+        return;
+    };
+    let python = common::venv_python_with("fastapi, starlette, pydantic, django");
+    let bin = format!("LS_PYTHONBIN={python}");
+    let ols = Ols::start(
+        &prefix,
+        &[
+            Site {
+                name: "asgiw",
+                env: leak_env(vec![bin.clone()]),
+                max_conns: 4,
+                app_servers: &[("/raw/", "asgi/raw.py")],
+                missing_worker: false,
+            },
+            Site {
+                name: "asgipg",
+                env: leak_env(vec![bin, "LSAPI_CHILDREN=4".into()]),
+                max_conns: 4,
+                app_servers: &[],
+                missing_worker: false,
+            },
+        ],
+        false,
+    );
+    let mut f = Failures::default();
+    let upload = std::env::temp_dir().join(format!("lswsgi-ols-asgi-{}", unique()));
+    let data = common::pattern(3 << 20, 17);
+    std::fs::write(&upload, &data).unwrap();
+    let sha = common::sha256_hex(&data);
+    let at_upload = format!("@{}", upload.display());
+    for site in ["asgiw", "asgipg"] {
+        let base = ols.base(site);
+        let fa = format!("{base}/asgi/fastapi.wsgi");
+        let r = curl(&format!("{fa}/items/7?q=z"), &[], 30);
+        f.check(
+            &format!("{site}: FastAPI path parameter and query"),
+            r.status == 200 && json_field(&r.text(), "item_id").as_deref() == Some("7"),
+            format!("{} {}", r.status, r.text()),
+        );
+        let json_post = ["-H", "Content-Type: application/json", "--data-binary"];
+        let r = curl(
+            &format!("{fa}/items"),
+            &[&json_post[..], &[r#"{"name":"pen","price":2}"#]].concat(),
+            30,
+        );
+        f.check(
+            &format!("{site}: FastAPI Pydantic body, lifespan state"),
+            r.status == 200
+                && r.text()
+                    == r#"{"created":{"name":"pen","price":2.0,"tags":[]},"db":"connected"}"#,
+            format!("{} {}", r.status, r.text()),
+        );
+        let r = curl(
+            &format!("{fa}/items"),
+            &[&json_post[..], &[r#"{"name":""}"#]].concat(),
+            30,
+        );
+        f.check(
+            &format!("{site}: FastAPI validation error"),
+            r.status == 422,
+            format!("{} {}", r.status, r.text()),
+        );
+        let r = curl(&format!("{fa}/stream?n=5"), &[], 30);
+        f.check(
+            &format!("{site}: FastAPI streaming response"),
+            r.status == 200 && r.text() == "line 0\nline 1\nline 2\nline 3\nline 4\n",
+            format!("{} {:?}", r.status, r.text()),
+        );
+        let r = curl(
+            &format!("{fa}/upload"),
+            &[
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &at_upload,
+            ],
+            60,
+        );
+        f.check(
+            &format!("{site}: FastAPI 3 MiB upload read in pieces"),
+            r.status == 200
+                && json_field(&r.text(), "sha256").as_deref() == Some(sha.as_str())
+                && json_field(&r.text(), "max_chunk").as_deref() == Some("65536"),
+            format!("{} {}", r.status, r.text()),
+        );
+        let r = curl(&format!("{fa}/boom"), &[], 30);
+        let after = curl(&format!("{fa}/json"), &[], 30);
+        f.check(
+            &format!("{site}: FastAPI exception, then the next request"),
+            r.status == 500 && after.status == 200,
+            format!("{} then {} {}", r.status, after.status, after.text()),
+        );
+        let st = format!("{base}/asgi/starlette.wsgi");
+        let r = curl(&format!("{st}/?a=1"), &[], 30);
+        f.check(
+            &format!("{site}: Starlette lifespan state and root_path"),
+            r.status == 200
+                && json_field(&r.text(), "greeting").as_deref() == Some("hello from lifespan")
+                && json_field(&r.text(), "root_path").as_deref() == Some("/asgi/starlette.wsgi")
+                && json_field(&r.text(), "path").as_deref() == Some("/asgi/starlette.wsgi/"),
+            format!("{} {}", r.status, r.text()),
+        );
+        let r = curl(
+            &format!("{st}/pieces"),
+            &[
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &at_upload,
+            ],
+            60,
+        );
+        f.check(
+            &format!("{site}: Starlette request.stream() upload"),
+            r.status == 200 && json_field(&r.text(), "sha256").as_deref() == Some(sha.as_str()),
+            format!(
+                "{} {}",
+                r.status,
+                tail(&r.text(), 1).chars().take(200).collect::<String>()
+            ),
+        );
+        let r = curl(&format!("{st}/stream?n=3"), &[], 30);
+        f.check(
+            &format!("{site}: Starlette streaming response"),
+            r.status == 200 && r.text() == "chunk-0;chunk-1;chunk-2;",
+            format!("{} {:?}", r.status, r.text()),
+        );
+        let dj = format!("{base}/django_site/asgi.wsgi");
+        // The project allows the host name `localhost` only.
+        let host = ["-H", "Host: localhost"];
+        let r = curl(&format!("{dj}/hello/world?q=1"), &host, 30);
+        f.check(
+            &format!("{site}: Django ASGI handler"),
+            r.status == 200
+                && r.text()
+                    == "hello world|1|/hello/world|http://localhost/django_site/asgi.wsgi/hello/world?q=1",
+            format!("{} {}", r.status, r.text()),
+        );
+        let r = curl(&format!("{dj}/stream?n=3&who=o"), &host, 30);
+        f.check(
+            &format!("{site}: Django ASGI streaming"),
+            r.status == 200 && r.text() == "o-0;o-1;o-2;",
+            format!("{} {:?}", r.status, r.text()),
+        );
+        let raw = format!("{base}/asgi/raw.wsgi");
+        let r = curl(&format!("{raw}/raise-before"), &[], 30);
+        f.check(
+            &format!("{site}: an exception before http.response.start is the 500 page"),
+            r.status == 500 && r.text().contains("Internal Server Error"),
+            format!("{} {}", r.status, r.text()),
+        );
+    }
+    // The App Server context: `lswsgi -m html/asgi/raw.py`.
+    let r = curl(&format!("{}/raw/scope?x=1", ols.base("asgiw")), &[], 30);
+    let got = |k: &str| json_field(&r.text(), k).unwrap_or_default();
+    f.check(
+        "App Server context with an ASGI startup file",
+        r.status == 200
+            && got("path") == "/raw/scope"
+            && got("query_string") == "x=1"
+            && got("state").contains("from-lifespan"),
+        format!("{} {}", r.status, r.text()),
+    );
+    let _ = std::fs::remove_file(&upload);
+    finish(ols, f);
 }

@@ -537,6 +537,8 @@ pub struct Interp {
     import_module: Obj,
     /// Request objects kept for reuse while nobody else holds them.
     pub(super) cached: [Option<Obj>; 4],
+    /// ASGI applications: detection, scope, receive and send.
+    pub(super) asgi: super::asgi::PerInterp,
     scripts: HashMap<Vec<u8>, Script>,
 }
 
@@ -629,6 +631,7 @@ impl Interp {
                 load_script: get(c"load_script")?,
                 import_module: get(c"import_module")?,
                 cached: [None, None, None, None],
+                asgi: super::asgi::PerInterp::new(get(c"asgi_serve")?, get(c"asgi_kind")?)?,
                 scripts: HashMap::new(),
             })
         }

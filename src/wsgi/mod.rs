@@ -18,6 +18,7 @@
 //! Python. All of it is touched only with the GIL held, which serialises
 //! the main thread with any application thread that calls a request object.
 
+mod asgi;
 mod environ;
 pub mod errpage;
 pub mod immortal;
@@ -26,6 +27,7 @@ mod objects;
 pub mod py;
 mod respond;
 
+use crate::config::AppInterface;
 use lswsgi::conn::Conn;
 use respond::Response;
 use std::cell::Cell;
@@ -53,6 +55,13 @@ pub struct Ctx {
     /// The `write` callable for the request in flight (a new reference is
     /// handed out by start_response).
     writer: Cell<*mut py::ffi::PyObject>,
+    /// LSAPI_APP_INTERFACE: how applications are called.
+    interface: Cell<AppInterface>,
+    /// ASGI: the last `http.request` message (more_body false) went out.
+    body_done: Cell<bool>,
+    /// ASGI: the scope and message keys of the interpreter serving the
+    /// request in flight (null when none is).
+    asgi_keys: Cell<*const asgi::Keys>,
 }
 
 /// Capacity the readline scratch is cut back to between requests (bytes).
@@ -110,6 +119,9 @@ static CTX: Global = Global(Ctx {
     main_thread: Cell::new(0),
     line: Cell::new(Vec::new()),
     writer: Cell::new(std::ptr::null_mut()),
+    interface: Cell::new(AppInterface::Auto),
+    body_done: Cell::new(false),
+    asgi_keys: Cell::new(std::ptr::null()),
 });
 
 /// The process-wide request context.
@@ -122,13 +134,15 @@ unsafe fn ctx() -> &'static Ctx {
 }
 
 /// Writes an error-log line for the request in flight: to the server's log
-/// (STDERR_STREAM) when a request is active and wsgi.errors goes there, to
-/// fd 2 otherwise.
+/// (STDERR_STREAM) while a request is active, its response not yet ended,
+/// and wsgi.errors goes there; to fd 2 otherwise. After RESP_END the server
+/// takes the next packets as the next request's, so nothing more of this
+/// request may go there.
 pub fn log_request_error(conn: &mut Conn, msg: &str) {
     // SAFETY: GIL held by every caller (main thread, serving).
     let to_server = unsafe {
         let c = ctx();
-        c.active.get() && !c.errors_to_fd2.get()
+        c.active.get() && !c.errors_to_fd2.get() && c.resp.phase() != respond::Phase::Ended
     };
     if to_server && conn.fd() >= 0 {
         let mut line = String::with_capacity(msg.len() + 24);
@@ -144,14 +158,15 @@ pub fn log_request_error(conn: &mut Conn, msg: &str) {
     crate::error!("{msg}");
 }
 
-/// Sets up [`Ctx`] for the process: the thread that serves requests and where
-/// wsgi.errors goes.
-pub fn init_context(errors_to_fd2: bool) {
+/// Sets up [`Ctx`] for the process: the thread that serves requests, where
+/// wsgi.errors goes and which interface applications speak.
+pub fn init_context(errors_to_fd2: bool, interface: AppInterface) {
     // SAFETY: called once before serving, on the main thread with the GIL.
     unsafe {
         let c = ctx();
         c.main_thread.set(libc::pthread_self());
         c.errors_to_fd2.set(errors_to_fd2);
+        c.interface.set(interface);
         c.line.set(Vec::with_capacity(1024));
     }
 }

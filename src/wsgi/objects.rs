@@ -60,14 +60,14 @@ unsafe extern "C" fn dealloc(o: *mut ffi::PyObject) {
 
 /// Whether `o` belongs to the request in flight.
 #[inline]
-unsafe fn is_live(o: *mut ffi::PyObject) -> bool {
+pub(super) unsafe fn is_live(o: *mut ffi::PyObject) -> bool {
     let c = ctx();
     c.active.get()
         && c.generation.get() == (*(o as *mut ReqObject)).generation
         && c.on_main_thread()
 }
 
-unsafe fn stale(what: &str) -> *mut ffi::PyObject {
+pub(super) unsafe fn stale(what: &str) -> *mut ffi::PyObject {
     raise(
         ffi::PyExc_RuntimeError,
         &format!("{what} used outside the request it belongs to"),
@@ -376,7 +376,7 @@ unsafe extern "C" fn errors_flush(
     none()
 }
 
-unsafe fn none() -> *mut ffi::PyObject {
+pub(super) unsafe fn none() -> *mut ffi::PyObject {
     let n = ffi::Py_None();
     ffi::Py_INCREF(n);
     n
@@ -708,7 +708,7 @@ static TABLES: Tables = Tables {
     ],
 };
 
-unsafe fn make_type(
+pub(super) unsafe fn make_type(
     name: &'static std::ffi::CStr,
     extra: &[(c_int, *mut c_void)],
 ) -> Result<*mut ffi::PyTypeObject, String> {

@@ -87,7 +87,7 @@ impl Response {
 
     /// Starts a write with the head in front if it is still pending.
     /// `false` (nothing started) when the response can take no more bytes.
-    fn begin_write(&self, conn: &mut Conn) -> bool {
+    pub(super) fn begin_write(&self, conn: &mut Conn) -> bool {
         match self.phase.get() {
             Phase::Open if self.status.get() != 0 && !conn.is_broken() => {
                 conn.begin_write();
@@ -105,7 +105,7 @@ impl Response {
     }
 
     /// Sends what was collected; a failed write abandons the response.
-    fn flush(&self, conn: &mut Conn) -> io::Result<()> {
+    pub(super) fn flush(&self, conn: &mut Conn) -> io::Result<()> {
         let r = conn.flush();
         if r.is_err() {
             self.phase.set(Phase::Abandoned);
@@ -125,7 +125,7 @@ impl Response {
     }
 
     /// Head (if pending), every block and RESP_END in one writev.
-    fn complete(&self, conn: &mut Conn, blocks: &[&[u8]]) {
+    pub(super) fn complete(&self, conn: &mut Conn, blocks: &[&[u8]]) {
         if !self.begin_write(conn) {
             return;
         }
@@ -156,7 +156,7 @@ impl Response {
     /// The application failed: a complete 500 page (showing `detail`, see
     /// errpage) if nothing went out yet, otherwise the response is
     /// abandoned. Nothing once it has ended.
-    fn fail(&self, conn: &mut Conn, detail: Option<&str>) {
+    pub(super) fn fail(&self, conn: &mut Conn, detail: Option<&str>) {
         match self.phase.get() {
             Phase::Open if !conn.is_broken() => {
                 let page = super::errpage::page(detail);
@@ -190,7 +190,7 @@ impl Response {
     }
 
     /// Abandons the response if the connection broke under it.
-    fn check(&self, conn: &Conn) {
+    pub(super) fn check(&self, conn: &Conn) {
         if conn.is_broken() && self.phase.get() != Phase::Ended {
             self.phase.set(Phase::Abandoned);
         }
@@ -254,7 +254,14 @@ pub(crate) fn serve(
     let group = req.env(b"WSGIApplicationGroup").unwrap_or(b"");
     let app = rt.app(group, req.script_filename(), callable, reload);
     let (multiprocess, root_mount) = (rt.multiprocess, rt.preloaded());
+    // SAFETY: GIL held.
+    let asgi = app
+        .as_ref()
+        .is_ok_and(|app| unsafe { rt.interp().asgi.is_asgi(app, c.interface.get()) });
+    // The environ, or for an ASGI application the scope, of this request.
     let environ = match &app {
+        // SAFETY: GIL held.
+        Ok(_) if asgi => unsafe { rt.interp().asgi.scope(&req, root_mount) },
         // SAFETY: GIL held.
         Ok(_) => unsafe { environ::build(rt.interp(), &req, multiprocess, root_mount, generation) },
         Err(_) => None,
@@ -269,6 +276,7 @@ pub(crate) fn serve(
     }
     c.conn.set(conn);
     c.active.set(true);
+    c.body_done.set(false);
     c.resp.begin();
 
     match (environ, app) {
@@ -293,12 +301,15 @@ pub(crate) fn serve(
             // SAFETY: as above.
             unsafe {
                 c.with_conn(|conn| {
-                    let msg = format!("cannot build the WSGI environ:\n{msg}");
+                    let what = if asgi { "ASGI scope" } else { "WSGI environ" };
+                    let msg = format!("cannot build the {what}:\n{msg}");
                     log_request_error(conn, &msg);
                     c.resp.fail(conn, super::errpage::shown(&msg));
                 })
             };
         }
+        // SAFETY: GIL held; objects are live references.
+        (Some(scope), Ok(app)) if asgi => unsafe { super::asgi::run(rt, c, &app, scope) },
         // SAFETY: GIL held; objects are live references.
         (Some(environ), Ok(app)) => unsafe { run_app(rt, c, &app, environ) },
     }
@@ -312,6 +323,7 @@ pub(crate) fn serve(
     c.active.set(false);
     c.conn.set(ptr::null_mut());
     c.writer.set(ptr::null_mut());
+    c.asgi_keys.set(ptr::null());
     c.trim_scratch();
     assert_no_exception();
     // SAFETY: the request is over; this is the only reference.
@@ -546,7 +558,7 @@ unsafe fn send_file_wrapper(c: &Ctx, wrapper: &Obj) -> bool {
 
 /// Logs the pending Python exception with `what` and fails the response
 /// (a 500 if nothing went out, abandoned if part of it did).
-unsafe fn app_failed(rt: &mut Runtime, c: &Ctx, what: &str) {
+pub(super) unsafe fn app_failed(rt: &mut Runtime, c: &Ctx, what: &str) {
     let trace = rt.interp().take_exception();
     // SAFETY: active request; no Python call inside.
     c.with_conn(|conn| {

@@ -261,3 +261,27 @@ pub fn suexec_identity(uid: i32, gid: i32, secret: &[u8]) -> Vec<(Vec<u8>, Vec<u
         (b"\0SUEXEC_AUTH".to_vec(), auth),
     ]
 }
+
+/// `LS_PYTHONBIN` of the test virtualenv (`LSWSGI_TEST_VENV`, else
+/// `<repo>/.venv-test`), checked to import `modules` (comma-separated); a
+/// panic naming what is missing otherwise (these tests never skip).
+pub fn venv_python_with(modules: &str) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = match std::env::var_os("LSWSGI_TEST_VENV") {
+        Some(v) if !v.is_empty() => repo.join(PathBuf::from(v)),
+        _ => repo.join(".venv-test"),
+    };
+    let python = dir.join("bin/python");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests need a virtualenv where `bin/python -c 'import {modules}'` works: {} \
+         does not (LSWSGI_TEST_VENV; `bash scripts/test.sh` creates .venv-test)",
+        dir.display()
+    );
+    python.to_string_lossy().into_owned()
+}

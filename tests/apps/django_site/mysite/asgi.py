@@ -1,0 +1,8 @@
+"""ASGI config for mysite, as `django-admin startproject` writes it."""
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+
+application = get_asgi_application()
