@@ -1147,6 +1147,8 @@ per_server! {
         shedding_mid_request_loses_no_request_behind_ols_1_5,
         shedding_mid_request_loses_no_request_behind_ols_1_9;
     asgi_behind_openlitespeed => asgi_behind_ols_1_5, asgi_behind_ols_1_9;
+    wrong_python_virtualenv_behind_openlitespeed =>
+        wrong_python_virtualenv_behind_ols_1_5, wrong_python_virtualenv_behind_ols_1_9;
 }
 
 /// Servers start concurrently, each making sure the App Server socket
@@ -1999,4 +2001,97 @@ fn asgi_behind_openlitespeed(server: Server) {
     );
     let _ = std::fs::remove_file(&upload);
     finish(ols, f);
+}
+
+/// A virtualenv of another Python behind the real server, through the one
+/// configured worker path: with no build for that Python beside the worker,
+/// every request gets a 500 that names both versions at once and the same
+/// worker process keeps answering (no exit, no restart loop); with the build
+/// for that Python installed beside it as `lswsgiX.Y`, a new worker process
+/// is that build and serves the site.
+fn wrong_python_virtualenv_behind_openlitespeed(server: Server) {
+    let Some(prefix) = ols_prefix(server) else {
+        return;
+    };
+    let (python, other) = common::other_python();
+    let own = common::embedded_version();
+    // The virtualenv and the app where the server's user (nobody) reads them.
+    let dir = std::env::temp_dir().join(format!("lswsgi-ols-venv-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (venv_python, app) = common::venv_and_app(&python, &dir);
+    sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&dir));
+    let env = leak_env(vec![format!("LS_PYTHONBIN={}", venv_python.display())]);
+    let ols = Ols::start(
+        &prefix,
+        &[Site {
+            name: "wrongpy",
+            env,
+            max_conns: 1,
+            app_servers: &[],
+            missing_worker: false,
+        }],
+        false,
+    );
+    std::fs::copy(&app, ols.root.join("html/which.wsgi")).unwrap();
+    sh(Command::new("chmod")
+        .arg("a+r")
+        .arg(ols.root.join("html/which.wsgi")));
+    let url = format!("{}/which.wsgi", ols.base("wrongpy"));
+    let mut f = Failures::default();
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        let t = Instant::now();
+        let r = curl(&url, &[], 30);
+        let took = t.elapsed();
+        let page = r.text();
+        f.check(
+            &format!("request {i}: a clear 500 at once"),
+            r.status == 500
+                // The first request also waits for the server to start the
+                // worker (Python's start-up, on a loaded machine).
+                && took < Duration::from_secs(if i == 0 { 5 } else { 1 })
+                && page.contains(&format!("made with Python {other}"))
+                && page.contains(&format!("with Python {own}"))
+                && !page.contains(dir.to_str().unwrap()),
+            format!("{} in {took:?}: {}", r.status, tail(&page, 15)),
+        );
+        let mut pids = ols.marked_pids();
+        pids.sort_unstable();
+        workers.push(pids);
+    }
+    f.check(
+        "the same worker answers every request (no restart loop)",
+        workers[0].len() == 1 && workers.iter().all(|w| *w == workers[0]),
+        format!("worker processes after each request: {workers:?}"),
+    );
+    // The host installs the build for that Python beside the worker; the
+    // next worker the server starts is that build.
+    let beside = ols.root.join(format!("fcgi-bin/lswsgi{other}"));
+    std::fs::copy(common::other_build(&python, &other), &beside).unwrap();
+    sh(Command::new("chmod").arg("755").arg(&beside));
+    terminate(&ols.marked_pids(), Duration::from_secs(5));
+    let mut served = String::new();
+    let mut exe = String::new();
+    let dispatched = wait_for(Duration::from_secs(30), || {
+        let r = curl(&url, &[], 30);
+        served = format!("{} {}", r.status, r.text());
+        exe = ols
+            .marked_pids()
+            .first()
+            .and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        r.status == 200 && r.text().starts_with(&format!("{other}|"))
+    });
+    f.check(
+        "the build beside the worker serves the virtualenv",
+        dispatched && exe == beside.display().to_string(),
+        format!(
+            "last response {}; worker exe {exe:?}; logs:\n{}",
+            tail(&served, 5),
+            tail(&ols.logs(), 30)
+        ),
+    );
+    finish(ols, f);
+    let _ = std::fs::remove_dir_all(&dir);
 }

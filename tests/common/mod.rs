@@ -285,3 +285,108 @@ pub fn venv_python_with(modules: &str) -> String {
     );
     python.to_string_lossy().into_owned()
 }
+
+/// The embedded Python's `X.Y`, from `lswsgi -v` (`Python X.Y (...)`).
+pub fn embedded_version() -> String {
+    let out = std::process::Command::new(LSWSGI)
+        .arg("-v")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = text.lines().nth(1).unwrap().split_whitespace().nth(1);
+    v.unwrap().to_string()
+}
+
+/// A CPython of another minor version than the embedded one:
+/// LSWSGI_TEST_OTHER_PYTHON (scripts/test-matrix.sh sets it), else the first
+/// `python3.X` (3.9–3.13) that runs, on PATH or in the usual places (pyenv,
+/// CloudLinux, cPanel, /usr/local, /usr). Its `X.Y` with it.
+pub fn other_python() -> (String, String) {
+    let own = embedded_version();
+    let mut candidates: Vec<String> = std::env::var("LSWSGI_TEST_OTHER_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .into_iter()
+        .collect();
+    let pyenv = std::env::var("PYENV_ROOT")
+        .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap_or_default()));
+    for m in 9..=13 {
+        candidates.push(format!("python3.{m}"));
+        if let Ok(dirs) = std::fs::read_dir(format!("{pyenv}/versions")) {
+            for d in dirs.flatten() {
+                if d.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("3.{m}."))
+                {
+                    candidates.push(format!("{}/bin/python3.{m}", d.path().display()));
+                }
+            }
+        }
+        candidates.push(format!("/opt/alt/python3{m}/bin/python3.{m}"));
+        candidates.push(format!(
+            "/opt/cpanel/ea-python3{m}/root/usr/bin/python3.{m}"
+        ));
+        candidates.push(format!("/usr/local/bin/python3.{m}"));
+        candidates.push(format!("/usr/bin/python3.{m}"));
+    }
+    for python in candidates {
+        let Ok(out) = std::process::Command::new(&python)
+            .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+            .output()
+        else {
+            continue;
+        };
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !v.is_empty() && v != own {
+            return (python, v);
+        }
+    }
+    panic!(
+        "no Python other than {own} found: set LSWSGI_TEST_OTHER_PYTHON to one \
+         (scripts/test.sh does)"
+    );
+}
+
+/// A virtualenv made with `python` (no pip) in `dir`, and an app reporting
+/// the Python that serves it: `X.Y|sys.prefix`.
+pub fn venv_and_app(python: &str, dir: &Path) -> (PathBuf, String) {
+    let venv = dir.join("venv");
+    let st = std::process::Command::new(python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{python} -m venv");
+    let app = dir.join("which.wsgi");
+    std::fs::write(
+        &app,
+        "import sys\n\
+         def application(environ, start_response):\n\
+         \x20   start_response('200 OK', [('Content-Type', 'text/plain')])\n\
+         \x20   return [('%d.%d|%s' % (sys.version_info[:2] + (sys.prefix,))).encode()]\n",
+    )
+    .unwrap();
+    (venv.join("bin/python"), app.to_str().unwrap().to_string())
+}
+
+/// An lswsgi built against `python` (version `v`): LSWSGI_TEST_OTHER_LSWSGI
+/// when set, else a debug build into target/pyX.Y (as install.sh names the
+/// per-version target directories), built once and reused.
+pub fn other_build(python: &str, v: &str) -> String {
+    if let Ok(p) = std::env::var("LSWSGI_TEST_OTHER_LSWSGI") {
+        if !p.is_empty() {
+            return p;
+        }
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let target = format!("{root}/target/py{v}");
+    let st = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--offline", "--bin", "lswsgi"])
+        .current_dir(root)
+        .env("PYO3_PYTHON", python)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("cargo");
+    assert!(st.success(), "building lswsgi against {python}");
+    format!("{target}/debug/lswsgi")
+}
