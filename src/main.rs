@@ -14,6 +14,7 @@ mod pgroup;
 mod status;
 mod suexec;
 mod sys;
+mod throttle;
 mod worker;
 mod wsgi;
 
