@@ -223,7 +223,10 @@ fn main() -> ExitCode {
                 wsgi::shutdown(rt, wsgi::End::Finalize, cfg.shutdown_timeout, code)
             }
             pgroup::Role::Child(member, conn) => {
-                let gate = match daemon.map(suexec::Daemon::start_child).transpose() {
+                let gate = match daemon
+                    .map(|d| d.start_child(wsgi::adopt_pythonpath))
+                    .transpose()
+                {
                     Ok(gate) => gate,
                     Err(e) => {
                         error!("{e}");

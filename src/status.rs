@@ -222,7 +222,7 @@ impl Member {
     }
 
     /// Says a request began: Busy, and one more request begun.
-    pub fn request_started(&self, _now_ms: u64) {
+    pub fn request_started(&self) {
         if self.rearm.replace(false) && !die_with_parent(self.parent, libc::SIGTERM) {
             sys::STOP.store(true, Relaxed);
         }
@@ -231,7 +231,7 @@ impl Member {
     }
 
     /// Says the request ended: Idle again.
-    pub fn request_finished(&self, _now_ms: u64) {
+    pub fn request_finished(&self) {
         self.slot.state.store(State::Idle as u32, Relaxed);
     }
 

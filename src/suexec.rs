@@ -93,8 +93,9 @@ impl Daemon {
     /// a session of its own (no terminal or session shared with root or
     /// another tenant; the tenant's own processes start in this child's
     /// group, ended by [`Daemon::child_exit`]). Returns the gate its
-    /// requests pass.
-    pub fn start_child(self) -> Result<Gate, String> {
+    /// requests pass; `after_switch` runs once the user switch is done (the
+    /// embedding's per-user set-up, e.g. the tenant's PYTHONPATH).
+    pub fn start_child(self, after_switch: fn()) -> Result<Gate, String> {
         hold_as(self.default)?;
         own_session()?;
         Ok(Gate {
@@ -102,6 +103,7 @@ impl Daemon {
             default: self.default,
             floor: self.floor,
             lve: self.lve,
+            after_switch,
             serving_as: None,
         })
     }
@@ -721,6 +723,8 @@ pub struct Gate {
     default: Ids,
     floor: Floor,
     lve: Option<Lve>,
+    /// Runs right after the switch to the first request's user.
+    after_switch: fn(),
     serving_as: Option<Ids>,
 }
 
@@ -786,7 +790,7 @@ impl Gate {
         }
         switch_user(ids).map_err(Refusal::Drop)?;
         fresh_session_keyring().map_err(Refusal::Drop)?;
-        crate::wsgi::adopt_pythonpath();
+        (self.after_switch)();
         self.serving_as = Some(ids);
         Ok(())
     }

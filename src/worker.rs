@@ -351,7 +351,7 @@ impl<'a> Worker<'a> {
         // which parses the packet anyway.)
         self.uri.clear();
         if let Some(m) = &self.group {
-            m.request_started(now);
+            m.request_started();
         }
         now
     }
@@ -363,7 +363,7 @@ impl<'a> Worker<'a> {
         let now = sys::now_ms();
         self.last_active_ms = now;
         if let Some(m) = &self.group {
-            m.request_finished(now);
+            m.request_finished();
         }
         let took = now - started;
         if self.cfg.slow_req_msecs > 0 && took >= self.cfg.slow_req_msecs {
