@@ -156,6 +156,36 @@ struct Child {
 }
 
 impl Child {
+    /// The record of a child just forked at `now`: nothing seen of it yet,
+    /// Starting as its slot says.
+    fn new(
+        pid: i32,
+        pidfd: Option<RawFd>,
+        page: StatusPage,
+        report: RawFd,
+        relay: Option<Relay>,
+        now: u64,
+    ) -> Child {
+        Child {
+            pid,
+            pidfd,
+            page,
+            report: Some(report),
+            relay,
+            forked_ms: now,
+            started: false,
+            uid: None,
+            admitted: false,
+            reported_ms: 0,
+            seen_requests: 0,
+            counted: 0,
+            progress_ms: now,
+            active_ms: now,
+            said: Some(State::Starting),
+            retire: None,
+        }
+    }
+
     /// Reads what the child reported since the last look: `N` (notice
     /// sent), then in daemon mode `U` and the uid in native byte order (it
     /// then waits for [`Parent::judge`]), or end of file. Only the worker's
@@ -1035,24 +1065,9 @@ impl Parent<'_> {
                         budget: RELAY_PER_TICK,
                     }
                 });
-                self.children.push(Child {
-                    pid,
-                    pidfd: pidfd_open(pid),
-                    page: own.page,
-                    report: Some(own.report.0),
-                    relay,
-                    forked_ms: now,
-                    started: false,
-                    uid: None,
-                    admitted: false,
-                    reported_ms: 0,
-                    seen_requests: 0,
-                    counted: 0,
-                    progress_ms: now,
-                    active_ms: now,
-                    said: Some(State::Starting),
-                    retire: None,
-                });
+                let pidfd = pidfd_open(pid);
+                let c = Child::new(pid, pidfd, own.page, own.report.0, relay, now);
+                self.children.push(c);
                 listen::close(conn);
                 None
             }
@@ -1370,24 +1385,7 @@ mod tests {
     #[test]
     fn the_report_pipe_gives_started_then_the_uid_then_closes() {
         let (r, w) = pipe().unwrap();
-        let mut c = Child {
-            pid: 1,
-            pidfd: None,
-            page: StatusPage::new().unwrap(),
-            report: Some(r),
-            relay: None,
-            forked_ms: 0,
-            started: false,
-            uid: None,
-            admitted: false,
-            reported_ms: 0,
-            seen_requests: 0,
-            counted: 0,
-            progress_ms: 0,
-            active_ms: 0,
-            said: None,
-            retire: None,
-        };
+        let mut c = Child::new(1, None, StatusPage::new().unwrap(), r, None, 0);
         c.read_report();
         assert!(!c.started && c.report.is_some());
         sys::write_all_fd(w, b"N");

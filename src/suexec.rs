@@ -418,42 +418,44 @@ impl Floor {
     }
 }
 
-/// A uid from LSAPI_DEFAULT_UID: a number, or a user name that resolves.
-fn parse_uid(v: &str) -> Result<u32, String> {
+/// LSAPI_DEFAULT_UID or LSAPI_DEFAULT_GID (`var`): a number, or the name of
+/// a `what` ("user" or "group") that `lookup` resolves.
+fn parse_id(
+    var: &str,
+    what: &str,
+    v: &str,
+    lookup: impl Fn(&std::ffi::CStr) -> Option<u32>,
+) -> Result<u32, String> {
     let v = v.trim();
     if let Ok(n) = v.parse::<u32>() {
         return Ok(n);
     }
-    let c = CString::new(v).map_err(|_| format!("LSAPI_DEFAULT_UID={v:?} is not a user"))?;
-    // SAFETY: getpwnam returns NULL or a pointer to a static record read at once.
-    unsafe {
-        let pw = libc::getpwnam(c.as_ptr());
-        if pw.is_null() {
-            return Err(format!(
-                "LSAPI_DEFAULT_UID={v:?} is neither a number nor a known user"
-            ));
+    let c = CString::new(v).map_err(|_| format!("{var}={v:?} is not a {what}"))?;
+    lookup(&c).ok_or_else(|| format!("{var}={v:?} is neither a number nor a known {what}"))
+}
+
+/// A uid from LSAPI_DEFAULT_UID: a number, or a user name that resolves.
+fn parse_uid(v: &str) -> Result<u32, String> {
+    parse_id("LSAPI_DEFAULT_UID", "user", v, |name| {
+        // SAFETY: getpwnam with a NUL-terminated name returns NULL or a
+        // pointer to a static record, read at once.
+        unsafe {
+            let pw = libc::getpwnam(name.as_ptr());
+            (!pw.is_null()).then(|| (*pw).pw_uid)
         }
-        Ok((*pw).pw_uid)
-    }
+    })
 }
 
 /// A gid from LSAPI_DEFAULT_GID: a number, or a group name that resolves.
 fn parse_gid(v: &str) -> Result<u32, String> {
-    let v = v.trim();
-    if let Ok(n) = v.parse::<u32>() {
-        return Ok(n);
-    }
-    let c = CString::new(v).map_err(|_| format!("LSAPI_DEFAULT_GID={v:?} is not a group"))?;
-    // SAFETY: getgrnam returns NULL or a pointer to a static record read at once.
-    unsafe {
-        let gr = libc::getgrnam(c.as_ptr());
-        if gr.is_null() {
-            return Err(format!(
-                "LSAPI_DEFAULT_GID={v:?} is neither a number nor a known group"
-            ));
+    parse_id("LSAPI_DEFAULT_GID", "group", v, |name| {
+        // SAFETY: getgrnam with a NUL-terminated name returns NULL or a
+        // pointer to a static record, read at once.
+        unsafe {
+            let gr = libc::getgrnam(name.as_ptr());
+            (!gr.is_null()).then(|| (*gr).gr_gid)
         }
-        Ok((*gr).gr_gid)
-    }
+    })
 }
 
 /// The user to serve as when a request carries no suEXEC identity (and
