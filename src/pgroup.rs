@@ -40,7 +40,9 @@
 
 use crate::config::Config;
 use crate::listen;
-use crate::status::{Member, State, StatusPage, Table, EXIT_GRACE_SECS, EXIT_LEASE, EXIT_SURPLUS};
+use crate::status::{
+    Member, Policy, State, StatusPage, Table, EXIT_GRACE_SECS, EXIT_LEASE, EXIT_SURPLUS,
+};
 use crate::sys::{self, ChildExit, MemProbe, STOP, STOP_SIGNAL};
 use crate::throttle::Throttle;
 use crate::wsgi;
@@ -1109,9 +1111,9 @@ impl Parent<'_> {
                 sys::exit_now(1);
             }
         }
-        let threshold = self.cfg.listen_threshold();
+        let policy = Policy::of(self.cfg);
         let header = self.table.header();
-        let keep = self.cfg.keep_listen > 0 && header.memory().enough(threshold);
+        let keep = policy.keep_listen > 0 && header.memory().enough(policy.threshold);
         let mut m = Member::new(
             own.page.keep(),
             own.report.1,
@@ -1119,9 +1121,7 @@ impl Parent<'_> {
             header,
             parent,
             Some(self.listener),
-            self.cfg.keep_listen,
-            threshold,
-            self.cfg.max_busy_worker,
+            policy,
         );
         // SIGTERM once the parent dies: it finishes its request, then leaves.
         if !crate::status::die_with_parent(parent, libc::SIGTERM) {

@@ -28,6 +28,7 @@
 //! the group (`G`: serve, anything else: answer 508) and closes the channel.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+use crate::config::Config;
 use crate::listen;
 use crate::sys::{self, Memory};
 use std::cell::Cell;
@@ -122,6 +123,29 @@ pub fn die_with_parent(parent: i32, sig: libc::c_int) -> bool {
     sys::getppid() == parent
 }
 
+/// The settings a child applies to itself as a member of its group.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// LSAPI_KEEP_LISTEN (2 with LSAPI_AVOID_FORK; 0 in suEXEC daemon mode).
+    pub keep_listen: u8,
+    /// Free memory, bytes, above which it keeps taking connections
+    /// ([`Config::listen_threshold`]).
+    pub threshold: u64,
+    /// LSAPI_MAX_BUSY_WORKER.
+    pub max_busy: Option<u32>,
+}
+
+impl Policy {
+    /// The child's policy under `cfg`.
+    pub fn of(cfg: &Config) -> Policy {
+        Policy {
+            keep_listen: cfg.keep_listen,
+            threshold: cfg.listen_threshold(),
+            max_busy: cfg.max_busy_worker,
+        }
+    }
+}
+
 /// A child's link to its group: its own slot, its report pipe, the header,
 /// the shared listener while it keeps it, and the policies it applies to
 /// itself.
@@ -140,9 +164,7 @@ pub struct Member {
     /// The `\0PID` notice is still to be sent on the connection this child
     /// was forked for.
     pub notice_pending: bool,
-    keep_listen: u8,
-    threshold: u64,
-    max_busy: Option<u32>,
+    policy: Policy,
     /// The parent-death signal is to be armed again at the next request
     /// (a suEXEC user switch before the first one clears it).
     rearm: Cell<bool>,
@@ -152,7 +174,6 @@ impl Member {
     /// The link of a new child to `slot` and `header`, which must stay mapped
     /// for the life of the process, reporting on `report` (owned from now);
     /// `tenant`: in suEXEC daemon mode.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         slot: &'static Slot,
         report: RawFd,
@@ -160,9 +181,7 @@ impl Member {
         header: &'static Header,
         parent: i32,
         listener: Option<RawFd>,
-        keep_listen: u8,
-        threshold: u64,
-        max_busy: Option<u32>,
+        policy: Policy,
     ) -> Member {
         Member {
             slot,
@@ -172,9 +191,7 @@ impl Member {
             parent,
             listener,
             notice_pending: true,
-            keep_listen,
-            threshold,
-            max_busy,
+            policy,
             rearm: Cell::new(true),
         }
     }
@@ -275,7 +292,8 @@ impl Member {
     /// counted by the parent) that this one, having finished a request,
     /// should hand its connection back.
     pub fn too_many_busy(&self) -> bool {
-        self.max_busy
+        self.policy
+            .max_busy
             .is_some_and(|n| self.header.busy.load(Relaxed) >= n)
     }
 
@@ -292,7 +310,7 @@ impl Member {
         if self.memory_low() {
             return false;
         }
-        match self.keep_listen {
+        match self.policy.keep_listen {
             0 => false,
             1 => waited_s < 10 + 10 * u64::from(self.header.busy.load(Relaxed)),
             _ => true,
@@ -301,7 +319,7 @@ impl Member {
 
     /// Whether free memory is what made [`Member::keep_listening`] say no.
     pub fn memory_low(&self) -> bool {
-        !self.header.memory().enough(self.threshold)
+        !self.header.memory().enough(self.policy.threshold)
     }
 
     /// Stops taking connections: closes this child's copy of the listener.
@@ -579,9 +597,11 @@ mod tests {
             header,
             sys::getppid(),
             None,
-            0,
-            0,
-            None,
+            Policy {
+                keep_listen: 0,
+                threshold: 0,
+                max_busy: None,
+            },
         )
     }
 
