@@ -3,6 +3,7 @@
 //! Pure: [`Config::from_lookup`] takes a lookup function, so tests need no real
 //! environment. Defaults, units and limits follow LiteSpeed's lsapilib; a value
 //! that does not parse keeps the default and produces a warning for the log.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 /// Free-memory threshold for LSAPI_AVOID_FORK=1, in bytes (1 GiB).
 pub const AVOID_FORK_DEFAULT: u64 = 1 << 30;
@@ -256,6 +257,13 @@ impl Config {
     /// the shared listener: the AVOID_FORK size, else lsapilib's 1 GiB.
     pub fn listen_threshold(&self) -> u64 {
         self.avoid_fork.unwrap_or(AVOID_FORK_DEFAULT)
+    }
+
+    /// suEXEC daemon mode: each child serves one tenant, so none keeps the
+    /// shared listener (LSAPI_KEEP_LISTEN and LSAPI_AVOID_FORK are off).
+    pub fn one_tenant_per_child(&mut self) {
+        self.keep_listen = 0;
+        self.avoid_fork = None;
     }
 
     /// Most children the group runs at once: CHILDREN + EXTRA_CHILDREN.

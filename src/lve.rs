@@ -4,8 +4,8 @@
 //! that is logged. Per connection, before the user switch, the child enters
 //! the account's LVE (508 when it is at its limit) and, for CageFS modes,
 //! is jailed into the account's CageFS.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-use crate::suexec::Refusal;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 type IsAvailable = unsafe extern "C" fn() -> c_int;
@@ -15,6 +15,25 @@ type Jail = unsafe extern "C" fn(*mut libc::passwd, *mut c_char) -> c_int;
 
 /// LSAPI_LVE_ENABLE / LVE_ENABLE = 3: CageFS without suEXEC's user.
 const CAGEFS_NO_SUEXEC: u8 = 3;
+
+/// Why a connection cannot enter its account's LVE or CageFS.
+#[derive(Debug)]
+pub enum Error {
+    /// lve_enter failed: the account is at its resource limit (508).
+    Limit(String),
+    /// The CageFS jail failed (the connection is dropped).
+    Jail(String),
+}
+
+/// Whom a connection that entered its LVE (and CageFS) is served as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serve {
+    /// The user it authenticated as.
+    User,
+    /// Mode 3 ([`CAGEFS_NO_SUEXEC`]): the user is not in CageFS, so the
+    /// default user.
+    Default,
+}
 
 /// A loaded and initialised liblve instance.
 pub struct Lve {
@@ -30,7 +49,8 @@ pub struct Lve {
 /// # Safety
 /// `lib` is a live handle from dlopen.
 unsafe fn sym(lib: *mut c_void, name: &CStr) -> Option<*mut c_void> {
-    let p = libc::dlsym(lib, name.as_ptr());
+    // SAFETY: `lib` is live (the caller's contract); `name` is NUL-terminated.
+    let p = unsafe { libc::dlsym(lib, name.as_ptr()) };
     (!p.is_null()).then_some(p)
 }
 
@@ -111,49 +131,45 @@ impl Lve {
         }
     }
 
-    /// Before the switch to `ids`: enters the uid's LVE, then (CageFS) jails
-    /// the process. Returns the ids to switch to: `default` when mode 3's
+    /// Before the switch to `uid`: enters the uid's LVE, then (CageFS) jails
+    /// the process. Says whom to switch to: the default user when mode 3's
     /// jail says the user is not in CageFS.
-    pub fn enter_and_jail(
-        &self,
-        ids: (u32, u32),
-        default: (u32, u32),
-    ) -> Result<(u32, u32), Refusal> {
+    pub fn enter_and_jail(&self, uid: u32) -> Result<Serve, Error> {
         let mut cookie = 0u32;
         // SAFETY: the instance was initialised by lve_instance_init; cookie
         // is a valid out pointer.
-        let rc = unsafe { (self.enter)(self.instance, ids.0, -1, -1, &mut cookie) };
+        let rc = unsafe { (self.enter)(self.instance, uid, -1, -1, &mut cookie) };
         if rc < 0 {
-            return Err(Refusal::Limit(format!(
+            return Err(Error::Limit(format!(
                 "lve_enter({}) failed ({rc}): the account reached its resource limit",
-                ids.0
+                uid
             )));
         }
         let Some(jail) = self.jail else {
-            return Ok(ids);
+            return Ok(Serve::User);
         };
         // SAFETY: getpwuid's record stays valid until the next getpw* call,
         // which happens after jail returns; errbuf is the 1024 bytes jail
         // may write, NUL-terminated by us.
         unsafe {
-            let pw = libc::getpwuid(ids.0);
+            let pw = libc::getpwuid(uid);
             if pw.is_null() {
-                return Ok(ids);
+                return Ok(Serve::User);
             }
             let mut errbuf = [0 as c_char; 1024];
             let rc = jail(pw, errbuf.as_mut_ptr());
             errbuf[1023] = 0;
             if rc < 0 {
                 let msg = CStr::from_ptr(errbuf.as_ptr()).to_string_lossy();
-                return Err(Refusal::Drop(format!(
+                return Err(Error::Jail(format!(
                     "CageFS jail({}) failed ({rc}): {msg}",
-                    ids.0
+                    uid
                 )));
             }
             if rc == 1 && self.mode == CAGEFS_NO_SUEXEC {
-                return Ok(default);
+                return Ok(Serve::Default);
             }
         }
-        Ok(ids)
+        Ok(Serve::User)
     }
 }

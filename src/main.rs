@@ -14,6 +14,7 @@ mod pgroup;
 mod status;
 mod suexec;
 mod sys;
+mod throttle;
 mod worker;
 mod wsgi;
 
@@ -82,6 +83,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Cli, String> {
     Ok(Cli::Run(out))
 }
 
+// The crate-wide unsafe lints, item by item here (an inner attribute in the
+// crate root would reach every module).
+#[deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 fn main() -> ExitCode {
     let starter = sys::getppid();
     let kept_fd3 = sys::close_inherited_fds();
@@ -151,7 +155,7 @@ fn main() -> ExitCode {
     // Never serve as root: a suEXEC daemon's children switch per connection;
     // otherwise the whole process becomes the default user now, after the
     // socket is bound and before any Python runs.
-    let daemon = match privileges(&mut cfg) {
+    let daemon = match suexec::Daemon::set_up(&mut cfg) {
         Ok(d) => d,
         Err(e) => {
             error!("{e}");
@@ -219,28 +223,26 @@ fn main() -> ExitCode {
                 wsgi::shutdown(rt, wsgi::End::Finalize, cfg.shutdown_timeout, code)
             }
             pgroup::Role::Child(member, conn) => {
-                let tenant = daemon.is_some();
-                if let Some(d) = &daemon {
-                    // Root stays only the saved uid until the final switch;
-                    // no terminal or session shared with root or another
-                    // tenant, and the tenant's own processes start in this
-                    // child's group (see suexec::end_tenant_group).
-                    if let Err(e) = suexec::hold_as(d.default.0, d.default.1)
-                        .and_then(|()| suexec::own_session())
-                    {
+                let gate = match daemon
+                    .map(|d| d.start_child(wsgi::adopt_pythonpath))
+                    .transpose()
+                {
+                    Ok(gate) => gate,
+                    Err(e) => {
                         error!("{e}");
                         sys::exit_now(1);
                     }
-                }
+                };
+                let tenant = gate.is_some();
                 let mut w = worker::Worker::new(&cfg, rt, None);
                 w.join_group(member);
-                if let Some(d) = daemon {
-                    w.guard(suexec::Gate::new(d.secret, d.default, d.floor, d.lve));
+                if let Some(gate) = gate {
+                    w.guard(gate);
                 }
                 let why = w.serve_child(conn);
                 w.log_exit(&why);
                 if tenant {
-                    sys::before_exit_now(suexec::end_tenant_group);
+                    suexec::Daemon::child_exit();
                 }
                 wsgi::shutdown(w.into_runtime(), wsgi::End::Exit, cfg.shutdown_timeout, 0)
             }
@@ -267,6 +269,7 @@ fn main() -> ExitCode {
 
 /// Execs `build` (the worker for Python `version`) in place of this process;
 /// returns only if that fails (logged; this worker then answers 500s).
+#[deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 fn dispatch(version: &str, build: &std::path::Path) {
     use std::ffi::CString;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -291,53 +294,4 @@ fn dispatch(version: &str, build: &std::path::Path) {
         build.display(),
         std::io::Error::last_os_error()
     );
-}
-
-/// What a suEXEC daemon's children need to admit a connection.
-struct Daemon {
-    secret: suexec::Secret,
-    /// The user for requests without suEXEC credentials.
-    default: (u32, u32),
-    floor: suexec::Floor,
-    lve: Option<lve::Lve>,
-}
-
-/// Applies the root rules of LSAPI.md section 7. Started as root with
-/// LSAPI_SECRET: a suEXEC daemon (returned: the secret and the fallback
-/// user) whose children never keep the listener, since each serves one user.
-/// Started as root without it: switch to LSAPI_DEFAULT_UID/GID or `nobody`
-/// now. Not root: nothing to do.
-fn privileges(cfg: &mut Config) -> Result<Option<Daemon>, String> {
-    if !suexec::is_root() {
-        return Ok(None);
-    }
-    let default = suexec::default_ids(cfg)?;
-    match &cfg.secret_file {
-        Some(path) => {
-            let secret = suexec::Secret::load(path)?;
-            if !cfg.process_group() {
-                return Err(
-                    "suEXEC daemon mode (LSAPI_SECRET as root) needs LSAPI_CHILDREN > 1".into(),
-                );
-            }
-            cfg.keep_listen = 0;
-            cfg.avoid_fork = None;
-            let lve = lve::Lve::init(cfg.lve_enable)?;
-            info!(
-                "suEXEC daemon mode: children switch to the authenticated user of each connection"
-            );
-            Ok(Some(Daemon {
-                secret,
-                default,
-                floor: suexec::Floor::new(cfg),
-                lve,
-            }))
-        }
-        None => {
-            suexec::switch_user(default.0, default.1)
-                .map_err(|e| format!("started as root and cannot drop privileges: {e}"))?;
-            info!("started as root; serving as {}:{}", default.0, default.1);
-            Ok(None)
-        }
-    }
 }

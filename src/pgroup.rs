@@ -36,11 +36,15 @@
 //! writable with root or with each other (LSAPI.md section 7).
 //!
 //! Times are the parent's CLOCK_MONOTONIC milliseconds.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::config::Config;
 use crate::listen;
-use crate::status::{Header, Member, Slot, State, EXIT_GRACE_SECS, EXIT_LEASE, EXIT_SURPLUS, PAGE};
+use crate::status::{
+    Member, Policy, State, StatusPage, Table, EXIT_GRACE_SECS, EXIT_LEASE, EXIT_SURPLUS,
+};
 use crate::sys::{self, ChildExit, MemProbe, STOP, STOP_SIGNAL};
+use crate::throttle::Throttle;
 use crate::wsgi;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::Relaxed;
@@ -58,8 +62,6 @@ const STOP_GRACE_MAX_SECS: u64 = 30;
 const STARTUP_MS: u64 = 10_000;
 /// Grace after a polite request to leave before SIGKILL, in milliseconds.
 const GRACE_MS: u64 = EXIT_GRACE_SECS as u64 * 1000;
-/// Most log lines of one kind (accept errors, crash loop) per this interval.
-const LOG_INTERVAL_MS: u64 = 10_000;
 /// Pause of the accepting side after EMFILE and the like, in milliseconds.
 const ACCEPT_PAUSE_MS: u64 = 500;
 /// Fork back-off after children that die before serving: first and longest
@@ -71,223 +73,6 @@ const SHARE_WAIT_MS: u64 = 1000;
 /// The smallest group (LSAPI_CHILDREN + LSAPI_EXTRA_CHILDREN) whose tenants
 /// are held to a share of it.
 const MIN_SHARED_GROUP: usize = 4;
-
-/// The group header (written by the parent only): a sealed memfd page the
-/// parent maps read-write; a child replaces its inherited writable view with
-/// a read-only one it cannot make writable again (see
-/// [`Table::read_only_header`]), so in suEXEC daemon mode one tenant cannot
-/// forge the busy count or memory figures every other tenant's children act
-/// on. Each child's slot is a page of its own ([`StatusPage`]).
-struct Table {
-    base: *mut u8,
-    /// The header's memfd: close-on-exec, held by the parent only.
-    header_fd: RawFd,
-    /// `/proc/self/fd/N` for `header_fd`, to reopen it read-only.
-    header_path: std::ffi::CString,
-}
-
-/// The header memfd's name: /proc/PID/maps shows the page as
-/// `/memfd:lswsgi-group-header (deleted)`.
-const HEADER_NAME: &std::ffi::CStr = c"lswsgi-group-header";
-/// A child's status page's memfd name (`/memfd:lswsgi-child-status`).
-const SLOT_NAME: &std::ffi::CStr = c"lswsgi-child-status";
-
-/// A one-page memfd (close-on-exec, never executable) whose size is sealed:
-/// no mapping of it can be grown past its page (mremap beyond it maps no
-/// other object's memory) and it cannot be shrunk under a mapping.
-fn sealed_page(name: &std::ffi::CStr) -> std::io::Result<RawFd> {
-    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    // SAFETY: memfd_create with a NUL-terminated name; checked. Never
-    // executable (vm.memfd_noexec=2 requires saying so); kernels before 6.3
-    // do not know the flag (EINVAL) and get the plain call.
-    let fd = sys::cvt(unsafe {
-        match libc::memfd_create(name.as_ptr(), flags | libc::MFD_NOEXEC_SEAL) {
-            -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) => {
-                libc::memfd_create(name.as_ptr(), flags)
-            }
-            fd => fd,
-        }
-    })?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
-    // SAFETY: ftruncate and fcntl with integer arguments on the memfd we own.
-    let r = unsafe {
-        sys::cvt(libc::ftruncate(fd, PAGE as libc::off_t))
-            .and_then(|_| sys::cvt(libc::fcntl(fd, libc::F_ADD_SEALS, seals)))
-    };
-    r.map(|_| fd).inspect_err(|_| sys::close(fd))
-}
-
-/// Maps `fd`'s page shared read-write at `at` (null: anywhere).
-fn map_page(fd: RawFd, at: *mut u8) -> std::io::Result<*mut u8> {
-    let fixed = if at.is_null() { 0 } else { libc::MAP_FIXED };
-    // SAFETY: a one-page shared mapping of a one-page memfd; with MAP_FIXED
-    // the caller owns the page at `at`, referenced by nothing. Checked.
-    let p = unsafe {
-        libc::mmap(
-            at.cast(),
-            PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | fixed,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(p.cast())
-}
-
-/// One child's status page: a sealed memfd page of its own, created for that
-/// fork, mapped by the parent until it reaps the child and never given to
-/// another child. The memfd itself is closed at once: the child inherits
-/// the mapping only, so whatever it (or a process it forks and that
-/// outlives it) does with the page reaches no other child's.
-struct StatusPage(*mut Slot);
-
-impl StatusPage {
-    fn new() -> std::io::Result<StatusPage> {
-        let fd = sealed_page(SLOT_NAME)?;
-        // No more seals may be added either (nobody could add F_SEAL_WRITE).
-        // SAFETY: fcntl with integer arguments on the memfd we own.
-        let sealed = sys::cvt(unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SEAL) });
-        let p = sealed.and_then(|_| map_page(fd, std::ptr::null_mut()));
-        sys::close(fd);
-        Ok(StatusPage(p?.cast()))
-    }
-
-    fn slot(&self) -> &Slot {
-        // SAFETY: a live, zero-filled (all zeroes: Starting) page-aligned
-        // mapping of a sealed page, unmapped only by `drop`, which the
-        // borrow of `self` rules out meanwhile; zeroes are valid atomics.
-        unsafe { &*self.0 }
-    }
-
-    /// The mapping, for a new child to keep for the rest of its life.
-    fn keep(self) -> &'static Slot {
-        let p = self.0;
-        std::mem::forget(self);
-        // SAFETY: as in `slot`; forgotten, the page is never unmapped.
-        unsafe { &*p }
-    }
-}
-
-impl Drop for StatusPage {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping; the `&'static` handed out by `slot` is only
-        // used while the record (or, in a child, `keep`) holds the page.
-        unsafe { libc::munmap(self.0.cast(), PAGE) };
-    }
-}
-
-impl Table {
-    /// Maps the group header, a sealed memfd page; fails if a child could not
-    /// be given a read-only view of it.
-    fn new() -> std::io::Result<Table> {
-        let fd = sealed_page(HEADER_NAME)?;
-        let base = map_page(fd, std::ptr::null_mut()).inspect_err(|_| sys::close(fd))?;
-        let t = Table {
-            base,
-            header_fd: fd,
-            header_path: std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap(),
-        };
-        t.seal_header().inspect_err(|_| {
-            // SAFETY: our own fresh mapping, referenced by nothing.
-            unsafe { libc::munmap(base.cast(), PAGE) };
-            sys::close(fd);
-        })?;
-        Ok(t)
-    }
-
-    /// Seals the header and tries once what every child will do: a group
-    /// whose children could write the header does not start.
-    fn seal_header(&self) -> std::io::Result<()> {
-        let fd = self.header_fd;
-        // No new writable mapping or write(2) (F_SEAL_FUTURE_WRITE, Linux >=
-        // 5.1) while the parent's view stays writable. Older kernels get the
-        // size seals only.
-        // SAFETY: fcntl with integer arguments on the memfd we own.
-        unsafe {
-            if libc::fcntl(
-                fd,
-                libc::F_ADD_SEALS,
-                libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL,
-            ) != 0
-            {
-                sys::cvt(libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SEAL))?;
-            }
-        }
-        let (probe, via_proc) = self.read_only_header(std::ptr::null_mut()).map_err(|e| {
-            std::io::Error::other(format!(
-                "children cannot be given a read-only group header: {e}"
-            ))
-        })?;
-        // SAFETY: the probe page is ours and referenced by nothing.
-        unsafe { libc::munmap(probe.cast(), PAGE) };
-        if !via_proc {
-            crate::info!("no /proc/self/fd: children map the sealed group header read-only");
-        }
-        Ok(())
-    }
-
-    fn header(&self) -> &'static Header {
-        // SAFETY: a live, zero-filled mapping never unmapped in the parent
-        // (in a child, replaced in place by a read-only view of the same
-        // memfd, which only loads); zeroes are valid atomics; page alignment
-        // ≥ 64.
-        unsafe { &*(self.base as *const Header) }
-    }
-
-    /// Maps the header read-only at `at` (replacing what is there; null:
-    /// anywhere) so that this process cannot make it writable: from the memfd
-    /// reopened O_RDONLY through /proc (a mapping of a file opened read-only
-    /// never has VM_MAYWRITE), or, without /proc, from the memfd itself (which
-    /// F_SEAL_FUTURE_WRITE leaves without VM_MAYWRITE). Checked: mprotect to
-    /// writable must fail. Returns the page and whether /proc was used.
-    fn read_only_header(&self, at: *mut u8) -> std::io::Result<(*mut u8, bool)> {
-        // SAFETY: open with a NUL-terminated path; the result is checked.
-        let ro = unsafe { libc::open(self.header_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        let fixed = if at.is_null() { 0 } else { libc::MAP_FIXED };
-        // SAFETY: a one-page shared read-only mapping of the memfd; with
-        // MAP_FIXED it replaces page 0 of the table, which then holds the
-        // same memfd page, so references to the header stay valid (they
-        // only load). Checked.
-        let p = unsafe {
-            libc::mmap(
-                at.cast(),
-                PAGE,
-                libc::PROT_READ,
-                libc::MAP_SHARED | fixed,
-                if ro >= 0 { ro } else { self.header_fd },
-                0,
-            )
-        };
-        let mapped = std::io::Error::last_os_error();
-        if ro >= 0 {
-            sys::close(ro);
-        }
-        if p == libc::MAP_FAILED {
-            return Err(mapped);
-        }
-        // SAFETY: mprotect on the page just mapped; expected to fail.
-        if unsafe { libc::mprotect(p, PAGE, libc::PROT_READ | libc::PROT_WRITE) } == 0 {
-            // SAFETY: the page just mapped: a probe referenced by nothing,
-            // or in a child the header, which exits on this error without
-            // touching it again.
-            unsafe { libc::munmap(p, PAGE) };
-            return Err(std::io::Error::other("its view could be made writable"));
-        }
-        Ok((p.cast(), ro >= 0))
-    }
-
-    /// In a new child: makes the header read-only for good and closes the
-    /// memfd, so it holds nothing that maps the header writable.
-    fn read_only_for_good(&self) -> std::io::Result<()> {
-        let r = self.read_only_header(self.base);
-        sys::close(self.header_fd);
-        r.map(|_| ())
-    }
-}
 
 /// Why the parent is retiring a child, for the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,6 +158,36 @@ struct Child {
 }
 
 impl Child {
+    /// The record of a child just forked at `now`: nothing seen of it yet,
+    /// Starting as its slot says.
+    fn new(
+        pid: i32,
+        pidfd: Option<RawFd>,
+        page: StatusPage,
+        report: RawFd,
+        relay: Option<Relay>,
+        now: u64,
+    ) -> Child {
+        Child {
+            pid,
+            pidfd,
+            page,
+            report: Some(report),
+            relay,
+            forked_ms: now,
+            started: false,
+            uid: None,
+            admitted: false,
+            reported_ms: 0,
+            seen_requests: 0,
+            counted: 0,
+            progress_ms: now,
+            active_ms: now,
+            said: Some(State::Starting),
+            retire: None,
+        }
+    }
+
     /// Reads what the child reported since the last look: `N` (notice
     /// sent), then in daemon mode `U` and the uid in native byte order (it
     /// then waits for [`Parent::judge`]), or end of file. Only the worker's
@@ -584,29 +399,6 @@ pub fn run(cfg: &Config, listener: RawFd, starter: Option<i32>, tenants: bool) -
     }
 }
 
-/// At most one log line per [`LOG_INTERVAL_MS`], counting the rest.
-#[derive(Default)]
-struct Throttle {
-    last_ms: Option<u64>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    /// `Some(suppressed since the last line)` when a line may be logged now.
-    fn allow(&mut self, now: u64) -> Option<u64> {
-        match self.last_ms {
-            Some(t) if now.saturating_sub(t) < LOG_INTERVAL_MS => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last_ms = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 /// What the parent makes for each fork: the child's status page, its report
 /// pipe and, in daemon mode, its output pipe (read end, write end).
 struct Own {
@@ -720,13 +512,15 @@ struct Parent<'a> {
 }
 
 impl Parent<'_> {
+    /// The arbiter's loop: reap, run the policies once a tick, sleep until a
+    /// connection waits (or the next tick), and fork a child for it.
     fn run(&mut self) -> Role {
         crate::info!(
             "process group: up to {} children (+{} extra)",
             self.cfg.children,
             self.cfg.extra_children
         );
-        self.publish(sys::now_ms());
+        self.publish();
         let mut next_tick = sys::now_ms() + TICK_MS;
         // Milliseconds a waiting connection has been left to accepting children.
         let mut deferred = 0;
@@ -735,11 +529,7 @@ impl Parent<'_> {
                 return Role::Parent(self.shutdown(Exit::Signal(STOP_SIGNAL.load(Relaxed))));
             }
             self.reap();
-            if sys::STATUS.swap(false, Relaxed) {
-                self.observe(sys::now_ms());
-                self.publish_busy();
-                self.log_status();
-            }
+            self.log_status_if_asked();
             let now = sys::now_ms();
             if now >= next_tick {
                 next_tick = now + TICK_MS;
@@ -747,22 +537,7 @@ impl Parent<'_> {
                     return Role::Parent(self.shutdown(exit));
                 }
             }
-            let paused = self.accept_paused_until.max(self.fork_paused_until);
-            let room = now >= paused && self.has_room();
-            let until_tick = next_tick.saturating_sub(now);
-            let ready = match (room, deferred > 0) {
-                (false, _) => {
-                    let t = if paused > now {
-                        until_tick.min(paused - now)
-                    } else {
-                        until_tick
-                    };
-                    self.wait(false, t).map(|_| false)
-                }
-                (true, false) => self.wait(true, until_tick),
-                (true, true) => self.wait(false, 1).map(|_| self.pending()),
-            };
-            match ready {
+            match self.wait_for_connection(now, next_tick, deferred > 0) {
                 Ok(true) => {}
                 Ok(false) => {
                     deferred = 0;
@@ -775,14 +550,60 @@ impl Parent<'_> {
                 continue;
             }
             deferred = 0;
-            match listen::accept(self.listener) {
-                Ok(Some(conn)) => {
-                    if let Some(child) = self.spawn(conn) {
-                        return child;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => self.accept_failed(e),
+            if let Some(child) = self.accept_one() {
+                return child;
+            }
+        }
+    }
+
+    /// SIGUSR2: logs the child table as seen now.
+    fn log_status_if_asked(&mut self) {
+        if sys::STATUS.swap(false, Relaxed) {
+            self.observe(sys::now_ms());
+            self.publish_busy();
+            self.log_status();
+        }
+    }
+
+    /// Sleeps until a connection waits that may be taken now (`Ok(true)`),
+    /// or the next tick at `next_tick` (`Ok(false)`). Without room (the
+    /// child limit, an accept pause, the crash back-off) the listener is not
+    /// watched, and the sleep ends early when the pause does. `deferring`: a
+    /// connection is being left to accepting children, so look again in
+    /// 1 ms whether it is still there.
+    fn wait_for_connection(
+        &mut self,
+        now: u64,
+        next_tick: u64,
+        deferring: bool,
+    ) -> Result<bool, String> {
+        let paused = self.accept_paused_until.max(self.fork_paused_until);
+        let room = now >= paused && self.has_room();
+        let until_tick = next_tick.saturating_sub(now);
+        match (room, deferring) {
+            (false, _) => {
+                let t = if paused > now {
+                    until_tick.min(paused - now)
+                } else {
+                    until_tick
+                };
+                self.wait(false, t).map(|_| false)
+            }
+            (true, false) => self.wait(true, until_tick),
+            (true, true) => self.wait(false, 1).map(|_| self.pending()),
+        }
+    }
+
+    /// Accepts the waiting connection and forks a child for it: the child's
+    /// [`Role`] in the child, `None` in the parent (and when there was
+    /// nothing to accept, or accept failed).
+    fn accept_one(&mut self) -> Option<Role> {
+        match listen::accept(self.listener) {
+            Ok(Some(conn)) => self.spawn(conn),
+            Ok(None) => None,
+            Err(e) => {
+                self.accept_failed(e);
+                None
             }
         }
     }
@@ -802,7 +623,7 @@ impl Parent<'_> {
         self.retire_idle_children(now);
         self.expire_leases(now);
         self.escalate(now);
-        self.publish(now);
+        self.publish();
         self.group_idle_too_long(now).map(Exit::GroupIdle)
     }
 
@@ -891,7 +712,7 @@ impl Parent<'_> {
     /// Publishes free memory and the busy count in the header for the
     /// children's LSAPI_AVOID_FORK, LSAPI_KEEP_LISTEN and
     /// LSAPI_MAX_BUSY_WORKER decisions (the parent is its only writer).
-    fn publish(&self, _now: u64) {
+    fn publish(&self) {
         let h = self.table.header();
         let m = self.probe.read();
         h.mem_total.store(m.total, Relaxed);
@@ -1084,7 +905,7 @@ impl Parent<'_> {
                 crate::warn!(
                     "killing child {} with SIGKILL: {} ({}), {} s after it was asked to leave",
                     c.pid,
-                    reason_of(r.reason),
+                    r.reason.text(),
                     c.said.map_or("says nothing sensible", State::name),
                     r.grace_ms / 1000
                 );
@@ -1246,24 +1067,9 @@ impl Parent<'_> {
                         budget: RELAY_PER_TICK,
                     }
                 });
-                self.children.push(Child {
-                    pid,
-                    pidfd: pidfd_open(pid),
-                    page: own.page,
-                    report: Some(own.report.0),
-                    relay,
-                    forked_ms: now,
-                    started: false,
-                    uid: None,
-                    admitted: false,
-                    reported_ms: 0,
-                    seen_requests: 0,
-                    counted: 0,
-                    progress_ms: now,
-                    active_ms: now,
-                    said: Some(State::Starting),
-                    retire: None,
-                });
+                let pidfd = pidfd_open(pid);
+                let c = Child::new(pid, pidfd, own.page, own.report.0, relay, now);
+                self.children.push(c);
                 listen::close(conn);
                 None
             }
@@ -1305,9 +1111,9 @@ impl Parent<'_> {
                 sys::exit_now(1);
             }
         }
-        let threshold = self.cfg.listen_threshold();
+        let policy = Policy::of(self.cfg);
         let header = self.table.header();
-        let keep = self.cfg.keep_listen > 0 && header.memory().enough(threshold);
+        let keep = policy.keep_listen > 0 && header.memory().enough(policy.threshold);
         let mut m = Member::new(
             own.page.keep(),
             own.report.1,
@@ -1315,11 +1121,10 @@ impl Parent<'_> {
             header,
             parent,
             Some(self.listener),
-            self.cfg.keep_listen,
-            threshold,
-            self.cfg.max_busy_worker,
+            policy,
         );
-        if !die_with_parent_now(parent) {
+        // SIGTERM once the parent dies: it finishes its request, then leaves.
+        if !crate::status::die_with_parent(parent, libc::SIGTERM) {
             sys::STOP.store(true, Relaxed);
         }
         if !keep {
@@ -1353,7 +1158,8 @@ impl Parent<'_> {
                 continue;
             };
             let now = sys::now_ms();
-            self.observe_one(i, now);
+            // Its hints one last time (it may have started after the last tick).
+            look(&mut self.children[i], now);
             let mut c = self.children.swap_remove(i);
             if let Some(r) = c.relay.take() {
                 r.finish(c.pid, c.uid);
@@ -1371,12 +1177,6 @@ impl Parent<'_> {
             // A child gone: room in its tenant's share.
             self.judge();
         }
-    }
-
-    /// Reads child `i`'s hints one last time (it may have started after the
-    /// last tick).
-    fn observe_one(&mut self, i: usize, now: u64) {
-        look(&mut self.children[i], now);
     }
 
     /// Crash-loop back-off: children that die abnormally before they start
@@ -1422,7 +1222,7 @@ impl Parent<'_> {
                 let _ = write!(list, ":{}ms", now.saturating_sub(c.progress_ms));
             }
             if let Some(r) = c.retire {
-                let _ = write!(list, ":retiring({})", reason_of(r.reason));
+                let _ = write!(list, ":retiring({})", r.reason.text());
             }
         }
         let m = self.table.header().memory();
@@ -1510,10 +1310,6 @@ fn look(c: &mut Child, now: u64) {
     c.said = said;
 }
 
-fn reason_of(r: Reason) -> &'static str {
-    r.text()
-}
-
 /// Sends `sig` to child `c`: through its pidfd where there is one, else by
 /// its pid, which is safe because the record exists only until the parent
 /// reaps it (and a pid from fork is always > 0).
@@ -1574,12 +1370,6 @@ fn reap_pid(pid: i32) -> Option<ChildExit> {
     }
 }
 
-/// In a new child: SIGTERM once the parent dies (it finishes its request,
-/// then leaves); false when the parent is already gone.
-fn die_with_parent_now(parent: i32) -> bool {
-    crate::status::die_with_parent(parent, libc::SIGTERM)
-}
-
 /// Logs why the parent stopped.
 pub fn log_exit(why: &Exit) {
     match why {
@@ -1593,82 +1383,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_pages_are_separate_zeroed_and_cannot_grow() {
-        let (a, b) = (StatusPage::new().unwrap(), StatusPage::new().unwrap());
-        assert_eq!(a.slot().state.load(Relaxed), State::Starting as u32);
-        a.slot().requests.store(5, Relaxed);
-        assert_eq!(b.slot().requests.load(Relaxed), 0);
-        // A child grows its mapping of `a` and writes past the first page:
-        // the sealed object has one page, so that is SIGBUS, not memory of
-        // another page.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let p = unsafe { libc::mremap(a.0.cast(), PAGE, 4 * PAGE, libc::MREMAP_MAYMOVE) };
-            if p == libc::MAP_FAILED {
-                unsafe { libc::_exit(3) };
-            }
-            unsafe { (p as *mut u8).add(PAGE).write_volatile(1) };
-            unsafe { libc::_exit(0) };
-        }
-        let mut status = 0;
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS,
-            "status {status:#x}"
-        );
-        assert_eq!(b.slot().requests.load(Relaxed), 0);
-    }
-
-    #[test]
-    fn a_child_keeps_its_own_page_and_a_read_only_header() {
-        let t = Table::new().unwrap();
-        let own = StatusPage::new().unwrap();
-        own.slot().exit.store(1, Relaxed);
-        t.header().busy.store(7, Relaxed);
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let ok = t.read_only_for_good().is_ok() && own.slot().exit.load(Relaxed) == 1;
-            own.slot().requests.store(42, Relaxed);
-            // The header is the parent's page, read-only for good, and the
-            // memfd behind it is closed.
-            let header = t.header().busy.load(Relaxed) == 7
-                && unsafe {
-                    libc::mprotect(t.base.cast(), PAGE, libc::PROT_READ | libc::PROT_WRITE)
-                } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EACCES)
-                && unsafe { libc::fcntl(t.header_fd, libc::F_GETFD) } < 0;
-            unsafe { libc::_exit(if ok && header { 0 } else { 1 }) };
-        }
-        let mut status = 0;
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(libc::WEXITSTATUS(status), 0);
-        assert_eq!(own.slot().requests.load(Relaxed), 42);
-        // The parent's view stays writable under the seals.
-        t.header().busy.store(8, Relaxed);
-        assert_eq!(t.header().busy.load(Relaxed), 8);
-    }
-
-    #[test]
     fn the_report_pipe_gives_started_then_the_uid_then_closes() {
         let (r, w) = pipe().unwrap();
-        let mut c = Child {
-            pid: 1,
-            pidfd: None,
-            page: StatusPage::new().unwrap(),
-            report: Some(r),
-            relay: None,
-            forked_ms: 0,
-            started: false,
-            uid: None,
-            admitted: false,
-            reported_ms: 0,
-            seen_requests: 0,
-            counted: 0,
-            progress_ms: 0,
-            active_ms: 0,
-            said: None,
-            retire: None,
-        };
+        let mut c = Child::new(1, None, StatusPage::new().unwrap(), r, None, 0);
         c.read_report();
         assert!(!c.started && c.report.is_some());
         sys::write_all_fd(w, b"N");
@@ -1679,37 +1396,5 @@ mod tests {
         sys::close(w);
         c.read_report();
         assert!(c.report.is_none());
-    }
-
-    #[test]
-    fn without_proc_the_sealed_memfd_still_maps_only_read_only() {
-        let mut t = Table::new().unwrap();
-        t.header_path = c"/nonexistent/fd".into();
-        let (p, via_proc) = t.read_only_header(std::ptr::null_mut()).unwrap();
-        assert!(!via_proc);
-        let rw = libc::PROT_READ | libc::PROT_WRITE;
-        assert_ne!(unsafe { libc::mprotect(p.cast(), PAGE, rw) }, 0);
-        // Nor can a new writable mapping be made from the memfd itself.
-        let w = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE,
-                rw,
-                libc::MAP_SHARED,
-                t.header_fd,
-                0,
-            )
-        };
-        assert_eq!(w, libc::MAP_FAILED);
-        unsafe { libc::munmap(p.cast(), PAGE) };
-    }
-
-    #[test]
-    fn throttle_allows_one_line_per_interval() {
-        let mut t = Throttle::default();
-        assert_eq!(t.allow(1000), Some(0));
-        assert_eq!(t.allow(2000), None);
-        assert_eq!(t.allow(3000), None);
-        assert_eq!(t.allow(1000 + LOG_INTERVAL_MS), Some(2));
     }
 }

@@ -1,6 +1,8 @@
-//! A ProcessGroup child's side of the group's shared status: its own slot,
-//! which it writes as *hints* for the parent, and the group-wide figures the
-//! parent publishes for it.
+//! The ProcessGroup's shared status: the pages themselves (each child's
+//! sealed slot page, [`StatusPage`]; the group header, [`Table`]) and a
+//! child's side of them ([`Member`]): its own slot, which it writes as
+//! *hints* for the parent, and the group-wide figures the parent publishes
+//! for it.
 //!
 //! Trust: everything here is written by a process that may run a hostile
 //! tenant's code. The parent never takes a pid, a time or a count from it to
@@ -14,7 +16,7 @@
 //! outlives it) writes there can only mislead the parent about that child.
 //! One writer per field: the child writes `state` and `requests` of its
 //! slot; the parent writes `exit` and the header, which every child sees
-//! through a read-only mapping it cannot make writable (see `pgroup.rs`), so
+//! through a read-only mapping it cannot make writable ([`Table`]), so
 //! a tenant cannot forge the figures other tenants act on.
 //!
 //! What the parent does act on alone comes from the kernel (fork, wait
@@ -24,7 +26,9 @@
 //! daemon mode then `U` and the uid its first request was admitted for,
 //! after which it waits for the parent's verdict on that tenant's share of
 //! the group (`G`: serve, anything else: answer 508) and closes the channel.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+use crate::config::Config;
 use crate::listen;
 use crate::sys::{self, Memory};
 use std::cell::Cell;
@@ -119,6 +123,29 @@ pub fn die_with_parent(parent: i32, sig: libc::c_int) -> bool {
     sys::getppid() == parent
 }
 
+/// The settings a child applies to itself as a member of its group.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// LSAPI_KEEP_LISTEN (2 with LSAPI_AVOID_FORK; 0 in suEXEC daemon mode).
+    pub keep_listen: u8,
+    /// Free memory, bytes, above which it keeps taking connections
+    /// ([`Config::listen_threshold`]).
+    pub threshold: u64,
+    /// LSAPI_MAX_BUSY_WORKER.
+    pub max_busy: Option<u32>,
+}
+
+impl Policy {
+    /// The child's policy under `cfg`.
+    pub fn of(cfg: &Config) -> Policy {
+        Policy {
+            keep_listen: cfg.keep_listen,
+            threshold: cfg.listen_threshold(),
+            max_busy: cfg.max_busy_worker,
+        }
+    }
+}
+
 /// A child's link to its group: its own slot, its report pipe, the header,
 /// the shared listener while it keeps it, and the policies it applies to
 /// itself.
@@ -137,9 +164,7 @@ pub struct Member {
     /// The `\0PID` notice is still to be sent on the connection this child
     /// was forked for.
     pub notice_pending: bool,
-    keep_listen: u8,
-    threshold: u64,
-    max_busy: Option<u32>,
+    policy: Policy,
     /// The parent-death signal is to be armed again at the next request
     /// (a suEXEC user switch before the first one clears it).
     rearm: Cell<bool>,
@@ -149,7 +174,6 @@ impl Member {
     /// The link of a new child to `slot` and `header`, which must stay mapped
     /// for the life of the process, reporting on `report` (owned from now);
     /// `tenant`: in suEXEC daemon mode.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         slot: &'static Slot,
         report: RawFd,
@@ -157,9 +181,7 @@ impl Member {
         header: &'static Header,
         parent: i32,
         listener: Option<RawFd>,
-        keep_listen: u8,
-        threshold: u64,
-        max_busy: Option<u32>,
+        policy: Policy,
     ) -> Member {
         Member {
             slot,
@@ -169,9 +191,7 @@ impl Member {
             parent,
             listener,
             notice_pending: true,
-            keep_listen,
-            threshold,
-            max_busy,
+            policy,
             rearm: Cell::new(true),
         }
     }
@@ -219,7 +239,7 @@ impl Member {
     }
 
     /// Says a request began: Busy, and one more request begun.
-    pub fn request_started(&self, _now_ms: u64) {
+    pub fn request_started(&self) {
         if self.rearm.replace(false) && !die_with_parent(self.parent, libc::SIGTERM) {
             sys::STOP.store(true, Relaxed);
         }
@@ -228,7 +248,7 @@ impl Member {
     }
 
     /// Says the request ended: Idle again.
-    pub fn request_finished(&self, _now_ms: u64) {
+    pub fn request_finished(&self) {
         self.slot.state.store(State::Idle as u32, Relaxed);
     }
 
@@ -272,7 +292,8 @@ impl Member {
     /// counted by the parent) that this one, having finished a request,
     /// should hand its connection back.
     pub fn too_many_busy(&self) -> bool {
-        self.max_busy
+        self.policy
+            .max_busy
             .is_some_and(|n| self.header.busy.load(Relaxed) >= n)
     }
 
@@ -289,7 +310,7 @@ impl Member {
         if self.memory_low() {
             return false;
         }
-        match self.keep_listen {
+        match self.policy.keep_listen {
             0 => false,
             1 => waited_s < 10 + 10 * u64::from(self.header.busy.load(Relaxed)),
             _ => true,
@@ -298,7 +319,7 @@ impl Member {
 
     /// Whether free memory is what made [`Member::keep_listening`] say no.
     pub fn memory_low(&self) -> bool {
-        !self.header.memory().enough(self.threshold)
+        !self.header.memory().enough(self.policy.threshold)
     }
 
     /// Stops taking connections: closes this child's copy of the listener.
@@ -343,12 +364,231 @@ pub const VERDICT_WAIT_MS: u64 = 10_000;
 /// an orphan, SIGALRM) ends it: mod_wsgi's default shutdown-timeout.
 pub const EXIT_GRACE_SECS: u32 = 5;
 
+/// The group header (written by the parent only): a sealed memfd page the
+/// parent maps read-write; a child replaces its inherited writable view with
+/// a read-only one it cannot make writable again (see
+/// [`Table::read_only_header`]), so in suEXEC daemon mode one tenant cannot
+/// forge the busy count or memory figures every other tenant's children act
+/// on. Each child's slot is a page of its own ([`StatusPage`]).
+pub struct Table {
+    base: *mut u8,
+    /// The header's memfd: close-on-exec, held by the parent only.
+    header_fd: RawFd,
+    /// `/proc/self/fd/N` for `header_fd`, to reopen it read-only.
+    header_path: std::ffi::CString,
+}
+
+/// The header memfd's name: /proc/PID/maps shows the page as
+/// `/memfd:lswsgi-group-header (deleted)`.
+const HEADER_NAME: &std::ffi::CStr = c"lswsgi-group-header";
+/// A child's status page's memfd name (`/memfd:lswsgi-child-status`).
+const SLOT_NAME: &std::ffi::CStr = c"lswsgi-child-status";
+
+/// A one-page memfd (close-on-exec, never executable) whose size is sealed:
+/// no mapping of it can be grown past its page (mremap beyond it maps no
+/// other object's memory) and it cannot be shrunk under a mapping.
+fn sealed_page(name: &std::ffi::CStr) -> std::io::Result<RawFd> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a NUL-terminated name; checked. Never
+    // executable (vm.memfd_noexec=2 requires saying so); kernels before 6.3
+    // do not know the flag (EINVAL) and get the plain call.
+    let fd = sys::cvt(unsafe {
+        match libc::memfd_create(name.as_ptr(), flags | libc::MFD_NOEXEC_SEAL) {
+            -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) => {
+                libc::memfd_create(name.as_ptr(), flags)
+            }
+            fd => fd,
+        }
+    })?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    // SAFETY: ftruncate and fcntl with integer arguments on the memfd we own.
+    let r = unsafe {
+        sys::cvt(libc::ftruncate(fd, PAGE as libc::off_t))
+            .and_then(|_| sys::cvt(libc::fcntl(fd, libc::F_ADD_SEALS, seals)))
+    };
+    r.map(|_| fd).inspect_err(|_| sys::close(fd))
+}
+
+/// Maps `fd`'s page shared read-write at `at` (null: anywhere).
+fn map_page(fd: RawFd, at: *mut u8) -> std::io::Result<*mut u8> {
+    let fixed = if at.is_null() { 0 } else { libc::MAP_FIXED };
+    // SAFETY: a one-page shared mapping of a one-page memfd; with MAP_FIXED
+    // the caller owns the page at `at`, referenced by nothing. Checked.
+    let p = unsafe {
+        libc::mmap(
+            at.cast(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | fixed,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
+
+/// One child's status page: a sealed memfd page of its own, created for that
+/// fork, mapped by the parent until it reaps the child and never given to
+/// another child. The memfd itself is closed at once: the child inherits
+/// the mapping only, so whatever it (or a process it forks and that
+/// outlives it) does with the page reaches no other child's.
+pub struct StatusPage(*mut Slot);
+
+impl StatusPage {
+    pub fn new() -> std::io::Result<StatusPage> {
+        let fd = sealed_page(SLOT_NAME)?;
+        // No more seals may be added either (nobody could add F_SEAL_WRITE).
+        // SAFETY: fcntl with integer arguments on the memfd we own.
+        let sealed = sys::cvt(unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SEAL) });
+        let p = sealed.and_then(|_| map_page(fd, std::ptr::null_mut()));
+        sys::close(fd);
+        Ok(StatusPage(p?.cast()))
+    }
+
+    pub fn slot(&self) -> &Slot {
+        // SAFETY: a live, zero-filled (all zeroes: Starting) page-aligned
+        // mapping of a sealed page, unmapped only by `drop`, which the
+        // borrow of `self` rules out meanwhile; zeroes are valid atomics.
+        unsafe { &*self.0 }
+    }
+
+    /// The mapping, for a new child to keep for the rest of its life.
+    pub fn keep(self) -> &'static Slot {
+        let p = self.0;
+        std::mem::forget(self);
+        // SAFETY: as in `slot`; forgotten, the page is never unmapped.
+        unsafe { &*p }
+    }
+}
+
+impl Drop for StatusPage {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the `&'static` handed out by `slot` is only
+        // used while the record (or, in a child, `keep`) holds the page.
+        unsafe { libc::munmap(self.0.cast(), PAGE) };
+    }
+}
+
+impl Table {
+    /// Maps the group header, a sealed memfd page; fails if a child could not
+    /// be given a read-only view of it.
+    pub fn new() -> std::io::Result<Table> {
+        let fd = sealed_page(HEADER_NAME)?;
+        let base = map_page(fd, std::ptr::null_mut()).inspect_err(|_| sys::close(fd))?;
+        let t = Table {
+            base,
+            header_fd: fd,
+            header_path: std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap(),
+        };
+        t.seal_header().inspect_err(|_| {
+            // SAFETY: our own fresh mapping, referenced by nothing.
+            unsafe { libc::munmap(base.cast(), PAGE) };
+            sys::close(fd);
+        })?;
+        Ok(t)
+    }
+
+    /// Seals the header and tries once what every child will do: a group
+    /// whose children could write the header does not start.
+    fn seal_header(&self) -> std::io::Result<()> {
+        let fd = self.header_fd;
+        // No new writable mapping or write(2) (F_SEAL_FUTURE_WRITE, Linux >=
+        // 5.1) while the parent's view stays writable. Older kernels get the
+        // size seals only.
+        // SAFETY: fcntl with integer arguments on the memfd we own.
+        unsafe {
+            if libc::fcntl(
+                fd,
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL,
+            ) != 0
+            {
+                sys::cvt(libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SEAL))?;
+            }
+        }
+        let (probe, via_proc) = self.read_only_header(std::ptr::null_mut()).map_err(|e| {
+            std::io::Error::other(format!(
+                "children cannot be given a read-only group header: {e}"
+            ))
+        })?;
+        // SAFETY: the probe page is ours and referenced by nothing.
+        unsafe { libc::munmap(probe.cast(), PAGE) };
+        if !via_proc {
+            crate::info!("no /proc/self/fd: children map the sealed group header read-only");
+        }
+        Ok(())
+    }
+
+    pub fn header(&self) -> &'static Header {
+        // SAFETY: a live, zero-filled mapping never unmapped in the parent
+        // (in a child, replaced in place by a read-only view of the same
+        // memfd, which only loads); zeroes are valid atomics; page alignment
+        // ≥ 64.
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    /// Maps the header read-only at `at` (replacing what is there; null:
+    /// anywhere) so that this process cannot make it writable: from the memfd
+    /// reopened O_RDONLY through /proc (a mapping of a file opened read-only
+    /// never has VM_MAYWRITE), or, without /proc, from the memfd itself (which
+    /// F_SEAL_FUTURE_WRITE leaves without VM_MAYWRITE). Checked: mprotect to
+    /// writable must fail. Returns the page and whether /proc was used.
+    fn read_only_header(&self, at: *mut u8) -> std::io::Result<(*mut u8, bool)> {
+        // SAFETY: open with a NUL-terminated path; the result is checked.
+        let ro = unsafe { libc::open(self.header_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        let fixed = if at.is_null() { 0 } else { libc::MAP_FIXED };
+        // SAFETY: a one-page shared read-only mapping of the memfd; with
+        // MAP_FIXED it replaces page 0 of the table, which then holds the
+        // same memfd page, so references to the header stay valid (they
+        // only load). Checked.
+        let p = unsafe {
+            libc::mmap(
+                at.cast(),
+                PAGE,
+                libc::PROT_READ,
+                libc::MAP_SHARED | fixed,
+                if ro >= 0 { ro } else { self.header_fd },
+                0,
+            )
+        };
+        let mapped = std::io::Error::last_os_error();
+        if ro >= 0 {
+            sys::close(ro);
+        }
+        if p == libc::MAP_FAILED {
+            return Err(mapped);
+        }
+        // SAFETY: mprotect on the page just mapped; expected to fail.
+        if unsafe { libc::mprotect(p, PAGE, libc::PROT_READ | libc::PROT_WRITE) } == 0 {
+            // SAFETY: the page just mapped: a probe referenced by nothing,
+            // or in a child the header, which exits on this error without
+            // touching it again.
+            unsafe { libc::munmap(p, PAGE) };
+            return Err(std::io::Error::other("its view could be made writable"));
+        }
+        Ok((p.cast(), ro >= 0))
+    }
+
+    /// In a new child: makes the header read-only for good and closes the
+    /// memfd, so it holds nothing that maps the header writable.
+    pub fn read_only_for_good(&self) -> std::io::Result<()> {
+        let r = self.read_only_header(self.base);
+        sys::close(self.header_fd);
+        r.map(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn member(report: RawFd, tenant: bool) -> Member {
+        // SAFETY: all zeroes are valid atomics (and a Starting slot).
         let slot: &'static Slot = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+        // SAFETY: as above.
         let header: &'static Header = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
         Member::new(
             slot,
@@ -357,15 +597,18 @@ mod tests {
             header,
             sys::getppid(),
             None,
-            0,
-            0,
-            None,
+            Policy {
+                keep_listen: 0,
+                threshold: 0,
+                max_busy: None,
+            },
         )
     }
 
     fn pair() -> (RawFd, RawFd) {
         let mut fds = [-1; 2];
         assert_eq!(
+            // SAFETY: fds is a live array of two ints.
             unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) },
             0
         );
@@ -374,6 +617,7 @@ mod tests {
 
     fn read_all(fd: RawFd) -> Vec<u8> {
         let mut buf = [0u8; 16];
+        // SAFETY: reading into a live local buffer of its own length.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         buf[..n.max(0) as usize].to_vec()
     }
@@ -387,6 +631,7 @@ mod tests {
             assert_eq!(read_all(parent), b"N");
             sys::write_all_fd(parent, &[verdict]);
             assert_eq!(m.admitted(), go);
+            // SAFETY: getuid takes no arguments and cannot fail.
             let uid = unsafe { libc::getuid() }.to_ne_bytes();
             assert_eq!(read_all(parent), [b'U', uid[0], uid[1], uid[2], uid[3]]);
             // The child's end is closed: end of file, and no second report.
@@ -416,5 +661,99 @@ mod tests {
         assert_eq!(State::from_u32(0), Some(State::Starting));
         assert_eq!(State::from_u32(4), Some(State::Leaving));
         assert_eq!(State::from_u32(u32::MAX), None);
+    }
+
+    #[test]
+    fn status_pages_are_separate_zeroed_and_cannot_grow() {
+        let (a, b) = (StatusPage::new().unwrap(), StatusPage::new().unwrap());
+        assert_eq!(a.slot().state.load(Relaxed), State::Starting as u32);
+        a.slot().requests.store(5, Relaxed);
+        assert_eq!(b.slot().requests.load(Relaxed), 0);
+        // A child grows its mapping of `a` and writes past the first page:
+        // the sealed object has one page, so that is SIGBUS, not memory of
+        // another page.
+        // SAFETY: the child only makes system calls and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: in the forked child, on its copy of the mapping: the
+            // write past the page is meant to fault (SIGBUS), and _exit ends
+            // the child without running the test harness's code.
+            unsafe {
+                let p = libc::mremap(a.0.cast(), PAGE, 4 * PAGE, libc::MREMAP_MAYMOVE);
+                if p == libc::MAP_FAILED {
+                    libc::_exit(3);
+                }
+                (p as *mut u8).add(PAGE).write_volatile(1);
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: status is a live local; pid is our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS,
+            "status {status:#x}"
+        );
+        assert_eq!(b.slot().requests.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_child_keeps_its_own_page_and_a_read_only_header() {
+        let t = Table::new().unwrap();
+        let own = StatusPage::new().unwrap();
+        own.slot().exit.store(1, Relaxed);
+        t.header().busy.store(7, Relaxed);
+        // SAFETY: the child only makes system calls and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = t.read_only_for_good().is_ok() && own.slot().exit.load(Relaxed) == 1;
+            own.slot().requests.store(42, Relaxed);
+            // The header is the parent's page, read-only for good, and the
+            // memfd behind it is closed.
+            let header = t.header().busy.load(Relaxed) == 7
+                // SAFETY: mprotect of the header page, expected to fail.
+                && unsafe {
+                    libc::mprotect(t.base.cast(), PAGE, libc::PROT_READ | libc::PROT_WRITE)
+                } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EACCES)
+                // SAFETY: fcntl with integer arguments, expected to fail.
+                && unsafe { libc::fcntl(t.header_fd, libc::F_GETFD) } < 0;
+            // SAFETY: ends the forked child without the harness's code.
+            unsafe { libc::_exit(if ok && header { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: status is a live local; pid is our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+        assert_eq!(own.slot().requests.load(Relaxed), 42);
+        // The parent's view stays writable under the seals.
+        t.header().busy.store(8, Relaxed);
+        assert_eq!(t.header().busy.load(Relaxed), 8);
+    }
+
+    #[test]
+    fn without_proc_the_sealed_memfd_still_maps_only_read_only() {
+        let mut t = Table::new().unwrap();
+        t.header_path = c"/nonexistent/fd".into();
+        let (p, via_proc) = t.read_only_header(std::ptr::null_mut()).unwrap();
+        assert!(!via_proc);
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: mprotect of the page just mapped, expected to fail.
+        assert_ne!(unsafe { libc::mprotect(p.cast(), PAGE, rw) }, 0);
+        // Nor can a new writable mapping be made from the memfd itself.
+        // SAFETY: a new mapping anywhere, expected to fail; checked.
+        let w = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                rw,
+                libc::MAP_SHARED,
+                t.header_fd,
+                0,
+            )
+        };
+        assert_eq!(w, libc::MAP_FAILED);
+        // SAFETY: the probe page, referenced by nothing else.
+        unsafe { libc::munmap(p.cast(), PAGE) };
     }
 }

@@ -16,8 +16,10 @@
 //! that page too; before the user switch the page is wiped and unmapped and
 //! the stack the hash ran on is overwritten, so no copy remains in a process
 //! where tenant code can run.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::config::Config;
+use crate::lve::{self, Lve};
 use std::ffi::CString;
 
 /// Bytes of the shared secret used (the first 16 of the file).
@@ -26,6 +28,92 @@ const SECRET_LEN: usize = 16;
 const HASH_OFF: usize = 64;
 /// Size of the secret page, bytes (one page on every Linux target).
 const PAGE: usize = 4096;
+
+/// A user to serve as: uid and gid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl std::fmt::Display for Ids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+/// A suEXEC daemon: what its children need to admit a connection, from
+/// start-up (as root) to each child's first request.
+pub struct Daemon {
+    secret: Secret,
+    /// The user for requests without suEXEC credentials.
+    default: Ids,
+    floor: Floor,
+    lve: Option<Lve>,
+}
+
+impl Daemon {
+    /// Applies the root rules of LSAPI.md section 7. Started as root with
+    /// LSAPI_SECRET: a suEXEC daemon (returned) whose children never keep
+    /// the listener, since each serves one user. Started as root without it:
+    /// switch to LSAPI_DEFAULT_UID/GID or `nobody` now. Not root: nothing to
+    /// do.
+    pub fn set_up(cfg: &mut Config) -> Result<Option<Daemon>, String> {
+        if !is_root() {
+            return Ok(None);
+        }
+        let default = default_ids(cfg)?;
+        let Some(path) = &cfg.secret_file else {
+            switch_user(default)
+                .map_err(|e| format!("started as root and cannot drop privileges: {e}"))?;
+            crate::info!("started as root; serving as {default}");
+            return Ok(None);
+        };
+        let secret = Secret::load(path)?;
+        if !cfg.process_group() {
+            return Err(
+                "suEXEC daemon mode (LSAPI_SECRET as root) needs LSAPI_CHILDREN > 1".into(),
+            );
+        }
+        cfg.one_tenant_per_child();
+        let lve = Lve::init(cfg.lve_enable)?;
+        crate::info!(
+            "suEXEC daemon mode: children switch to the authenticated user of each connection"
+        );
+        Ok(Some(Daemon {
+            secret,
+            default,
+            floor: Floor::new(cfg),
+            lve,
+        }))
+    }
+
+    /// In a freshly forked child, before anything of a tenant runs: root
+    /// stays only the saved uid until the final switch, and the child gets
+    /// a session of its own (no terminal or session shared with root or
+    /// another tenant; the tenant's own processes start in this child's
+    /// group, ended by [`Daemon::child_exit`]). Returns the gate its
+    /// requests pass; `after_switch` runs once the user switch is done (the
+    /// embedding's per-user set-up, e.g. the tenant's PYTHONPATH).
+    pub fn start_child(self, after_switch: fn()) -> Result<Gate, String> {
+        hold_as(self.default)?;
+        own_session()?;
+        Ok(Gate {
+            secret: Some(self.secret),
+            default: self.default,
+            floor: self.floor,
+            lve: self.lve,
+            after_switch,
+            serving_as: None,
+        })
+    }
+
+    /// In a daemon child about to exit: ends what the tenant started from
+    /// it ([`end_tenant_group`]) once the exit work is done.
+    pub fn child_exit() {
+        crate::sys::before_exit_now(end_tenant_group);
+    }
+}
 
 /// The suEXEC shared secret, in its own page; wiped and unmapped on drop.
 /// Only a pointer moves: the bytes never leave the page.
@@ -205,7 +293,7 @@ impl Secret {
         }
         let uid = u32::from_ne_bytes(ugid[0..4].try_into().expect("4 bytes"));
         let gid = u32::from_ne_bytes(ugid[4..8].try_into().expect("4 bytes"));
-        Auth::Valid(uid, gid)
+        Auth::Valid(Ids { uid, gid })
     }
 
     /// MD5(nonce ‖ secret ‖ ugid), with the hash state inside the secret
@@ -246,7 +334,7 @@ pub enum Auth {
     Invalid(&'static str),
     /// Authentic credentials for this uid and gid (not yet checked against
     /// the floor).
-    Valid(u32, u32),
+    Valid(Ids),
 }
 
 impl std::fmt::Debug for Secret {
@@ -330,50 +418,52 @@ impl Floor {
     }
 }
 
-/// A uid from LSAPI_DEFAULT_UID: a number, or a user name that resolves.
-fn parse_uid(v: &str) -> Result<u32, String> {
+/// LSAPI_DEFAULT_UID or LSAPI_DEFAULT_GID (`var`): a number, or the name of
+/// a `what` ("user" or "group") that `lookup` resolves.
+fn parse_id(
+    var: &str,
+    what: &str,
+    v: &str,
+    lookup: impl Fn(&std::ffi::CStr) -> Option<u32>,
+) -> Result<u32, String> {
     let v = v.trim();
     if let Ok(n) = v.parse::<u32>() {
         return Ok(n);
     }
-    let c = CString::new(v).map_err(|_| format!("LSAPI_DEFAULT_UID={v:?} is not a user"))?;
-    // SAFETY: getpwnam returns NULL or a pointer to a static record read at once.
-    unsafe {
-        let pw = libc::getpwnam(c.as_ptr());
-        if pw.is_null() {
-            return Err(format!(
-                "LSAPI_DEFAULT_UID={v:?} is neither a number nor a known user"
-            ));
+    let c = CString::new(v).map_err(|_| format!("{var}={v:?} is not a {what}"))?;
+    lookup(&c).ok_or_else(|| format!("{var}={v:?} is neither a number nor a known {what}"))
+}
+
+/// A uid from LSAPI_DEFAULT_UID: a number, or a user name that resolves.
+fn parse_uid(v: &str) -> Result<u32, String> {
+    parse_id("LSAPI_DEFAULT_UID", "user", v, |name| {
+        // SAFETY: getpwnam with a NUL-terminated name returns NULL or a
+        // pointer to a static record, read at once.
+        unsafe {
+            let pw = libc::getpwnam(name.as_ptr());
+            (!pw.is_null()).then(|| (*pw).pw_uid)
         }
-        Ok((*pw).pw_uid)
-    }
+    })
 }
 
 /// A gid from LSAPI_DEFAULT_GID: a number, or a group name that resolves.
 fn parse_gid(v: &str) -> Result<u32, String> {
-    let v = v.trim();
-    if let Ok(n) = v.parse::<u32>() {
-        return Ok(n);
-    }
-    let c = CString::new(v).map_err(|_| format!("LSAPI_DEFAULT_GID={v:?} is not a group"))?;
-    // SAFETY: getgrnam returns NULL or a pointer to a static record read at once.
-    unsafe {
-        let gr = libc::getgrnam(c.as_ptr());
-        if gr.is_null() {
-            return Err(format!(
-                "LSAPI_DEFAULT_GID={v:?} is neither a number nor a known group"
-            ));
+    parse_id("LSAPI_DEFAULT_GID", "group", v, |name| {
+        // SAFETY: getgrnam with a NUL-terminated name returns NULL or a
+        // pointer to a static record, read at once.
+        unsafe {
+            let gr = libc::getgrnam(name.as_ptr());
+            (!gr.is_null()).then(|| (*gr).gr_gid)
         }
-        Ok((*gr).gr_gid)
-    }
+    })
 }
 
 /// The user to serve as when a request carries no suEXEC identity (and
 /// whenever a worker started as root has no secret): LSAPI_DEFAULT_UID/GID
 /// (numbers or names that resolve), else `nobody` (and its group), checked
 /// against the floor. Anything unusable is a start-up error.
-pub fn default_ids(cfg: &Config) -> Result<(u32, u32), String> {
-    let nobody = || -> Result<(u32, u32), String> {
+pub fn default_ids(cfg: &Config) -> Result<Ids, String> {
+    let nobody = || -> Result<Ids, String> {
         // SAFETY: getpwnam returns NULL or a pointer to a static record read
         // immediately.
         unsafe {
@@ -381,23 +471,32 @@ pub fn default_ids(cfg: &Config) -> Result<(u32, u32), String> {
             if pw.is_null() {
                 return Err("no LSAPI_DEFAULT_UID set and no user 'nobody' exists".into());
             }
-            Ok(((*pw).pw_uid, (*pw).pw_gid))
+            Ok(Ids {
+                uid: (*pw).pw_uid,
+                gid: (*pw).pw_gid,
+            })
         }
     };
     let uid = cfg.default_uid.as_deref().map(parse_uid).transpose()?;
     let gid = cfg.default_gid.as_deref().map(parse_gid).transpose()?;
     let ids = match (uid, gid) {
-        (Some(u), Some(g)) => (u, g),
-        (Some(u), None) => (u, nobody().map(|(_, g)| g).unwrap_or(u)),
-        (None, Some(g)) => (nobody()?.0, g),
+        (Some(uid), Some(gid)) => Ids { uid, gid },
+        (Some(uid), None) => Ids {
+            uid,
+            gid: nobody().map_or(uid, |n| n.gid),
+        },
+        (None, Some(gid)) => Ids {
+            uid: nobody()?.uid,
+            gid,
+        },
         (None, None) => nobody()?,
     };
-    if ids.0 == 0 {
+    if ids.uid == 0 {
         return Err("refusing to serve as root (uid 0)".into());
     }
     Floor::new(cfg)
-        .check(ids.0, ids.1)
-        .map_err(|e| format!("the default user {}:{}: {e}", ids.0, ids.1))?;
+        .check(ids.uid, ids.gid)
+        .map_err(|e| format!("the default user {ids}: {e}"))?;
     Ok(ids)
 }
 
@@ -411,7 +510,7 @@ pub fn is_root() -> bool {
 /// user, keeping root only as the saved set-user-ID, so that the request
 /// path up to authentication does not run with root's effective rights.
 /// [`switch_user`] regains root only to make the final switch.
-pub fn hold_as(uid: u32, gid: u32) -> Result<(), String> {
+fn hold_as(Ids { uid, gid }: Ids) -> Result<(), String> {
     // SAFETY: plain credential system calls with -1 meaning "unchanged".
     unsafe {
         if libc::setresgid(u32::MAX, gid, 0) != 0 || libc::setresuid(u32::MAX, uid, 0) != 0 {
@@ -433,7 +532,7 @@ pub fn hold_as(uid: u32, gid: u32) -> Result<(), String> {
 /// found and ended with it ([`end_tenant_group`]). It also becomes its
 /// descendants' subreaper: an orphaned grandchild is reparented to it, so
 /// "no children" at exit means nothing of the tenant is left.
-pub fn own_session() -> Result<(), String> {
+fn own_session() -> Result<(), String> {
     // SAFETY: setsid on this process, forked and so never a group leader;
     // prctl with integer arguments.
     unsafe {
@@ -467,7 +566,7 @@ fn has_children() -> bool {
 /// without children (the usual case: as subreaper it would have any live
 /// descendant as a child) skips the scan. The kills run as the tenant's
 /// uid, so they reach nothing the tenant could not signal itself.
-pub fn end_tenant_group() {
+fn end_tenant_group() {
     let me = crate::sys::getpid();
     // SAFETY: getpgrp takes no arguments.
     if unsafe { libc::getpgrp() } != me || me <= 1 || !has_children() {
@@ -553,7 +652,7 @@ fn regain_root() -> Result<(), String> {
 /// the user's primary group is `gid`, else just `gid`), then setuid. Refuses
 /// uid 0 and verifies that root cannot be regained. A process that holds
 /// root only as its saved id (see [`hold_as`]) regains it first.
-pub fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
+fn switch_user(Ids { uid, gid }: Ids) -> Result<(), String> {
     if uid == 0 {
         return Err("refusing to serve as root (uid 0)".into());
     }
@@ -608,36 +707,30 @@ pub enum Refusal {
     Limit(String),
 }
 
+impl From<lve::Error> for Refusal {
+    fn from(e: lve::Error) -> Refusal {
+        match e {
+            lve::Error::Limit(why) => Refusal::Limit(why),
+            lve::Error::Jail(why) => Refusal::Drop(why),
+        }
+    }
+}
+
 /// The identity check a suEXEC daemon-mode child applies to each request of
 /// its connection: the first authenticates and switches user for good; later
 /// ones must name the same user.
 pub struct Gate {
     /// Held until the first request is authenticated, then wiped.
     secret: Option<Secret>,
-    default: (u32, u32),
+    default: Ids,
     floor: Floor,
-    lve: Option<crate::lve::Lve>,
-    serving_as: Option<(u32, u32)>,
+    lve: Option<Lve>,
+    /// Runs right after the switch to the first request's user.
+    after_switch: fn(),
+    serving_as: Option<Ids>,
 }
 
 impl Gate {
-    /// A gate that authenticates with `secret`, falling back to `default`
-    /// for requests without credentials, entering `lve` when there is one.
-    pub fn new(
-        secret: Secret,
-        default: (u32, u32),
-        floor: Floor,
-        lve: Option<crate::lve::Lve>,
-    ) -> Gate {
-        Gate {
-            secret: Some(secret),
-            default,
-            floor,
-            lve,
-            serving_as: None,
-        }
-    }
-
     /// Admits a request whose special env is `special_env`. `Err` means the
     /// request must not be served and the process must leave.
     pub fn admit<'a>(
@@ -653,16 +746,14 @@ impl Gate {
                 return Ok(());
             }
             return Err(Refusal::Drop(format!(
-                "request for {}:{}{} on a connection serving {}:{}",
-                ids.0 as i32,
-                ids.1 as i32,
+                "request for {}:{}{} on a connection serving {current}",
+                ids.uid as i32,
+                ids.gid as i32,
                 if requested.is_none() {
                     " (no suEXEC credentials: the default user)"
                 } else {
                     ""
                 },
-                current.0,
-                current.1
             )));
         }
         let auth = {
@@ -673,43 +764,49 @@ impl Gate {
         };
         scrub_stack();
         let mut ids = match auth {
-            Auth::Valid(uid, gid) => (uid, gid),
+            Auth::Valid(ids) => ids,
             Auth::Absent => self.default,
             Auth::Invalid(why) => {
-                let (u, g) = requested_ugid(special_env).unwrap_or((u32::MAX, u32::MAX));
+                let Ids { uid, gid } = requested_ugid(special_env).unwrap_or(Ids {
+                    uid: u32::MAX,
+                    gid: u32::MAX,
+                });
                 return Err(Refusal::Drop(format!(
                     "request for {}:{} with {why}; refused",
-                    u as i32, g as i32
+                    uid as i32, gid as i32
                 )));
             }
         };
-        self.floor.check(ids.0, ids.1).map_err(|e| {
+        self.floor.check(ids.uid, ids.gid).map_err(|e| {
             Refusal::Drop(format!(
                 "authenticated request for {}:{} refused: {e}",
-                ids.0 as i32, ids.1 as i32
+                ids.uid as i32, ids.gid as i32
             ))
         })?;
         if let Some(lve) = &self.lve {
             // lve_enter and jail need root's effective ids.
             regain_root().map_err(Refusal::Drop)?;
-            ids = lve.enter_and_jail(ids, self.default)?;
+            if lve.enter_and_jail(ids.uid)? == lve::Serve::Default {
+                ids = self.default;
+            }
         }
-        switch_user(ids.0, ids.1).map_err(Refusal::Drop)?;
+        switch_user(ids).map_err(Refusal::Drop)?;
         fresh_session_keyring().map_err(Refusal::Drop)?;
-        crate::wsgi::adopt_pythonpath();
+        (self.after_switch)();
         self.serving_as = Some(ids);
         Ok(())
     }
 }
 
-/// The `(uid, gid)` a request's `\0SUEXEC_UGID` names, unauthenticated.
-fn requested_ugid<'a>(
-    special_env: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-) -> Option<(u32, u32)> {
+/// The ids a request's `\0SUEXEC_UGID` names, unauthenticated.
+fn requested_ugid<'a>(special_env: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Option<Ids> {
     let (_, v) = special_env.filter(|(k, _)| *k == b"\0SUEXEC_UGID").last()?;
     let uid = i32::from_ne_bytes(v.get(0..4)?.try_into().ok()?);
     let gid = i32::from_ne_bytes(v.get(4..8)?.try_into().ok()?);
-    Some((uid as u32, gid as u32))
+    Some(Ids {
+        uid: uid as u32,
+        gid: gid as u32,
+    })
 }
 
 #[cfg(test)]
@@ -757,7 +854,13 @@ mod tests {
             (b"\0SUEXEC_UGID".as_slice(), ugid.as_slice()),
             (b"\0SUEXEC_AUTH".as_slice(), auth.as_slice()),
         ];
-        assert_eq!(s.authenticate(env.iter().copied()), Auth::Valid(1001, 1002));
+        assert_eq!(
+            s.authenticate(env.iter().copied()),
+            Auth::Valid(Ids {
+                uid: 1001,
+                gid: 1002
+            })
+        );
     }
 
     #[test]
@@ -840,10 +943,13 @@ mod tests {
         };
         assert_eq!(
             default_ids(&cfg(Some("4321"), Some("4322"))),
-            Ok((4321, 4322))
+            Ok(Ids {
+                uid: 4321,
+                gid: 4322
+            })
         );
         let nobody = default_ids(&cfg(Some("nobody"), Some("4322"))).unwrap();
-        assert!(nobody.0 >= 11 && nobody.1 == 4322);
+        assert!(nobody.uid >= 11 && nobody.gid == 4322);
         assert!(default_ids(&cfg(Some("4321"), Some("no-such-group-x")))
             .unwrap_err()
             .contains("neither a number nor a known group"));

@@ -11,6 +11,7 @@ use crate::listen;
 use crate::status::Member;
 use crate::suexec::{Gate, Refusal};
 use crate::sys::{self, STOP};
+use crate::throttle::Throttle;
 use crate::wsgi::{self, Runtime};
 use lswsgi::conn::Conn;
 use lswsgi::lsapi::response::pid_notice;
@@ -350,7 +351,7 @@ impl<'a> Worker<'a> {
         // which parses the packet anyway.)
         self.uri.clear();
         if let Some(m) = &self.group {
-            m.request_started(now);
+            m.request_started();
         }
         now
     }
@@ -362,7 +363,7 @@ impl<'a> Worker<'a> {
         let now = sys::now_ms();
         self.last_active_ms = now;
         if let Some(m) = &self.group {
-            m.request_finished(now);
+            m.request_finished();
         }
         let took = now - started;
         if self.cfg.slow_req_msecs > 0 && took >= self.cfg.slow_req_msecs {
@@ -405,21 +406,17 @@ impl<'a> Worker<'a> {
 }
 
 /// Pauses after failed accepts (10 ms doubling up to 1 s) and their log
-/// lines (the first one, then at most one per [`Backoff::LOG_EVERY_MS`]
-/// with the number of failures since).
+/// lines (the first one, then at most one per interval with the number of
+/// failures since: [`Throttle`]).
 #[derive(Default)]
 struct Backoff {
     pause_ms: u64,
-    /// When the last line was logged (ms, [`sys::now_ms`]); 0 = never.
-    logged_ms: u64,
-    /// Failures since that line.
-    unlogged: u64,
+    log: Throttle,
 }
 
 impl Backoff {
     const FIRST_MS: u64 = 10;
     const MAX_MS: u64 = 1000;
-    const LOG_EVERY_MS: u64 = 10_000;
 
     fn reset(&mut self) {
         self.pause_ms = 0;
@@ -428,20 +425,13 @@ impl Backoff {
     /// Records a failed accept; returns how long to pause.
     fn failed(&mut self, e: &std::io::Error) -> Duration {
         let now = sys::now_ms();
-        if self.logged_ms == 0 || now.saturating_sub(self.logged_ms) >= Self::LOG_EVERY_MS {
-            if self.unlogged == 0 {
-                crate::error!("accept failed: {e}; backing off");
-            } else {
-                crate::error!(
-                    "accept failed: {e} ({} more failures in the last {} s); backing off",
-                    self.unlogged,
-                    now.saturating_sub(self.logged_ms) / 1000
-                );
-            }
-            self.logged_ms = now.max(1);
-            self.unlogged = 0;
-        } else {
-            self.unlogged += 1;
+        let since_s = self.log.since_last_ms(now) / 1000;
+        match self.log.allow(now) {
+            Some(0) => crate::error!("accept failed: {e}; backing off"),
+            Some(more) => crate::error!(
+                "accept failed: {e} ({more} more failures in the last {since_s} s); backing off"
+            ),
+            None => {}
         }
         self.pause_ms = (self.pause_ms * 2).clamp(Self::FIRST_MS, Self::MAX_MS);
         Duration::from_millis(self.pause_ms)
