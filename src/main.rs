@@ -9,11 +9,14 @@
 
 mod config;
 mod listen;
+mod log;
 mod lve;
+mod meminfo;
 mod pgroup;
 mod status;
 mod suexec;
 mod sys;
+mod trust;
 mod worker;
 mod wsgi;
 
