@@ -136,21 +136,21 @@ pub(super) unsafe fn build(
             if name.starts_with(b"LSAPI_") {
                 continue;
             }
-            let key_obj = Key::of_env(name).map(k);
-            match name {
-                b"PATH_INFO" => seen.path_info = true,
-                b"SCRIPT_NAME" => seen.script_name = true,
-                b"REQUEST_METHOD" => seen.method = true,
-                b"QUERY_STRING" => seen.query = true,
-                b"SERVER_NAME" => seen.server_name = true,
-                b"SERVER_PORT" => seen.server_port = true,
-                b"GATEWAY_INTERFACE" => seen.gateway = true,
-                b"HTTPS" => {
+            let key = Key::of_env(name);
+            match key {
+                Some(Key::PathInfo) => seen.path_info = true,
+                Some(Key::ScriptName) => seen.script_name = true,
+                Some(Key::RequestMethod) => seen.method = true,
+                Some(Key::QueryString) => seen.query = true,
+                Some(Key::ServerName) => seen.server_name = true,
+                Some(Key::ServerPort) => seen.server_port = true,
+                Some(Key::GatewayInterface) => seen.gateway = true,
+                Some(Key::Https) => {
                     seen.https = value.eq_ignore_ascii_case(b"on") || value == b"1";
                 }
                 _ => {}
             }
-            let ok = match key_obj {
+            let ok = match key.map(k) {
                 Some(kp) => set_owned(dp, kp, latin1(value)),
                 None => {
                     let kp = Obj::owned(latin1(name))?;

@@ -63,9 +63,9 @@ environ_keys! {
         RemotePort = c"REMOTE_PORT",
         DocumentRoot = c"DOCUMENT_ROOT",
         Https = c"HTTPS",
+        GatewayInterface = c"GATEWAY_INTERFACE",
     }
     set_by_worker {
-        GatewayInterface = c"GATEWAY_INTERFACE",
         WsgiVersion = c"wsgi.version",
         WsgiUrlScheme = c"wsgi.url_scheme",
         WsgiInput = c"wsgi.input",
