@@ -9,12 +9,15 @@
 
 mod config;
 mod listen;
+mod log;
 mod lve;
+mod meminfo;
 mod pgroup;
 mod status;
 mod suexec;
 mod sys;
 mod throttle;
+mod trust;
 mod worker;
 mod wsgi;
 

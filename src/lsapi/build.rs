@@ -6,7 +6,7 @@
 
 use super::{
     known_header_slot, ByteOrder, PacketHeader, PacketType, HEADER_LEN, KNOWN_HEADERS,
-    MAX_PACKET_LEN,
+    KNOWN_HEADER_COUNT, MAX_PACKET_LEN,
 };
 use crate::lsapi::request::{FIXED_LEN, HEADER_INDEX_LEN};
 
@@ -135,7 +135,7 @@ impl RequestSpec {
         let mut block = vec![0u8; 4];
         block.extend_from_slice(&self.request_line);
         block.extend_from_slice(b"\r\n");
-        let mut known: [(i32, u16); 25] = [(0, 0); 25];
+        let mut known: [(i32, u16); KNOWN_HEADER_COUNT] = [(0, 0); KNOWN_HEADER_COUNT];
         let mut unknown: Vec<[i32; 4]> = Vec::new();
         for (name, value) in &self.headers {
             let name_off = block.len() as i32;

@@ -9,6 +9,7 @@
 //!
 //! Integers in a packet use the byte order flagged in its header; the env-entry
 //! lengths are always big-endian.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod build;
 pub mod request;
@@ -339,8 +340,11 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// How many headers LiteSpeed indexes by slot (the known headers).
+pub const KNOWN_HEADER_COUNT: usize = 25;
+
 /// The 25 headers LiteSpeed indexes by slot, in slot order (HTTP spelling).
-pub const KNOWN_HEADERS: [&str; 25] = [
+pub const KNOWN_HEADERS: [&str; KNOWN_HEADER_COUNT] = [
     "Accept",
     "Accept-Charset",
     "Accept-Encoding",
@@ -369,7 +373,7 @@ pub const KNOWN_HEADERS: [&str; 25] = [
 ];
 
 /// CGI variable names of the known headers, by slot.
-pub const KNOWN_HEADER_CGI: [&str; 25] = [
+pub const KNOWN_HEADER_CGI: [&str; KNOWN_HEADER_COUNT] = [
     "HTTP_ACCEPT",
     "HTTP_ACCEPT_CHARSET",
     "HTTP_ACCEPT_ENCODING",
@@ -401,6 +405,8 @@ pub const KNOWN_HEADER_CGI: [&str; 25] = [
 pub const SLOT_CONTENT_LENGTH: usize = 7;
 /// Slot of Cookie in the known-header index.
 pub const SLOT_COOKIE: usize = 8;
+/// Slot of Host in the known-header index.
+pub const SLOT_HOST: usize = 10;
 
 /// The known-header slot of an HTTP header name (ASCII case-insensitive).
 pub fn known_header_slot(name: &[u8]) -> Option<usize> {

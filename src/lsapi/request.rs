@@ -6,14 +6,14 @@
 //! caller's buffer.
 
 use super::{
-    ByteOrder, EnvListKind, Error, PacketHeader, PacketType, HEADER_LEN, MAX_ENV_COUNT,
-    MAX_PACKET_LEN, SLOT_CONTENT_LENGTH,
+    ByteOrder, EnvListKind, Error, PacketHeader, PacketType, HEADER_LEN, KNOWN_HEADER_COUNT,
+    MAX_ENV_COUNT, MAX_PACKET_LEN, SLOT_CONTENT_LENGTH,
 };
 
 /// Bytes of the fixed fields: the packet header and nine int32.
 pub const FIXED_LEN: usize = HEADER_LEN + 9 * 4;
 /// Bytes of the known-header index: 25 u16 lengths, 2 padding, 25 i32 offsets.
-pub const HEADER_INDEX_LEN: usize = 25 * 2 + 2 + 25 * 4;
+pub const HEADER_INDEX_LEN: usize = KNOWN_HEADER_COUNT * 2 + 2 + KNOWN_HEADER_COUNT * 4;
 /// Bytes of one unknown-header table entry.
 pub const UNKNOWN_ENTRY_LEN: usize = 16;
 
@@ -128,7 +128,7 @@ impl<'a> Request<'a> {
         }
         let header_block = &packet[pos..];
 
-        for slot in 0..25 {
+        for slot in 0..KNOWN_HEADER_COUNT {
             let (off, len) = index_entry(order, header_index, slot);
             if off != 0 && !span_ok(off, len, block_len) {
                 return Err(Error::KnownHeaderOutOfRange(slot));
@@ -227,9 +227,9 @@ impl<'a> Request<'a> {
             .map(|(_, v)| v)
     }
 
-    /// The value of known header `slot` (0..25, see `KNOWN_HEADERS`), if present.
+    /// The value of known header `slot` (below [`KNOWN_HEADER_COUNT`], see `KNOWN_HEADERS`), if present.
     pub fn header(&self, slot: usize) -> Option<&'a [u8]> {
-        if slot >= 25 {
+        if slot >= KNOWN_HEADER_COUNT {
             return None;
         }
         let (off, len) = index_entry(self.order, self.header_index, slot);
@@ -242,7 +242,7 @@ impl<'a> Request<'a> {
 
     /// The known headers that are present, as `(slot, value)` in slot order.
     pub fn known_headers(&self) -> impl Iterator<Item = (usize, &'a [u8])> + '_ {
-        (0..25).filter_map(move |slot| self.header(slot).map(|v| (slot, v)))
+        (0..KNOWN_HEADER_COUNT).filter_map(move |slot| self.header(slot).map(|v| (slot, v)))
     }
 
     /// The unknown-header table: names as sent, repeats of known headers included.

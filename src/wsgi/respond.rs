@@ -10,7 +10,7 @@
 //! RESP_END per request, or a dropped connection.
 
 use super::environ;
-use super::interp::Runtime;
+use super::interp::{RequestObject, Runtime};
 use super::py::{bytes_of, ffi, lookup_attr, Obj};
 use super::{ctx, log_request_error, Ctx};
 use lswsgi::conn::{write_req_received, Conn, ConnError, WRITE_FAILED};
@@ -340,12 +340,18 @@ pub(crate) fn serve(
 /// reference to the connection across a call into Python.
 unsafe fn run_app(rt: &mut Runtime, c: &Ctx, app: &Obj, environ: Obj) {
     let generation = c.generation.get();
-    let Some(writer) = rt.interp().request_object(3, generation) else {
+    let Some(writer) = rt
+        .interp()
+        .request_object(RequestObject::Writer, generation)
+    else {
         app_failed(rt, c, "cannot create the write callable");
         return;
     };
     c.writer.set(writer.ptr());
-    let Some(start_response) = rt.interp().request_object(2, generation) else {
+    let Some(start_response) = rt
+        .interp()
+        .request_object(RequestObject::StartResponse, generation)
+    else {
         app_failed(rt, c, "cannot create start_response");
         return;
     };
