@@ -672,6 +672,35 @@ impl Conn {
         Ok(sent)
     }
 
+    /// Sends a whole small response at once: `status`, `headers` and a
+    /// Content-Length for `body` as RESP_HEADER, then `body` and RESP_END
+    /// (CONN_CLOSE too if this response is the last), in one writev. Any head
+    /// staged in `self.head` is replaced. Headers that do not fit are left
+    /// out (callers pass a few short, valid ones). A failure marks the
+    /// connection broken.
+    pub fn send_page(
+        &mut self,
+        status: u16,
+        headers: &[(&[u8], &[u8])],
+        body: &[u8],
+    ) -> io::Result<()> {
+        let mut len_buf = [0u8; 20];
+        self.head.clear();
+        for (name, value) in headers {
+            let _ = self.head.push(name, value);
+        }
+        let _ = self
+            .head
+            .push(b"Content-Length", fmt_usize(body.len(), &mut len_buf));
+        self.head.finish(status);
+        self.begin_write();
+        self.push_head();
+        // SAFETY: `body` outlives the flush just below.
+        unsafe { self.push_body(body) };
+        self.push_end();
+        self.flush()
+    }
+
     /// Writes `text` to the server's error log as STDERR_STREAM packets.
     pub fn write_stderr(&mut self, text: &[u8]) -> io::Result<()> {
         self.begin_write();
@@ -690,5 +719,18 @@ impl Conn {
         self.start = 0;
         self.end = 0;
         self.body_left = 0;
+    }
+}
+
+/// Formats `n` in decimal into `buf` (no allocation on the response path).
+fn fmt_usize(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! The scope is built here from the parsed request, as the environ is for
 //! WSGI. `receive` and `send` are request objects like start_response
 //! (bound to their request's generation): they read the body from the
-//! socket and write the response through the one [`super::respond::Response`]
+//! socket and write the response through the one [`super::response::Response`]
 //! synchronously, with the GIL released around the blocking system calls,
 //! so the awaitables the support module wraps them in complete at once. The
 //! support module (helper.py) drives the application's coroutine on the
@@ -14,7 +14,7 @@
 use super::interp::Runtime;
 use super::objects::{is_live, make_type, new_object, none, rebind, stale};
 use super::py::{self, bytes_of, ffi, intern, latin1, raise, str_latin1, Obj};
-use super::respond::{app_failed, Phase};
+use super::response::State;
 use super::{ctx, log_request_error, Ctx};
 use crate::config::AppInterface;
 use lswsgi::lsapi::{Request, KNOWN_HEADERS};
@@ -326,12 +326,16 @@ impl PerInterp {
 /// WSGI's `run_app`): a failure before anything went out is a 500, after
 /// that the connection is dropped; a coroutine that returns before its
 /// response is complete is treated the same way.
-pub(super) unsafe fn run(rt: &mut Runtime, c: &Ctx, app: &Obj, scope: Obj) {
+pub(super) unsafe fn run(
+    rt: &mut Runtime,
+    c: &Ctx,
+    app: &Obj,
+    scope: Obj,
+) -> Result<(), &'static str> {
     let generation = c.generation.get();
     let a = &mut rt.interp().asgi;
     let (Some(rx), Some(tx)) = (a.object(0, generation), a.object(1, generation)) else {
-        app_failed(rt, c, "cannot create the ASGI receive and send callables");
-        return;
+        return Err("cannot create the ASGI receive and send callables");
     };
     c.asgi_keys.set(&*a.keys);
     let serve = a.serve.clone();
@@ -345,14 +349,11 @@ pub(super) unsafe fn run(rt: &mut Runtime, c: &Ctx, app: &Obj, scope: Obj) {
     );
     drop((rx, tx, scope));
     let Some(_) = Obj::owned(r) else {
-        app_failed(rt, c, "the ASGI application raised an exception");
-        return;
+        return Err("the ASGI application raised an exception");
     };
-    let what = match c.resp.phase() {
-        Phase::Ended | Phase::Abandoned => return,
-        _ if c.resp.status() == 0 => {
-            "the ASGI application returned without sending http.response.start"
-        }
+    let what = match c.resp.state() {
+        State::Ended | State::Abandoned { .. } => return Ok(()),
+        State::Unstarted => "the ASGI application returned without sending http.response.start",
         _ => "the ASGI application returned before its response was complete",
     };
     // SAFETY: active request; no Python call inside.
@@ -360,6 +361,7 @@ pub(super) unsafe fn run(rt: &mut Runtime, c: &Ctx, app: &Obj, scope: Obj) {
         log_request_error(conn, what);
         c.resp.fail(conn, None);
     });
+    Ok(())
 }
 
 /// A new `{"type": "http.disconnect"}`.
@@ -388,8 +390,7 @@ unsafe extern "C" fn receive_call(
     // SAFETY: set by `run` for the request in flight; the Box outlives it.
     let k = &*c.asgi_keys.get();
     // SAFETY (with_conn): live object, so a request is active; no Python call.
-    let broken = c.with_conn(|conn| conn.is_broken());
-    if broken || matches!(c.resp.phase(), Phase::Ended | Phase::Abandoned) {
+    if c.with_conn(|conn| c.resp.is_over(conn)) {
         return disconnect(k);
     }
     if c.body_done.get() {
@@ -517,17 +518,17 @@ unsafe extern "C" fn send_call(
 /// Raises for a message that cannot be written now; `None` when it can.
 unsafe fn refuse(c: &Ctx, what: &str) -> Option<()> {
     let broken = c.with_conn(|conn| conn.is_broken());
-    match c.resp.phase() {
-        Phase::Abandoned => {}
+    match c.resp.state() {
+        State::Abandoned { .. } => {}
         _ if broken => {}
-        Phase::Ended => {
+        State::Ended => {
             raise(
                 ffi::PyExc_RuntimeError,
                 &format!("{what} sent after the response was complete"),
             );
             return Some(());
         }
-        _ if c.resp.status() == 0 => {
+        State::Unstarted => {
             raise(
                 ffi::PyExc_RuntimeError,
                 &format!("{what} sent before http.response.start"),
@@ -561,7 +562,7 @@ unsafe fn lost(c: &Ctx, what: &str) {
 /// `http.response.start`: validates status and headers into the staged
 /// head (nothing is written until the first body bytes or the end).
 unsafe fn start(c: &Ctx, k: &Keys, msg: *mut ffi::PyObject) -> Option<bool> {
-    if c.resp.status() != 0 || c.resp.phase() != Phase::Open {
+    if c.resp.started() || c.resp.head_sent() {
         raise(
             ffi::PyExc_RuntimeError,
             "http.response.start sent a second time",
@@ -641,7 +642,7 @@ unsafe fn start(c: &Ctx, k: &Keys, msg: *mut ffi::PyObject) -> Option<bool> {
             i += 1;
         }
     }
-    c.resp.set_status(code as u16, length);
+    c.resp.stage(code as u16, length);
     Some(false)
 }
 
@@ -687,7 +688,7 @@ unsafe fn body(c: &Ctx, k: &Keys, msg: *mut ffi::PyObject) -> Option<bool> {
             data.is_empty() || c.resp.body(conn, data).is_ok()
         } else {
             c.resp.complete(conn, &[data]);
-            c.resp.phase() == Phase::Ended
+            c.resp.state() == State::Ended
         }
     });
     if !ok {
@@ -737,11 +738,7 @@ unsafe fn pathsend(c: &Ctx, msg: *mut ffi::PyObject) -> Option<bool> {
     }
     // SAFETY (with_conn): active request; no Python call inside.
     let failed = c.with_conn(|conn| {
-        if !c.resp.begin_write(conn) || c.resp.flush(conn).is_err() {
-            return None;
-        }
-        let r = conn.send_file(fd, 0, len);
-        c.resp.check(conn);
+        let r = c.resp.file(conn, fd, 0, len);
         if r.is_ok() {
             c.resp.complete(conn, &[]);
         }
@@ -753,7 +750,7 @@ unsafe fn pathsend(c: &Ctx, msg: *mut ffi::PyObject) -> Option<bool> {
             log_request_error(conn, &format!("sending a file response failed: {e}"))
         });
     }
-    if c.resp.phase() != Phase::Ended {
+    if c.resp.state() != State::Ended {
         lost(c, "http.response.pathsend");
         return None;
     }

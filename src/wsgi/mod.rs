@@ -26,10 +26,11 @@ pub mod interp;
 mod objects;
 pub mod py;
 mod respond;
+mod response;
 
 use crate::config::AppInterface;
 use lswsgi::conn::Conn;
-use respond::Response;
+use response::{Response, State};
 use std::cell::Cell;
 use std::io;
 
@@ -142,7 +143,7 @@ pub fn log_request_error(conn: &mut Conn, msg: &str) {
     // SAFETY: GIL held by every caller (main thread, serving).
     let to_server = unsafe {
         let c = ctx();
-        c.active.get() && !c.errors_to_fd2.get() && c.resp.phase() != respond::Phase::Ended
+        c.active.get() && !c.errors_to_fd2.get() && c.resp.state() != State::Ended
     };
     if to_server && conn.fd() >= 0 {
         let mut line = String::with_capacity(msg.len() + 24);

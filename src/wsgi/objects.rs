@@ -11,7 +11,6 @@
 
 use super::ctx;
 use super::py::{self, bytes_of, ffi, raise, str_latin1};
-use super::respond::Phase;
 use lswsgi::conn::ConnError;
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -561,13 +560,13 @@ unsafe extern "C" fn start_response_call(
             ffi::PyErr_Restore(item(0), item(1), item(2));
             return ptr::null_mut();
         }
-    } else if c.resp.status() != 0 {
+    } else if c.resp.started() {
         return raise(
             ffi::PyExc_RuntimeError,
             "start_response called a second time without exc_info",
         );
     }
-    if c.resp.phase() != Phase::Open {
+    if c.resp.head_sent() {
         return raise(
             ffi::PyExc_RuntimeError,
             "start_response called after the response was sent",
@@ -586,9 +585,9 @@ unsafe extern "C" fn start_response_call(
         }
     };
     match stage_headers(headers) {
-        Ok(length) => c.resp.set_status(code, length),
+        Ok(length) => c.resp.stage(code, length),
         Err(()) => {
-            c.resp.set_status(0, None);
+            c.resp.unstage();
             return ptr::null_mut();
         }
     }
@@ -611,7 +610,7 @@ unsafe extern "C" fn write_call(
         return stale("write");
     }
     let c = ctx();
-    if c.resp.status() == 0 {
+    if !c.resp.started() {
         return raise(
             ffi::PyExc_RuntimeError,
             "write() called before start_response",

@@ -5,9 +5,9 @@
 //! already, goes out with its header and RESP_END in a single writev.
 //! Headers go out with the first non-empty block, or at the end.
 //!
-//! What of a response has gone out is owned by one [`Response`], whose
-//! transitions are the only way to write it: exactly one RESP_HEADER and one
-//! RESP_END per request, or a dropped connection.
+//! What of a response has gone out is owned by the one
+//! [`super::response::Response`] of the request context, whose transitions
+//! are the only way to write it.
 
 use super::environ;
 use super::interp::Runtime;
@@ -15,187 +15,7 @@ use super::py::{bytes_of, ffi, lookup_attr, Obj};
 use super::{ctx, log_request_error, Ctx};
 use lswsgi::conn::{write_req_received, Conn, ConnError, WRITE_FAILED};
 use lswsgi::lsapi::Request;
-use std::cell::Cell;
-use std::io;
 use std::ptr;
-
-/// How far a response has gone out.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Phase {
-    /// Nothing sent yet (start_response may or may not have been called).
-    Open,
-    /// RESP_HEADER went out; body blocks may follow.
-    HeadSent,
-    /// RESP_END went out: nothing more may be written for this request.
-    Ended,
-    /// The response cannot be completed: the connection is dropped without
-    /// RESP_END so the server knows the body is incomplete.
-    Abandoned,
-}
-
-/// The response of the request in flight. Each method is one legal
-/// transition; once `Ended` or `Abandoned` every write is refused, so no
-/// path can send a second head or a second RESP_END.
-pub(super) struct Response {
-    phase: Cell<Phase>,
-    /// Status code given to start_response; 0 = not called yet.
-    status: Cell<u16>,
-    /// The application's Content-Length header, if it gave a valid one.
-    content_length: Cell<Option<u64>>,
-}
-
-impl Response {
-    pub(super) const fn new() -> Response {
-        Response {
-            phase: Cell::new(Phase::Ended),
-            status: Cell::new(0),
-            content_length: Cell::new(None),
-        }
-    }
-
-    /// A new request: nothing sent, start_response not called.
-    fn begin(&self) {
-        self.phase.set(Phase::Open);
-        self.status.set(0);
-        self.content_length.set(None);
-    }
-
-    pub(super) fn phase(&self) -> Phase {
-        self.phase.get()
-    }
-
-    /// Whether RESP_HEADER went out (or can no longer be changed).
-    pub(super) fn head_sent(&self) -> bool {
-        self.phase.get() != Phase::Open
-    }
-
-    pub(super) fn status(&self) -> u16 {
-        self.status.get()
-    }
-
-    /// Records start_response's status and Content-Length (the head itself
-    /// is staged in `conn.head`). Only while nothing went out.
-    pub(super) fn set_status(&self, status: u16, content_length: Option<u64>) {
-        debug_assert_eq!(self.phase.get(), Phase::Open);
-        self.status.set(status);
-        self.content_length.set(content_length);
-    }
-
-    pub(super) fn content_length(&self) -> Option<u64> {
-        self.content_length.get()
-    }
-
-    /// Starts a write with the head in front if it is still pending.
-    /// `false` (nothing started) when the response can take no more bytes.
-    pub(super) fn begin_write(&self, conn: &mut Conn) -> bool {
-        match self.phase.get() {
-            Phase::Open if self.status.get() != 0 && !conn.is_broken() => {
-                conn.begin_write();
-                conn.head.finish(self.status.get());
-                conn.push_head();
-                self.phase.set(Phase::HeadSent);
-                true
-            }
-            Phase::HeadSent if !conn.is_broken() => {
-                conn.begin_write();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Sends what was collected; a failed write abandons the response.
-    pub(super) fn flush(&self, conn: &mut Conn) -> io::Result<()> {
-        let r = conn.flush();
-        if r.is_err() {
-            self.phase.set(Phase::Abandoned);
-        }
-        r
-    }
-
-    /// Body bytes (after the head if it is pending), in one writev.
-    /// Requires start_response to have been called.
-    pub(super) fn body(&self, conn: &mut Conn, data: &[u8]) -> io::Result<()> {
-        if !self.begin_write(conn) {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, WRITE_FAILED));
-        }
-        // SAFETY: `data` outlives the flush just below.
-        unsafe { conn.push_body(data) };
-        self.flush(conn)
-    }
-
-    /// Head (if pending), every block and RESP_END in one writev.
-    pub(super) fn complete(&self, conn: &mut Conn, blocks: &[&[u8]]) {
-        if !self.begin_write(conn) {
-            return;
-        }
-        for b in blocks {
-            // SAFETY: the blocks outlive the flush just below.
-            unsafe { conn.push_body(b) };
-        }
-        conn.push_end();
-        if self.flush(conn).is_ok() {
-            self.phase.set(Phase::Ended);
-        }
-    }
-
-    /// Ends the response: head if pending, RESP_END. A response nobody
-    /// started (no start_response) becomes a 500.
-    fn finish(&self, conn: &mut Conn) {
-        if self.phase.get() == Phase::Open && self.status.get() == 0 {
-            log_request_error(
-                conn,
-                "the application returned without calling start_response",
-            );
-            self.fail(conn, None);
-            return;
-        }
-        self.complete(conn, &[]);
-    }
-
-    /// The application failed: a complete 500 page (showing `detail`, see
-    /// errpage) if nothing went out yet, otherwise the response is
-    /// abandoned. Nothing once it has ended.
-    pub(super) fn fail(&self, conn: &mut Conn, detail: Option<&str>) {
-        match self.phase.get() {
-            Phase::Open if !conn.is_broken() => {
-                let page = super::errpage::page(detail);
-                let mut len_buf = [0u8; 20];
-                let len = fmt_usize(page.len(), &mut len_buf);
-                conn.head.clear();
-                let _ = conn.head.push(b"Content-Type", b"text/html; charset=utf-8");
-                let _ = conn.head.push(b"Content-Length", len);
-                self.status.set(500);
-                self.complete(conn, &[&page]);
-            }
-            Phase::Open | Phase::HeadSent => {
-                conn.set_broken("the application failed after the response headers were sent");
-                self.phase.set(Phase::Abandoned);
-            }
-            Phase::Ended | Phase::Abandoned => {}
-        }
-    }
-
-    /// The request is over: whatever state the response is in, it leaves in
-    /// `Ended` (RESP_END sent once) or `Abandoned` (connection dropped).
-    fn close(&self, conn: &mut Conn) {
-        match self.phase.get() {
-            Phase::Open | Phase::HeadSent => self.finish(conn),
-            Phase::Ended | Phase::Abandoned => {}
-        }
-        if self.phase.get() != Phase::Ended {
-            conn.set_broken("the response could not be completed");
-            self.phase.set(Phase::Abandoned);
-        }
-    }
-
-    /// Abandons the response if the connection broke under it.
-    pub(super) fn check(&self, conn: &Conn) {
-        if conn.is_broken() && self.phase.get() != Phase::Ended {
-            self.phase.set(Phase::Abandoned);
-        }
-    }
-}
 
 /// Debug builds: no Python exception may be pending when control returns to
 /// the serve loop.
@@ -301,15 +121,21 @@ pub(crate) fn serve(
             // SAFETY: as above.
             unsafe {
                 c.with_conn(|conn| {
-                    let what = if asgi { "ASGI scope" } else { "WSGI environ" };
-                    let msg = format!("cannot build the {what}:\n{msg}");
-                    log_request_error(conn, &msg);
-                    c.resp.fail(conn, super::errpage::shown(&msg));
+                    let what = if asgi {
+                        "cannot build the ASGI scope"
+                    } else {
+                        "cannot build the WSGI environ"
+                    };
+                    c.resp.app_failed(conn, what, &msg);
                 })
             };
         }
         // SAFETY: GIL held; objects are live references.
-        (Some(scope), Ok(app)) if asgi => unsafe { super::asgi::run(rt, c, &app, scope) },
+        (Some(scope), Ok(app)) if asgi => unsafe {
+            if let Err(what) = super::asgi::run(rt, c, &app, scope) {
+                app_failed(rt, c, what);
+            }
+        },
         // SAFETY: GIL held; objects are live references.
         (Some(environ), Ok(app)) => unsafe { run_app(rt, c, &app, environ) },
     }
@@ -411,7 +237,7 @@ unsafe fn send_sequence(rt: &mut Runtime, c: &Ctx, seq: &Obj) {
             return;
         }
     }
-    if c.resp.status() == 0 {
+    if !c.resp.started() {
         return; // Response::close reports the missing start_response
     }
     // The sequence holds every block alive until after the flush. Few blocks
@@ -458,7 +284,7 @@ unsafe fn send_iterable(rt: &mut Runtime, c: &Ctx, result: &Obj) {
         if data.is_empty() {
             continue;
         }
-        if c.resp.status() == 0 {
+        if !c.resp.started() {
             ffi::PyErr_SetString(
                 ffi::PyExc_RuntimeError,
                 c"body produced before start_response was called".as_ptr(),
@@ -531,7 +357,7 @@ unsafe fn send_file_wrapper(c: &Ctx, wrapper: &Obj) -> bool {
     let Some(pos) = call(c"tell").filter(|&p| p >= 0) else {
         return false;
     };
-    if c.resp.status() == 0 {
+    if !c.resp.started() {
         return true; // Response::close reports the missing start_response
     }
     let mut len = (st.st_size - pos).max(0) as u64;
@@ -539,14 +365,7 @@ unsafe fn send_file_wrapper(c: &Ctx, wrapper: &Obj) -> bool {
         len = len.min(cl);
     }
     // SAFETY: active request; no Python call inside.
-    let failed = c.with_conn(|conn| {
-        if !c.resp.begin_write(conn) || c.resp.flush(conn).is_err() {
-            return None;
-        }
-        let r = conn.send_file(fd, pos, len);
-        c.resp.check(conn);
-        r.err()
-    });
+    let failed = c.with_conn(|conn| c.resp.file(conn, fd, pos, len).err());
     if let Some(e) = failed {
         // SAFETY: active request; no Python call inside.
         c.with_conn(|conn| {
@@ -558,25 +377,8 @@ unsafe fn send_file_wrapper(c: &Ctx, wrapper: &Obj) -> bool {
 
 /// Logs the pending Python exception with `what` and fails the response
 /// (a 500 if nothing went out, abandoned if part of it did).
-pub(super) unsafe fn app_failed(rt: &mut Runtime, c: &Ctx, what: &str) {
+unsafe fn app_failed(rt: &mut Runtime, c: &Ctx, what: &str) {
     let trace = rt.interp().take_exception();
     // SAFETY: active request; no Python call inside.
-    c.with_conn(|conn| {
-        let msg = format!("{what}:\n{trace}");
-        log_request_error(conn, &msg);
-        c.resp.fail(conn, super::errpage::shown(&msg));
-    });
-}
-
-/// Formats `n` in decimal into `buf`.
-fn fmt_usize(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
+    c.with_conn(|conn| c.resp.app_failed(conn, what, &trace));
 }
