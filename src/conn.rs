@@ -8,6 +8,7 @@
 //! Bytes in `buf[start..end]` are received but not yet consumed; after a
 //! request packet they begin with its body, and anything past the body belongs
 //! to the next packet. The body reader never consumes beyond `body_left`.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::lsapi::response::{empty_packet, stderr_header, stream_header};
 use crate::lsapi::{
@@ -278,8 +279,9 @@ impl Conn {
     fn fill(&mut self, max: usize) -> io::Result<usize> {
         let room = (self.buf.len() - self.end).min(max);
         loop {
-            // SAFETY: the destination is the unused tail of our own buffer.
             let (fd, dst) = (self.fd, self.buf[self.end..].as_mut_ptr());
+            // SAFETY: the destination is the unused tail of our own buffer,
+            // `room` bytes long at most.
             let n = blocking(self.hook, || unsafe { libc::read(fd, dst.cast(), room) });
             if n >= 0 {
                 self.end += n as usize;
@@ -463,8 +465,8 @@ impl Conn {
         }
         let want = (dst.len() as u64).min(self.body_left) as usize;
         loop {
-            // SAFETY: dst is a live mutable slice of at least `want` bytes.
             let (fd, p) = (self.fd, dst.as_mut_ptr());
+            // SAFETY: dst is a live mutable slice of at least `want` bytes.
             let n = blocking(self.hook, || unsafe { libc::read(fd, p.cast(), want) });
             if n > 0 {
                 self.body_left -= n as u64;
@@ -588,9 +590,10 @@ impl Conn {
         let mut at = 0;
         while at < self.iov.len() {
             let batch = (self.iov.len() - at).min(IOV_MAX);
-            // SAFETY: each iovec points at bytes the caller keeps alive until
-            // this flush returns (push_body's contract, our own buffers).
             let (fd, iov) = (self.fd, self.iov[at..].as_ptr());
+            // SAFETY: each iovec points at bytes the caller keeps alive until
+            // this flush returns (push_body's contract, our own buffers), and
+            // `batch` iovecs follow `iov`.
             let n = blocking(self.hook, || unsafe { libc::writev(fd, iov, batch as i32) });
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -628,6 +631,7 @@ impl Conn {
         while sent < len {
             let chunk = (len - sent).min(MAX_STREAM_PAYLOAD as u64) as usize;
             // Announce the chunk only once we know the file still has it.
+            // SAFETY: all-zero bytes are a valid libc::stat (plain integers).
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: st is a live local.
             if unsafe { libc::fstat(file, &mut st) } < 0 {
@@ -643,8 +647,8 @@ impl Conn {
             self.flush()?;
             let mut left = chunk;
             while left > 0 {
-                // SAFETY: offset is a live local; descriptors are integers.
                 let fd = self.fd;
+                // SAFETY: offset is a live local; descriptors are integers.
                 let n = blocking(self.hook, || unsafe {
                     libc::sendfile(fd, file, &mut offset, left)
                 });

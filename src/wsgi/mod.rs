@@ -17,11 +17,18 @@
 //! into that raw pointer at once and keeps no reference across a call into
 //! Python. All of it is touched only with the GIL held, which serialises
 //! the main thread with any application thread that calls a request object.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod asgi;
+#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// its owner states its contracts
 mod environ;
 pub mod errpage;
+#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// its owner states its contracts
 pub mod immortal;
+#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// its owner states its contracts
 pub mod interp;
 mod objects;
 pub mod py;
@@ -78,14 +85,22 @@ impl Ctx {
     #[inline]
     unsafe fn with_conn<R>(&self, f: impl FnOnce(&mut Conn) -> R) -> R {
         debug_assert!(self.active.get() && !self.conn.get().is_null());
-        f(&mut *self.conn.get())
+        // SAFETY: `conn` points at the live connection and this `&mut` is
+        // its only reference while `f` runs (the contract).
+        f(unsafe { &mut *self.conn.get() })
     }
 
     /// A new reference to this request's `write` callable.
+    ///
+    /// # Safety
+    /// GIL held; a request is active (its `write` callable is set).
     unsafe fn writer(&self) -> *mut py::ffi::PyObject {
-        let w = self.writer.get();
-        py::ffi::Py_INCREF(w);
-        w
+        // SAFETY: GIL held and `writer` a live object (the contract).
+        unsafe {
+            let w = self.writer.get();
+            py::ffi::Py_INCREF(w);
+            w
+        }
     }
 
     /// Whether the caller runs on the thread that serves requests.

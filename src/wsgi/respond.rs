@@ -8,6 +8,7 @@
 //! What of a response has gone out is owned by the one
 //! [`super::response::Response`] of the request context, whose transitions
 //! are the only way to write it.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::environ;
 use super::interp::Runtime;
@@ -21,8 +22,8 @@ use std::ptr;
 /// the serve loop.
 #[inline]
 fn assert_no_exception() {
-    // SAFETY: GIL held.
     debug_assert!(
+        // SAFETY: GIL held (the serve loop's caller holds it).
         unsafe { ffi::PyErr_Occurred().is_null() },
         "a Python exception was left pending"
     );
@@ -164,138 +165,163 @@ pub(crate) fn serve(
 
 /// Calls the application and writes whatever it produces. Never holds a
 /// reference to the connection across a call into Python.
+///
+/// # Safety
+/// GIL held; a request is active in `c` (set up by `serve`) and no reference to
+/// its connection is live.
 unsafe fn run_app(rt: &mut Runtime, c: &Ctx, app: &Obj, environ: Obj) {
-    let generation = c.generation.get();
-    let Some(writer) = rt.interp().request_object(3, generation) else {
-        app_failed(rt, c, "cannot create the write callable");
-        return;
-    };
-    c.writer.set(writer.ptr());
-    let Some(start_response) = rt.interp().request_object(2, generation) else {
-        app_failed(rt, c, "cannot create start_response");
-        return;
-    };
-    let result = ffi::PyObject_CallFunctionObjArgs(
-        app.ptr(),
-        environ.ptr(),
-        start_response.ptr(),
-        ptr::null_mut::<ffi::PyObject>(),
-    );
-    drop(start_response);
-    drop(environ);
-    let Some(result) = Obj::owned(result) else {
-        app_failed(rt, c, "the application raised an exception");
-        return;
-    };
-    let rtype = ffi::Py_TYPE(result.ptr());
-    let plain = rtype == ptr::addr_of_mut!(ffi::PyList_Type)
-        || rtype == ptr::addr_of_mut!(ffi::PyTuple_Type);
-    if plain {
-        send_sequence(rt, c, &result);
-    } else if rtype.cast() == rt.interp().file_wrapper.ptr() {
-        if !send_file_wrapper(c, &result) {
+    // SAFETY: GIL held and a request active (the contract); every object is a live
+    // reference owned by an Obj or borrowed from one that outlives its use; the
+    // connection is reached only in with_conn closures that call no Python.
+    unsafe {
+        let generation = c.generation.get();
+        let Some(writer) = rt.interp().request_object(3, generation) else {
+            app_failed(rt, c, "cannot create the write callable");
+            return;
+        };
+        c.writer.set(writer.ptr());
+        let Some(start_response) = rt.interp().request_object(2, generation) else {
+            app_failed(rt, c, "cannot create start_response");
+            return;
+        };
+        let result = ffi::PyObject_CallFunctionObjArgs(
+            app.ptr(),
+            environ.ptr(),
+            start_response.ptr(),
+            ptr::null_mut::<ffi::PyObject>(),
+        );
+        drop(start_response);
+        drop(environ);
+        let Some(result) = Obj::owned(result) else {
+            app_failed(rt, c, "the application raised an exception");
+            return;
+        };
+        let rtype = ffi::Py_TYPE(result.ptr());
+        let plain = rtype == ptr::addr_of_mut!(ffi::PyList_Type)
+            || rtype == ptr::addr_of_mut!(ffi::PyTuple_Type);
+        if plain {
+            send_sequence(rt, c, &result);
+        } else if rtype.cast() == rt.interp().file_wrapper.ptr() {
+            if !send_file_wrapper(c, &result) {
+                send_iterable(rt, c, &result);
+            }
+        } else {
             send_iterable(rt, c, &result);
         }
-    } else {
-        send_iterable(rt, c, &result);
-    }
-    // PEP 3333: close() is called whatever happened, once iteration is over.
-    // (Plain lists and tuples have none: skip the lookup.)
-    let close = if plain {
-        None
-    } else {
-        lookup_attr(result.ptr(), rt.interp().close_name.ptr()).unwrap_or_else(|()| {
-            ffi::PyErr_Clear();
+        // PEP 3333: close() is called whatever happened, once iteration is over.
+        // (Plain lists and tuples have none: skip the lookup.)
+        let close = if plain {
             None
-        })
-    };
-    if let Some(close) = close {
-        let r = ffi::PyObject_CallNoArgs(close.ptr());
-        drop(close);
-        if r.is_null() {
-            // A 500 if nothing went out yet; abandoned if the body is partly
-            // out; only logged if the response already ended.
-            app_failed(rt, c, "the response's close() raised an exception");
         } else {
-            ffi::Py_DECREF(r);
+            lookup_attr(result.ptr(), rt.interp().close_name.ptr()).unwrap_or_else(|()| {
+                ffi::PyErr_Clear();
+                None
+            })
+        };
+        if let Some(close) = close {
+            let r = ffi::PyObject_CallNoArgs(close.ptr());
+            drop(close);
+            if r.is_null() {
+                // A 500 if nothing went out yet; abandoned if the body is partly
+                // out; only logged if the response already ended.
+                app_failed(rt, c, "the response's close() raised an exception");
+            } else {
+                ffi::Py_DECREF(r);
+            }
         }
+        drop(result);
     }
-    drop(result);
 }
 
 /// A list or tuple of bytes: head, every block and RESP_END in one writev.
+///
+/// # Safety
+/// As for `run_app`; `seq` is a list or tuple.
 unsafe fn send_sequence(rt: &mut Runtime, c: &Ctx, seq: &Obj) {
-    let n = ffi::PySequence_Fast_GET_SIZE(seq.ptr()) as usize;
-    let items = ffi::PySequence_Fast_ITEMS(seq.ptr());
-    for i in 0..n {
-        if ffi::PyBytes_Check(*items.add(i)) == 0 {
-            ffi::PyErr_SetString(
-                ffi::PyExc_TypeError,
-                c"response body blocks must be bytes".as_ptr(),
-            );
-            app_failed(rt, c, "invalid response body");
-            return;
+    // SAFETY: as run_app; `seq` is a list or tuple, so PySequence_Fast_ITEMS holds its
+    // `n` items, which it keeps alive past the flush.
+    unsafe {
+        let n = ffi::PySequence_Fast_GET_SIZE(seq.ptr()) as usize;
+        let items = ffi::PySequence_Fast_ITEMS(seq.ptr());
+        for i in 0..n {
+            if ffi::PyBytes_Check(*items.add(i)) == 0 {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_TypeError,
+                    c"response body blocks must be bytes".as_ptr(),
+                );
+                app_failed(rt, c, "invalid response body");
+                return;
+            }
         }
-    }
-    if !c.resp.started() {
-        return; // Response::close reports the missing start_response
-    }
-    // The sequence holds every block alive until after the flush. Few blocks
-    // (the common case) need no allocation.
-    let mut small: [&[u8]; 8] = [&[]; 8];
-    let mut many = Vec::new();
-    let blocks: &[&[u8]] = if n <= small.len() {
-        for (i, b) in small.iter_mut().enumerate().take(n) {
-            *b = bytes_of(*items.add(i));
+        if !c.resp.started() {
+            return; // Response::close reports the missing start_response
         }
-        &small[..n]
-    } else {
-        many.extend((0..n).map(|i| bytes_of(*items.add(i))));
-        &many
-    };
-    // SAFETY: active request; no Python call inside.
-    c.with_conn(|conn| c.resp.complete(conn, blocks));
+        // The sequence holds every block alive until after the flush. Few blocks
+        // (the common case) need no allocation.
+        let mut small: [&[u8]; 8] = [&[]; 8];
+        let mut many = Vec::new();
+        let blocks: &[&[u8]] = if n <= small.len() {
+            for (i, b) in small.iter_mut().enumerate().take(n) {
+                *b = bytes_of(*items.add(i));
+            }
+            &small[..n]
+        } else {
+            many.extend((0..n).map(|i| bytes_of(*items.add(i))));
+            &many
+        };
+        // SAFETY: active request; no Python call inside.
+        c.with_conn(|conn| c.resp.complete(conn, blocks));
+    }
 }
 
 /// Any other iterable: each non-empty block is sent as it is produced.
+///
+/// # Safety
+/// GIL held; a request is active in `c` (set up by `serve`) and no reference to
+/// its connection is live.
 unsafe fn send_iterable(rt: &mut Runtime, c: &Ctx, result: &Obj) {
-    let Some(it) = Obj::owned(ffi::PyObject_GetIter(result.ptr())) else {
-        app_failed(rt, c, "the application's result is not iterable");
-        return;
-    };
-    loop {
-        let item = ffi::PyIter_Next(it.ptr());
-        if item.is_null() {
-            if !ffi::PyErr_Occurred().is_null() {
-                app_failed(rt, c, "the application raised an exception while iterating");
+    // SAFETY: GIL held and a request active (the contract); every object is a live
+    // reference owned by an Obj or borrowed from one that outlives its use; the
+    // connection is reached only in with_conn closures that call no Python.
+    unsafe {
+        let Some(it) = Obj::owned(ffi::PyObject_GetIter(result.ptr())) else {
+            app_failed(rt, c, "the application's result is not iterable");
+            return;
+        };
+        loop {
+            let item = ffi::PyIter_Next(it.ptr());
+            if item.is_null() {
+                if !ffi::PyErr_Occurred().is_null() {
+                    app_failed(rt, c, "the application raised an exception while iterating");
+                }
+                return;
             }
-            return;
-        }
-        let item = Obj::owned(item).expect("non-null");
-        if ffi::PyBytes_Check(item.ptr()) == 0 {
-            ffi::PyErr_SetString(
-                ffi::PyExc_TypeError,
-                c"response body blocks must be bytes".as_ptr(),
-            );
-            app_failed(rt, c, "invalid response body");
-            return;
-        }
-        let data = bytes_of(item.ptr());
-        if data.is_empty() {
-            continue;
-        }
-        if !c.resp.started() {
-            ffi::PyErr_SetString(
-                ffi::PyExc_RuntimeError,
-                c"body produced before start_response was called".as_ptr(),
-            );
-            app_failed(rt, c, "invalid response");
-            return;
-        }
-        // SAFETY: active request; no Python call inside.
-        if c.with_conn(|conn| c.resp.body(conn, data)).is_err() {
-            // The server went away: stop producing; close() still runs.
-            return;
+            let item = Obj::owned(item).expect("non-null");
+            if ffi::PyBytes_Check(item.ptr()) == 0 {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_TypeError,
+                    c"response body blocks must be bytes".as_ptr(),
+                );
+                app_failed(rt, c, "invalid response body");
+                return;
+            }
+            let data = bytes_of(item.ptr());
+            if data.is_empty() {
+                continue;
+            }
+            if !c.resp.started() {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_RuntimeError,
+                    c"body produced before start_response was called".as_ptr(),
+                );
+                app_failed(rt, c, "invalid response");
+                return;
+            }
+            // SAFETY: active request; no Python call inside.
+            if c.with_conn(|conn| c.resp.body(conn, data)).is_err() {
+                // The server went away: stop producing; close() still runs.
+                return;
+            }
         }
     }
 }
@@ -306,79 +332,92 @@ unsafe fn send_iterable(rt: &mut Runtime, c: &Ctx, result: &Obj) {
 /// gave one — goes out with sendfile(2). `false` (nothing sent) for any
 /// other file-like (gzip.open, BytesIO, …); the caller then iterates it with
 /// read(block size).
+///
+/// # Safety
+/// As for `run_app`; `wrapper` is the interpreter's wsgi.file_wrapper instance.
 unsafe fn send_file_wrapper(c: &Ctx, wrapper: &Obj) -> bool {
-    let attr = |o: *mut ffi::PyObject, name: &std::ffi::CStr| {
-        let r = Obj::owned(ffi::PyObject_GetAttrString(o, name.as_ptr()));
-        if r.is_none() {
-            ffi::PyErr_Clear();
+    // SAFETY: as run_app; `st` is a live local for fstat, and `fd` stays open while
+    // `filelike` lives (until after the send).
+    unsafe {
+        let attr = |o: *mut ffi::PyObject, name: &std::ffi::CStr| {
+            let r = Obj::owned(ffi::PyObject_GetAttrString(o, name.as_ptr()));
+            if r.is_none() {
+                ffi::PyErr_Clear();
+            }
+            r
+        };
+        let Some(filelike) = attr(wrapper.ptr(), c"filelike") else {
+            return false;
+        };
+        // The helper's FileWrapper class names the two io types (no import here).
+        let (Some(fileio), Some(buffered)) = (
+            attr(wrapper.ptr(), c"_fileio"),
+            attr(wrapper.ptr(), c"_buffered"),
+        ) else {
+            return false;
+        };
+        let t = ffi::Py_TYPE(filelike.ptr()).cast::<ffi::PyObject>();
+        if t == buffered.ptr() {
+            match attr(filelike.ptr(), c"raw") {
+                Some(raw) if ffi::Py_TYPE(raw.ptr()).cast() == fileio.ptr() => {}
+                _ => return false,
+            }
+        } else if t != fileio.ptr() {
+            return false;
         }
-        r
-    };
-    let Some(filelike) = attr(wrapper.ptr(), c"filelike") else {
-        return false;
-    };
-    // The helper's FileWrapper class names the two io types (no import here).
-    let (Some(fileio), Some(buffered)) = (
-        attr(wrapper.ptr(), c"_fileio"),
-        attr(wrapper.ptr(), c"_buffered"),
-    ) else {
-        return false;
-    };
-    let t = ffi::Py_TYPE(filelike.ptr()).cast::<ffi::PyObject>();
-    if t == buffered.ptr() {
-        match attr(filelike.ptr(), c"raw") {
-            Some(raw) if ffi::Py_TYPE(raw.ptr()).cast() == fileio.ptr() => {}
-            _ => return false,
+        let call = |name: &std::ffi::CStr| -> Option<i64> {
+            let r = Obj::owned(ffi::PyObject_CallMethod(
+                filelike.ptr(),
+                name.as_ptr(),
+                ptr::null(),
+            ));
+            let v = r.map(|r| ffi::PyLong_AsLongLong(r.ptr()));
+            if !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            v
+        };
+        let Some(fd) = call(c"fileno").and_then(|f| i32::try_from(f).ok()) else {
+            return false;
+        };
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) < 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return false;
         }
-    } else if t != fileio.ptr() {
-        return false;
-    }
-    let call = |name: &std::ffi::CStr| -> Option<i64> {
-        let r = Obj::owned(ffi::PyObject_CallMethod(
-            filelike.ptr(),
-            name.as_ptr(),
-            ptr::null(),
-        ));
-        let v = r.map(|r| ffi::PyLong_AsLongLong(r.ptr()));
-        if !ffi::PyErr_Occurred().is_null() {
-            ffi::PyErr_Clear();
-            return None;
+        // The Python-level position accounts for buffered reads the app made.
+        let Some(pos) = call(c"tell").filter(|&p| p >= 0) else {
+            return false;
+        };
+        if !c.resp.started() {
+            return true; // Response::close reports the missing start_response
         }
-        v
-    };
-    let Some(fd) = call(c"fileno").and_then(|f| i32::try_from(f).ok()) else {
-        return false;
-    };
-    let mut st: libc::stat = std::mem::zeroed();
-    if libc::fstat(fd, &mut st) < 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return false;
-    }
-    // The Python-level position accounts for buffered reads the app made.
-    let Some(pos) = call(c"tell").filter(|&p| p >= 0) else {
-        return false;
-    };
-    if !c.resp.started() {
-        return true; // Response::close reports the missing start_response
-    }
-    let mut len = (st.st_size - pos).max(0) as u64;
-    if let Some(cl) = c.resp.content_length() {
-        len = len.min(cl);
-    }
-    // SAFETY: active request; no Python call inside.
-    let failed = c.with_conn(|conn| c.resp.file(conn, fd, pos, len).err());
-    if let Some(e) = failed {
+        let mut len = (st.st_size - pos).max(0) as u64;
+        if let Some(cl) = c.resp.content_length() {
+            len = len.min(cl);
+        }
         // SAFETY: active request; no Python call inside.
-        c.with_conn(|conn| {
-            log_request_error(conn, &format!("sending a file response failed: {e}"))
-        });
+        let failed = c.with_conn(|conn| c.resp.file(conn, fd, pos, len).err());
+        if let Some(e) = failed {
+            // SAFETY: active request; no Python call inside.
+            c.with_conn(|conn| {
+                log_request_error(conn, &format!("sending a file response failed: {e}"))
+            });
+        }
+        true
     }
-    true
 }
 
 /// Logs the pending Python exception with `what` and fails the response
 /// (a 500 if nothing went out, abandoned if part of it did).
+///
+/// # Safety
+/// GIL held; a request is active and no reference to its connection is live.
 unsafe fn app_failed(rt: &mut Runtime, c: &Ctx, what: &str) {
-    let trace = rt.interp().take_exception();
-    // SAFETY: active request; no Python call inside.
-    c.with_conn(|conn| c.resp.app_failed(conn, what, &trace));
+    // SAFETY: GIL held, request active (the contract); the with_conn closure calls no Python.
+    unsafe {
+        let trace = rt.interp().take_exception();
+        // SAFETY: active request; no Python call inside.
+        c.with_conn(|conn| c.resp.app_failed(conn, what, &trace));
+    }
 }
