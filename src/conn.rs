@@ -738,3 +738,63 @@ fn fmt_usize(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{fmt_usize, Conn};
+    use crate::client::{Client, Ending, Stream};
+    use crate::lsapi::PacketType;
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn send_page_is_one_whole_response_with_its_length() {
+        let (server, worker) = UnixStream::pair().expect("socketpair");
+        let mut conn = Conn::new();
+        conn.attach(worker.into_raw_fd());
+        // A head staged earlier (an application's) is replaced, not extended.
+        conn.head.push(b"X-Staged", b"1").unwrap();
+        conn.set_close_after(true);
+        // More than one RESP_STREAM packet's worth.
+        let body = vec![b'x'; 40_000];
+        let headers: [(&[u8], &[u8]); 2] =
+            [(b"Retry-After", b"60"), (b"Content-Type", b"text/html")];
+        conn.send_page(508, &headers, &body).unwrap();
+        assert!(conn.close_sent());
+        conn.close();
+
+        let mut client = Client::from_stream(Stream::Unix(server));
+        let r = client.read_response().unwrap();
+        assert_eq!(r.status, 508);
+        let names: Vec<_> = r
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("Retry-After", "60"),
+                ("Content-Type", "text/html"),
+                ("Content-Length", "40000")
+            ]
+        );
+        assert_eq!(r.body, body);
+        assert_eq!(r.ending, Ending::End);
+        assert_eq!(r.packets.first(), Some(&(PacketType::RespHeader as u8)));
+        assert_eq!(r.packets.last(), Some(&(PacketType::RespEnd as u8)));
+        // CONN_CLOSE follows RESP_END in the same write.
+        assert!(client.closing());
+    }
+
+    #[test]
+    fn lengths_format_in_decimal() {
+        let mut buf = [0u8; 20];
+        assert_eq!(fmt_usize(0, &mut buf), b"0");
+        assert_eq!(fmt_usize(40_000, &mut buf), b"40000");
+        assert_eq!(
+            fmt_usize(usize::MAX, &mut buf),
+            usize::MAX.to_string().as_bytes()
+        );
+    }
+}
