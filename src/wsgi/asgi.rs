@@ -13,7 +13,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::interp::Runtime;
-use super::objects::{is_live, make_type, new_object, none, rebind, stale};
+use super::objects::{is_live, make_type, new_object, none, read_body_bytes, rebind, stale};
 use super::py::{self, bytes_of, ffi, intern, latin1, raise, str_latin1, Obj};
 use super::response::State;
 use super::{ctx, log_request_error, Ctx};
@@ -448,43 +448,15 @@ unsafe extern "C" fn receive_call(
             return none();
         }
         let want = c.with_conn(|conn| conn.body_left()).min(CHUNK as u64) as usize;
-        let b = py::new_bytes(want);
-        if b.is_null() {
-            return b;
-        }
-        // The new bytes object's storage is uninitialised: MaybeUninit until read.
-        let dst = std::slice::from_raw_parts_mut(
-            ffi::PyBytes_AS_STRING(b) as *mut std::mem::MaybeUninit<u8>,
-            want,
-        );
-        // SAFETY (with_conn): as above; `dst` is not Python-visible yet.
-        let read = c.with_conn(|conn| {
-            let mut got = 0;
-            while got < want {
-                match conn.read_body_uninit(&mut dst[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok((got, conn.body_left()))
-        });
-        let (got, left) = match read {
-            Ok(r) => r,
-            Err(_) => {
-                // The connection is marked broken; serve reports why.
-                ffi::Py_DECREF(b);
-                return disconnect(k);
-            }
-        };
-        let b = if got < want {
-            py::shrink_bytes(b, got)
-        } else {
-            b
+        let b = match read_body_bytes(want) {
+            Ok(b) => b,
+            // The connection is marked broken; serve reports why.
+            Err(_) => return disconnect(k),
         };
         if b.is_null() {
             return b;
         }
+        let left = c.with_conn(|conn| conn.body_left());
         if left == 0 {
             c.body_done.set(true);
         }

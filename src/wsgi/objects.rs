@@ -189,18 +189,31 @@ unsafe extern "C" fn input_read(
                 "request body too large to read at once",
             );
         }
-        let want = want as usize;
+        read_body_bytes(want as usize).unwrap_or_else(|e| conn_error(e))
+    }
+}
+
+/// A new bytes object holding the next `want` body bytes, fewer only where
+/// the body ends; NULL with an exception set if it cannot be made. `Err`
+/// (the bytes object freed) when reading the body failed.
+///
+/// # Safety
+/// GIL held; a request is active.
+pub(super) unsafe fn read_body_bytes(want: usize) -> Result<*mut ffi::PyObject, ConnError> {
+    // SAFETY: GIL held, request active (the contract); `b` is not visible to
+    // Python until returned, and its uninitialised storage is written only as
+    // MaybeUninit, then cut to what was read; the with_conn closure calls no
+    // Python.
+    unsafe {
         let b = py::new_bytes(want);
         if b.is_null() {
-            return b;
+            return Ok(b);
         }
-        // The new bytes object's storage is uninitialised: MaybeUninit until read.
         let dst = std::slice::from_raw_parts_mut(
             ffi::PyBytes_AS_STRING(b) as *mut std::mem::MaybeUninit<u8>,
             want,
         );
-        // SAFETY (with_conn): as above.
-        let read = c.with_conn(|conn| {
+        let read = ctx().with_conn(|conn| {
             let mut got = 0;
             while got < want {
                 match conn.read_body_uninit(&mut dst[got..]) {
@@ -211,17 +224,14 @@ unsafe extern "C" fn input_read(
             }
             Ok(got)
         });
-        let got = match read {
-            Ok(got) => got,
+        match read {
+            Ok(got) if got < want => Ok(py::shrink_bytes(b, got)),
+            Ok(_) => Ok(b),
             Err(e) => {
                 ffi::Py_DECREF(b);
-                return conn_error(e);
+                Err(e)
             }
-        };
-        if got < want {
-            return py::shrink_bytes(b, got);
         }
-        b
     }
 }
 
