@@ -555,10 +555,9 @@ unsafe extern "C" fn send_call(
 unsafe fn refuse(c: &Ctx, what: &str) -> Option<()> {
     // SAFETY: GIL held, request active (the contract); the with_conn closure calls no Python.
     unsafe {
-        let broken = c.with_conn(|conn| conn.is_broken());
+        let abandoned = c.with_conn(|conn| c.resp.abandoned(conn));
         match c.resp.state() {
-            State::Abandoned { .. } => {}
-            _ if broken => {}
+            _ if abandoned => {}
             State::Ended => {
                 raise(
                     ffi::PyExc_RuntimeError,

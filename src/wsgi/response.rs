@@ -80,10 +80,18 @@ impl Response {
         !matches!(self.state.get(), State::Unstarted | State::Staged { .. })
     }
 
-    /// Whether the response is over: ended, or abandoned by it or by the
-    /// connection breaking under it. The one place "abandoned" is read.
+    /// Whether the response is abandoned: a transition gave up on it, or its
+    /// connection broke under it. Every abandon breaks the connection, so the
+    /// connection's fault is the one record of it; `State::Abandoned` says
+    /// only that this response's own transitions are over.
+    pub(super) fn abandoned(&self, conn: &Conn) -> bool {
+        debug_assert!(conn.is_broken() || !matches!(self.state.get(), State::Abandoned { .. }));
+        conn.is_broken()
+    }
+
+    /// Whether the response can take no more: ended or abandoned.
     pub(super) fn is_over(&self, conn: &Conn) -> bool {
-        conn.is_broken() || matches!(self.state.get(), State::Ended | State::Abandoned { .. })
+        self.abandoned(conn) || self.state.get() == State::Ended
     }
 
     /// The application's Content-Length, if it gave a valid one.
@@ -121,7 +129,7 @@ impl Response {
     /// Starts a write with the head in front if it is still pending.
     /// `false` (nothing started) when the response can take no more bytes.
     pub(super) fn begin_write(&self, conn: &mut Conn) -> bool {
-        if conn.is_broken() {
+        if self.abandoned(conn) {
             return false;
         }
         match self.state.get() {
@@ -193,7 +201,7 @@ impl Response {
             return Ok(());
         }
         let r = conn.send_file(fd, offset, len);
-        if conn.is_broken() && self.state.get() != State::Ended {
+        if self.abandoned(conn) && self.state.get() != State::Ended {
             self.abandon();
         }
         r.map(drop)
@@ -204,7 +212,7 @@ impl Response {
     /// abandoned. Nothing once it has ended.
     pub(super) fn fail(&self, conn: &mut Conn, detail: Option<&str>) {
         match self.state.get() {
-            State::Unstarted | State::Staged { .. } if !conn.is_broken() => {
+            State::Unstarted | State::Staged { .. } if !self.abandoned(conn) => {
                 let page = super::errpage::page(detail);
                 let sent = conn.send_page(
                     500,
