@@ -12,7 +12,6 @@
 //! protocol; see its ASGI section for what happens to background tasks.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-use super::interp::Runtime;
 use super::objects::{is_live, make_type, new_object, none, read_body_bytes, rebind, stale};
 use super::py::{self, bytes_of, ffi, intern, latin1, raise, str_latin1, Obj};
 use super::response::State;
@@ -352,13 +351,16 @@ impl PerInterp {
 /// Runs the ASGI application for the request in flight (the counterpart of
 /// WSGI's `run_app`): a failure before anything went out is a 500, after
 /// that the connection is dropped; a coroutine that returns before its
-/// response is complete is treated the same way.
+/// response is complete is treated the same way. `Err(what)`: the
+/// application could not be run or raised; its exception is pending and the
+/// caller fails the response with `what`. `a` is the interpreter's ASGI
+/// state, `scope` the request's.
 ///
 /// # Safety
 /// GIL held; a request is active in `c` (set up by `serve`) and no reference to
 /// its connection is live.
 pub(super) unsafe fn run(
-    rt: &mut Runtime,
+    a: &mut PerInterp,
     c: &Ctx,
     app: &Obj,
     scope: Obj,
@@ -368,7 +370,6 @@ pub(super) unsafe fn run(
     // connection is reached only in with_conn closures that call no Python.
     unsafe {
         let generation = c.generation.get();
-        let a = &mut rt.interp().asgi;
         let (Some(rx), Some(tx)) = (a.object(0, generation), a.object(1, generation)) else {
             return Err("cannot create the ASGI receive and send callables");
         };

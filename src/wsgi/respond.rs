@@ -133,7 +133,7 @@ pub(crate) fn serve(
         }
         // SAFETY: GIL held; objects are live references.
         (Some(scope), Ok(app)) if asgi => unsafe {
-            if let Err(what) = super::asgi::run(rt, c, &app, scope) {
+            if let Err(what) = super::asgi::run(&mut rt.interp().asgi, c, &app, scope) {
                 app_failed(rt, c, what);
             }
         },
