@@ -8,6 +8,7 @@
 //! Bytes in `buf[start..end]` are received but not yet consumed; after a
 //! request packet they begin with its body, and anything past the body belongs
 //! to the next packet. The body reader never consumes beyond `body_left`.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::lsapi::response::{empty_packet, stderr_header, stream_header};
 use crate::lsapi::{
@@ -278,8 +279,9 @@ impl Conn {
     fn fill(&mut self, max: usize) -> io::Result<usize> {
         let room = (self.buf.len() - self.end).min(max);
         loop {
-            // SAFETY: the destination is the unused tail of our own buffer.
             let (fd, dst) = (self.fd, self.buf[self.end..].as_mut_ptr());
+            // SAFETY: the destination is the unused tail of our own buffer,
+            // `room` bytes long at most.
             let n = blocking(self.hook, || unsafe { libc::read(fd, dst.cast(), room) });
             if n >= 0 {
                 self.end += n as usize;
@@ -463,8 +465,8 @@ impl Conn {
         }
         let want = (dst.len() as u64).min(self.body_left) as usize;
         loop {
-            // SAFETY: dst is a live mutable slice of at least `want` bytes.
             let (fd, p) = (self.fd, dst.as_mut_ptr());
+            // SAFETY: dst is a live mutable slice of at least `want` bytes.
             let n = blocking(self.hook, || unsafe { libc::read(fd, p.cast(), want) });
             if n > 0 {
                 self.body_left -= n as u64;
@@ -588,9 +590,10 @@ impl Conn {
         let mut at = 0;
         while at < self.iov.len() {
             let batch = (self.iov.len() - at).min(IOV_MAX);
-            // SAFETY: each iovec points at bytes the caller keeps alive until
-            // this flush returns (push_body's contract, our own buffers).
             let (fd, iov) = (self.fd, self.iov[at..].as_ptr());
+            // SAFETY: each iovec points at bytes the caller keeps alive until
+            // this flush returns (push_body's contract, our own buffers), and
+            // `batch` iovecs follow `iov`.
             let n = blocking(self.hook, || unsafe { libc::writev(fd, iov, batch as i32) });
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -628,6 +631,7 @@ impl Conn {
         while sent < len {
             let chunk = (len - sent).min(MAX_STREAM_PAYLOAD as u64) as usize;
             // Announce the chunk only once we know the file still has it.
+            // SAFETY: all-zero bytes are a valid libc::stat (plain integers).
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: st is a live local.
             if unsafe { libc::fstat(file, &mut st) } < 0 {
@@ -643,8 +647,8 @@ impl Conn {
             self.flush()?;
             let mut left = chunk;
             while left > 0 {
-                // SAFETY: offset is a live local; descriptors are integers.
                 let fd = self.fd;
+                // SAFETY: offset is a live local; descriptors are integers.
                 let n = blocking(self.hook, || unsafe {
                     libc::sendfile(fd, file, &mut offset, left)
                 });
@@ -672,6 +676,35 @@ impl Conn {
         Ok(sent)
     }
 
+    /// Sends a whole small response at once: `status`, `headers` and a
+    /// Content-Length for `body` as RESP_HEADER, then `body` and RESP_END
+    /// (CONN_CLOSE too if this response is the last), in one writev. Any head
+    /// staged in `self.head` is replaced. Headers that do not fit are left
+    /// out (callers pass a few short, valid ones). A failure marks the
+    /// connection broken.
+    pub fn send_page(
+        &mut self,
+        status: u16,
+        headers: &[(&[u8], &[u8])],
+        body: &[u8],
+    ) -> io::Result<()> {
+        let mut len_buf = [0u8; 20];
+        self.head.clear();
+        for (name, value) in headers {
+            let _ = self.head.push(name, value);
+        }
+        let _ = self
+            .head
+            .push(b"Content-Length", fmt_usize(body.len(), &mut len_buf));
+        self.head.finish(status);
+        self.begin_write();
+        self.push_head();
+        // SAFETY: `body` outlives the flush just below.
+        unsafe { self.push_body(body) };
+        self.push_end();
+        self.flush()
+    }
+
     /// Writes `text` to the server's error log as STDERR_STREAM packets.
     pub fn write_stderr(&mut self, text: &[u8]) -> io::Result<()> {
         self.begin_write();
@@ -690,5 +723,78 @@ impl Conn {
         self.start = 0;
         self.end = 0;
         self.body_left = 0;
+    }
+}
+
+/// Formats `n` in decimal into `buf` (no allocation on the response path).
+fn fmt_usize(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fmt_usize, Conn};
+    use crate::client::{Client, Ending, Stream};
+    use crate::lsapi::PacketType;
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn send_page_is_one_whole_response_with_its_length() {
+        let (server, worker) = UnixStream::pair().expect("socketpair");
+        let mut conn = Conn::new();
+        conn.attach(worker.into_raw_fd());
+        // A head staged earlier (an application's) is replaced, not extended.
+        conn.head.push(b"X-Staged", b"1").unwrap();
+        conn.set_close_after(true);
+        // More than one RESP_STREAM packet's worth.
+        let body = vec![b'x'; 40_000];
+        let headers: [(&[u8], &[u8]); 2] =
+            [(b"Retry-After", b"60"), (b"Content-Type", b"text/html")];
+        conn.send_page(508, &headers, &body).unwrap();
+        assert!(conn.close_sent());
+        conn.close();
+
+        let mut client = Client::from_stream(Stream::Unix(server));
+        let r = client.read_response().unwrap();
+        assert_eq!(r.status, 508);
+        let names: Vec<_> = r
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("Retry-After", "60"),
+                ("Content-Type", "text/html"),
+                ("Content-Length", "40000")
+            ]
+        );
+        assert_eq!(r.body, body);
+        assert_eq!(r.ending, Ending::End);
+        assert_eq!(r.packets.first(), Some(&(PacketType::RespHeader as u8)));
+        assert_eq!(r.packets.last(), Some(&(PacketType::RespEnd as u8)));
+        // CONN_CLOSE follows RESP_END in the same write.
+        assert!(client.closing());
+    }
+
+    #[test]
+    fn lengths_format_in_decimal() {
+        let mut buf = [0u8; 20];
+        assert_eq!(fmt_usize(0, &mut buf), b"0");
+        assert_eq!(fmt_usize(40_000, &mut buf), b"40000");
+        assert_eq!(
+            fmt_usize(usize::MAX, &mut buf),
+            usize::MAX.to_string().as_bytes()
+        );
     }
 }

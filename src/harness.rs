@@ -82,15 +82,11 @@ fn serve_one(conn: &mut Conn) -> Result<bool, ConnError> {
             n => read += n as u64,
         }
     }
-    conn.head.clear();
-    let _ = conn.head.push(b"Content-Type", b"text/plain");
-    conn.head.finish(status);
-    conn.begin_write();
-    conn.push_head();
-    // SAFETY: `chunk` outlives the flush below.
-    unsafe { conn.push_body(&chunk[..(read as usize).min(chunk.len())]) };
-    conn.push_packet(crate::lsapi::PacketType::RespEnd);
-    conn.flush()?;
+    conn.send_page(
+        status,
+        &[(&b"Content-Type"[..], &b"text/plain"[..])],
+        &chunk[..(read as usize).min(chunk.len())],
+    )?;
     conn.drain_body()?;
     Ok(true)
 }

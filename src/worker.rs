@@ -5,6 +5,7 @@
 //! The same loop serves a Worker-mode process and a ProcessGroup child; a
 //! child also keeps its slot in the group's table up to date and applies the
 //! policies that are its own to apply (see [`crate::status::Member`]).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::config::Config;
 use crate::listen;
@@ -464,27 +465,19 @@ as it exceeded its resource limit. Please try again later.</p></body></html>\n";
 /// connection closes after it.
 fn send_resource_limit_page(conn: &mut Conn) {
     conn.set_close_after(true);
-    conn.head.clear();
-    let len = LIMIT_PAGE.len().to_string();
-    for (k, v) in [
-        (
-            &b"Cache-Control"[..],
-            &b"private, no-cache, no-store, must-revalidate, max-age=0"[..],
-        ),
-        (b"Pragma", b"no-cache"),
-        (b"Retry-After", b"60"),
-        (b"Content-Type", b"text/html; charset=utf-8"),
-        (b"Content-Length", len.as_bytes()),
-    ] {
-        let _ = conn.head.push(k, v);
-    }
-    conn.head.finish(508);
-    conn.begin_write();
-    conn.push_head();
-    // SAFETY: LIMIT_PAGE is static.
-    unsafe { conn.push_body(LIMIT_PAGE) };
-    conn.push_end();
-    let _ = conn.flush();
+    let _ = conn.send_page(
+        508,
+        &[
+            (
+                &b"Cache-Control"[..],
+                &b"private, no-cache, no-store, must-revalidate, max-age=0"[..],
+            ),
+            (b"Pragma", b"no-cache"),
+            (b"Retry-After", b"60"),
+            (b"Content-Type", b"text/html; charset=utf-8"),
+        ],
+        LIMIT_PAGE,
+    );
 }
 
 #[cfg(test)]

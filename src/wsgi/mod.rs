@@ -17,19 +17,27 @@
 //! into that raw pointer at once and keeps no reference across a call into
 //! Python. All of it is touched only with the GIL held, which serialises
 //! the main thread with any application thread that calls a request object.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod asgi;
+#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// its owner states its contracts
 mod environ;
 pub mod errpage;
+#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// its owner states its contracts
 pub mod immortal;
+#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// its owner states its contracts
 pub mod interp;
 mod objects;
 pub mod py;
 mod respond;
+mod response;
 
 use crate::config::AppInterface;
 use lswsgi::conn::Conn;
-use respond::Response;
+use response::{Response, State};
 use std::cell::Cell;
 use std::io;
 
@@ -77,14 +85,22 @@ impl Ctx {
     #[inline]
     unsafe fn with_conn<R>(&self, f: impl FnOnce(&mut Conn) -> R) -> R {
         debug_assert!(self.active.get() && !self.conn.get().is_null());
-        f(&mut *self.conn.get())
+        // SAFETY: `conn` points at the live connection and this `&mut` is
+        // its only reference while `f` runs (the contract).
+        f(unsafe { &mut *self.conn.get() })
     }
 
     /// A new reference to this request's `write` callable.
+    ///
+    /// # Safety
+    /// GIL held; a request is active (its `write` callable is set).
     unsafe fn writer(&self) -> *mut py::ffi::PyObject {
-        let w = self.writer.get();
-        py::ffi::Py_INCREF(w);
-        w
+        // SAFETY: GIL held and `writer` a live object (the contract).
+        unsafe {
+            let w = self.writer.get();
+            py::ffi::Py_INCREF(w);
+            w
+        }
     }
 
     /// Whether the caller runs on the thread that serves requests.
@@ -142,7 +158,7 @@ pub fn log_request_error(conn: &mut Conn, msg: &str) {
     // SAFETY: GIL held by every caller (main thread, serving).
     let to_server = unsafe {
         let c = ctx();
-        c.active.get() && !c.errors_to_fd2.get() && c.resp.phase() != respond::Phase::Ended
+        c.active.get() && !c.errors_to_fd2.get() && c.resp.state() != State::Ended
     };
     if to_server && conn.fd() >= 0 {
         let mut line = String::with_capacity(msg.len() + 24);

@@ -5,9 +5,10 @@
 //! already, goes out with its header and RESP_END in a single writev.
 //! Headers go out with the first non-empty block, or at the end.
 //!
-//! What of a response has gone out is owned by one [`Response`], whose
-//! transitions are the only way to write it: exactly one RESP_HEADER and one
-//! RESP_END per request, or a dropped connection.
+//! What of a response has gone out is owned by the one
+//! [`super::response::Response`] of the request context, whose transitions
+//! are the only way to write it.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::environ;
 use super::interp::{RequestObject, Runtime};
@@ -15,194 +16,14 @@ use super::py::{bytes_of, ffi, lookup_attr, Obj};
 use super::{ctx, log_request_error, Ctx};
 use lswsgi::conn::{write_req_received, Conn, ConnError, WRITE_FAILED};
 use lswsgi::lsapi::Request;
-use std::cell::Cell;
-use std::io;
 use std::ptr;
-
-/// How far a response has gone out.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Phase {
-    /// Nothing sent yet (start_response may or may not have been called).
-    Open,
-    /// RESP_HEADER went out; body blocks may follow.
-    HeadSent,
-    /// RESP_END went out: nothing more may be written for this request.
-    Ended,
-    /// The response cannot be completed: the connection is dropped without
-    /// RESP_END so the server knows the body is incomplete.
-    Abandoned,
-}
-
-/// The response of the request in flight. Each method is one legal
-/// transition; once `Ended` or `Abandoned` every write is refused, so no
-/// path can send a second head or a second RESP_END.
-pub(super) struct Response {
-    phase: Cell<Phase>,
-    /// Status code given to start_response; 0 = not called yet.
-    status: Cell<u16>,
-    /// The application's Content-Length header, if it gave a valid one.
-    content_length: Cell<Option<u64>>,
-}
-
-impl Response {
-    pub(super) const fn new() -> Response {
-        Response {
-            phase: Cell::new(Phase::Ended),
-            status: Cell::new(0),
-            content_length: Cell::new(None),
-        }
-    }
-
-    /// A new request: nothing sent, start_response not called.
-    fn begin(&self) {
-        self.phase.set(Phase::Open);
-        self.status.set(0);
-        self.content_length.set(None);
-    }
-
-    pub(super) fn phase(&self) -> Phase {
-        self.phase.get()
-    }
-
-    /// Whether RESP_HEADER went out (or can no longer be changed).
-    pub(super) fn head_sent(&self) -> bool {
-        self.phase.get() != Phase::Open
-    }
-
-    pub(super) fn status(&self) -> u16 {
-        self.status.get()
-    }
-
-    /// Records start_response's status and Content-Length (the head itself
-    /// is staged in `conn.head`). Only while nothing went out.
-    pub(super) fn set_status(&self, status: u16, content_length: Option<u64>) {
-        debug_assert_eq!(self.phase.get(), Phase::Open);
-        self.status.set(status);
-        self.content_length.set(content_length);
-    }
-
-    pub(super) fn content_length(&self) -> Option<u64> {
-        self.content_length.get()
-    }
-
-    /// Starts a write with the head in front if it is still pending.
-    /// `false` (nothing started) when the response can take no more bytes.
-    pub(super) fn begin_write(&self, conn: &mut Conn) -> bool {
-        match self.phase.get() {
-            Phase::Open if self.status.get() != 0 && !conn.is_broken() => {
-                conn.begin_write();
-                conn.head.finish(self.status.get());
-                conn.push_head();
-                self.phase.set(Phase::HeadSent);
-                true
-            }
-            Phase::HeadSent if !conn.is_broken() => {
-                conn.begin_write();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Sends what was collected; a failed write abandons the response.
-    pub(super) fn flush(&self, conn: &mut Conn) -> io::Result<()> {
-        let r = conn.flush();
-        if r.is_err() {
-            self.phase.set(Phase::Abandoned);
-        }
-        r
-    }
-
-    /// Body bytes (after the head if it is pending), in one writev.
-    /// Requires start_response to have been called.
-    pub(super) fn body(&self, conn: &mut Conn, data: &[u8]) -> io::Result<()> {
-        if !self.begin_write(conn) {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, WRITE_FAILED));
-        }
-        // SAFETY: `data` outlives the flush just below.
-        unsafe { conn.push_body(data) };
-        self.flush(conn)
-    }
-
-    /// Head (if pending), every block and RESP_END in one writev.
-    pub(super) fn complete(&self, conn: &mut Conn, blocks: &[&[u8]]) {
-        if !self.begin_write(conn) {
-            return;
-        }
-        for b in blocks {
-            // SAFETY: the blocks outlive the flush just below.
-            unsafe { conn.push_body(b) };
-        }
-        conn.push_end();
-        if self.flush(conn).is_ok() {
-            self.phase.set(Phase::Ended);
-        }
-    }
-
-    /// Ends the response: head if pending, RESP_END. A response nobody
-    /// started (no start_response) becomes a 500.
-    fn finish(&self, conn: &mut Conn) {
-        if self.phase.get() == Phase::Open && self.status.get() == 0 {
-            log_request_error(
-                conn,
-                "the application returned without calling start_response",
-            );
-            self.fail(conn, None);
-            return;
-        }
-        self.complete(conn, &[]);
-    }
-
-    /// The application failed: a complete 500 page (showing `detail`, see
-    /// errpage) if nothing went out yet, otherwise the response is
-    /// abandoned. Nothing once it has ended.
-    pub(super) fn fail(&self, conn: &mut Conn, detail: Option<&str>) {
-        match self.phase.get() {
-            Phase::Open if !conn.is_broken() => {
-                let page = super::errpage::page(detail);
-                let mut len_buf = [0u8; 20];
-                let len = fmt_usize(page.len(), &mut len_buf);
-                conn.head.clear();
-                let _ = conn.head.push(b"Content-Type", b"text/html; charset=utf-8");
-                let _ = conn.head.push(b"Content-Length", len);
-                self.status.set(500);
-                self.complete(conn, &[&page]);
-            }
-            Phase::Open | Phase::HeadSent => {
-                conn.set_broken("the application failed after the response headers were sent");
-                self.phase.set(Phase::Abandoned);
-            }
-            Phase::Ended | Phase::Abandoned => {}
-        }
-    }
-
-    /// The request is over: whatever state the response is in, it leaves in
-    /// `Ended` (RESP_END sent once) or `Abandoned` (connection dropped).
-    fn close(&self, conn: &mut Conn) {
-        match self.phase.get() {
-            Phase::Open | Phase::HeadSent => self.finish(conn),
-            Phase::Ended | Phase::Abandoned => {}
-        }
-        if self.phase.get() != Phase::Ended {
-            conn.set_broken("the response could not be completed");
-            self.phase.set(Phase::Abandoned);
-        }
-    }
-
-    /// Abandons the response if the connection broke under it.
-    pub(super) fn check(&self, conn: &Conn) {
-        if conn.is_broken() && self.phase.get() != Phase::Ended {
-            self.phase.set(Phase::Abandoned);
-        }
-    }
-}
 
 /// Debug builds: no Python exception may be pending when control returns to
 /// the serve loop.
 #[inline]
 fn assert_no_exception() {
-    // SAFETY: GIL held.
     debug_assert!(
+        // SAFETY: GIL held (the serve loop's caller holds it).
         unsafe { ffi::PyErr_Occurred().is_null() },
         "a Python exception was left pending"
     );
@@ -301,15 +122,21 @@ pub(crate) fn serve(
             // SAFETY: as above.
             unsafe {
                 c.with_conn(|conn| {
-                    let what = if asgi { "ASGI scope" } else { "WSGI environ" };
-                    let msg = format!("cannot build the {what}:\n{msg}");
-                    log_request_error(conn, &msg);
-                    c.resp.fail(conn, super::errpage::shown(&msg));
+                    let what = if asgi {
+                        "cannot build the ASGI scope"
+                    } else {
+                        "cannot build the WSGI environ"
+                    };
+                    c.resp.app_failed(conn, what, &msg);
                 })
             };
         }
         // SAFETY: GIL held; objects are live references.
-        (Some(scope), Ok(app)) if asgi => unsafe { super::asgi::run(rt, c, &app, scope) },
+        (Some(scope), Ok(app)) if asgi => unsafe {
+            if let Err(what) = super::asgi::run(&mut rt.interp().asgi, c, &app, scope) {
+                app_failed(rt, c, what);
+            }
+        },
         // SAFETY: GIL held; objects are live references.
         (Some(environ), Ok(app)) => unsafe { run_app(rt, c, &app, environ) },
     }
@@ -338,144 +165,169 @@ pub(crate) fn serve(
 
 /// Calls the application and writes whatever it produces. Never holds a
 /// reference to the connection across a call into Python.
+///
+/// # Safety
+/// GIL held; a request is active in `c` (set up by `serve`) and no reference to
+/// its connection is live.
 unsafe fn run_app(rt: &mut Runtime, c: &Ctx, app: &Obj, environ: Obj) {
-    let generation = c.generation.get();
-    let Some(writer) = rt
-        .interp()
-        .request_object(RequestObject::Writer, generation)
-    else {
-        app_failed(rt, c, "cannot create the write callable");
-        return;
-    };
-    c.writer.set(writer.ptr());
-    let Some(start_response) = rt
-        .interp()
-        .request_object(RequestObject::StartResponse, generation)
-    else {
-        app_failed(rt, c, "cannot create start_response");
-        return;
-    };
-    let result = ffi::PyObject_CallFunctionObjArgs(
-        app.ptr(),
-        environ.ptr(),
-        start_response.ptr(),
-        ptr::null_mut::<ffi::PyObject>(),
-    );
-    drop(start_response);
-    drop(environ);
-    let Some(result) = Obj::owned(result) else {
-        app_failed(rt, c, "the application raised an exception");
-        return;
-    };
-    let rtype = ffi::Py_TYPE(result.ptr());
-    let plain = rtype == ptr::addr_of_mut!(ffi::PyList_Type)
-        || rtype == ptr::addr_of_mut!(ffi::PyTuple_Type);
-    if plain {
-        send_sequence(rt, c, &result);
-    } else if rtype.cast() == rt.interp().file_wrapper.ptr() {
-        if !send_file_wrapper(c, &result) {
+    // SAFETY: GIL held and a request active (the contract); every object is a live
+    // reference owned by an Obj or borrowed from one that outlives its use; the
+    // connection is reached only in with_conn closures that call no Python.
+    unsafe {
+        let generation = c.generation.get();
+        let Some(writer) = rt
+            .interp()
+            .request_object(RequestObject::Writer, generation)
+        else {
+            app_failed(rt, c, "cannot create the write callable");
+            return;
+        };
+        c.writer.set(writer.ptr());
+        let Some(start_response) = rt
+            .interp()
+            .request_object(RequestObject::StartResponse, generation)
+        else {
+            app_failed(rt, c, "cannot create start_response");
+            return;
+        };
+        let result = ffi::PyObject_CallFunctionObjArgs(
+            app.ptr(),
+            environ.ptr(),
+            start_response.ptr(),
+            ptr::null_mut::<ffi::PyObject>(),
+        );
+        drop(start_response);
+        drop(environ);
+        let Some(result) = Obj::owned(result) else {
+            app_failed(rt, c, "the application raised an exception");
+            return;
+        };
+        let rtype = ffi::Py_TYPE(result.ptr());
+        let plain = rtype == ptr::addr_of_mut!(ffi::PyList_Type)
+            || rtype == ptr::addr_of_mut!(ffi::PyTuple_Type);
+        if plain {
+            send_sequence(rt, c, &result);
+        } else if rtype.cast() == rt.interp().file_wrapper.ptr() {
+            if !send_file_wrapper(c, &result) {
+                send_iterable(rt, c, &result);
+            }
+        } else {
             send_iterable(rt, c, &result);
         }
-    } else {
-        send_iterable(rt, c, &result);
-    }
-    // PEP 3333: close() is called whatever happened, once iteration is over.
-    // (Plain lists and tuples have none: skip the lookup.)
-    let close = if plain {
-        None
-    } else {
-        lookup_attr(result.ptr(), rt.interp().close_name.ptr()).unwrap_or_else(|()| {
-            ffi::PyErr_Clear();
+        // PEP 3333: close() is called whatever happened, once iteration is over.
+        // (Plain lists and tuples have none: skip the lookup.)
+        let close = if plain {
             None
-        })
-    };
-    if let Some(close) = close {
-        let r = ffi::PyObject_CallNoArgs(close.ptr());
-        drop(close);
-        if r.is_null() {
-            // A 500 if nothing went out yet; abandoned if the body is partly
-            // out; only logged if the response already ended.
-            app_failed(rt, c, "the response's close() raised an exception");
         } else {
-            ffi::Py_DECREF(r);
+            lookup_attr(result.ptr(), rt.interp().close_name.ptr()).unwrap_or_else(|()| {
+                ffi::PyErr_Clear();
+                None
+            })
+        };
+        if let Some(close) = close {
+            let r = ffi::PyObject_CallNoArgs(close.ptr());
+            drop(close);
+            if r.is_null() {
+                // A 500 if nothing went out yet; abandoned if the body is partly
+                // out; only logged if the response already ended.
+                app_failed(rt, c, "the response's close() raised an exception");
+            } else {
+                ffi::Py_DECREF(r);
+            }
         }
+        drop(result);
     }
-    drop(result);
 }
 
 /// A list or tuple of bytes: head, every block and RESP_END in one writev.
+///
+/// # Safety
+/// As for `run_app`; `seq` is a list or tuple.
 unsafe fn send_sequence(rt: &mut Runtime, c: &Ctx, seq: &Obj) {
-    let n = ffi::PySequence_Fast_GET_SIZE(seq.ptr()) as usize;
-    let items = ffi::PySequence_Fast_ITEMS(seq.ptr());
-    for i in 0..n {
-        if ffi::PyBytes_Check(*items.add(i)) == 0 {
-            ffi::PyErr_SetString(
-                ffi::PyExc_TypeError,
-                c"response body blocks must be bytes".as_ptr(),
-            );
-            app_failed(rt, c, "invalid response body");
-            return;
+    // SAFETY: as run_app; `seq` is a list or tuple, so PySequence_Fast_ITEMS holds its
+    // `n` items, which it keeps alive past the flush.
+    unsafe {
+        let n = ffi::PySequence_Fast_GET_SIZE(seq.ptr()) as usize;
+        let items = ffi::PySequence_Fast_ITEMS(seq.ptr());
+        for i in 0..n {
+            if ffi::PyBytes_Check(*items.add(i)) == 0 {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_TypeError,
+                    c"response body blocks must be bytes".as_ptr(),
+                );
+                app_failed(rt, c, "invalid response body");
+                return;
+            }
         }
-    }
-    if c.resp.status() == 0 {
-        return; // Response::close reports the missing start_response
-    }
-    // The sequence holds every block alive until after the flush. Few blocks
-    // (the common case) need no allocation.
-    let mut small: [&[u8]; 8] = [&[]; 8];
-    let mut many = Vec::new();
-    let blocks: &[&[u8]] = if n <= small.len() {
-        for (i, b) in small.iter_mut().enumerate().take(n) {
-            *b = bytes_of(*items.add(i));
+        if !c.resp.started() {
+            return; // Response::close reports the missing start_response
         }
-        &small[..n]
-    } else {
-        many.extend((0..n).map(|i| bytes_of(*items.add(i))));
-        &many
-    };
-    // SAFETY: active request; no Python call inside.
-    c.with_conn(|conn| c.resp.complete(conn, blocks));
+        // The sequence holds every block alive until after the flush. Few blocks
+        // (the common case) need no allocation.
+        let mut small: [&[u8]; 8] = [&[]; 8];
+        let mut many = Vec::new();
+        let blocks: &[&[u8]] = if n <= small.len() {
+            for (i, b) in small.iter_mut().enumerate().take(n) {
+                *b = bytes_of(*items.add(i));
+            }
+            &small[..n]
+        } else {
+            many.extend((0..n).map(|i| bytes_of(*items.add(i))));
+            &many
+        };
+        // SAFETY: active request; no Python call inside.
+        c.with_conn(|conn| c.resp.complete(conn, blocks));
+    }
 }
 
 /// Any other iterable: each non-empty block is sent as it is produced.
+///
+/// # Safety
+/// GIL held; a request is active in `c` (set up by `serve`) and no reference to
+/// its connection is live.
 unsafe fn send_iterable(rt: &mut Runtime, c: &Ctx, result: &Obj) {
-    let Some(it) = Obj::owned(ffi::PyObject_GetIter(result.ptr())) else {
-        app_failed(rt, c, "the application's result is not iterable");
-        return;
-    };
-    loop {
-        let item = ffi::PyIter_Next(it.ptr());
-        if item.is_null() {
-            if !ffi::PyErr_Occurred().is_null() {
-                app_failed(rt, c, "the application raised an exception while iterating");
+    // SAFETY: GIL held and a request active (the contract); every object is a live
+    // reference owned by an Obj or borrowed from one that outlives its use; the
+    // connection is reached only in with_conn closures that call no Python.
+    unsafe {
+        let Some(it) = Obj::owned(ffi::PyObject_GetIter(result.ptr())) else {
+            app_failed(rt, c, "the application's result is not iterable");
+            return;
+        };
+        loop {
+            let item = ffi::PyIter_Next(it.ptr());
+            if item.is_null() {
+                if !ffi::PyErr_Occurred().is_null() {
+                    app_failed(rt, c, "the application raised an exception while iterating");
+                }
+                return;
             }
-            return;
-        }
-        let item = Obj::owned(item).expect("non-null");
-        if ffi::PyBytes_Check(item.ptr()) == 0 {
-            ffi::PyErr_SetString(
-                ffi::PyExc_TypeError,
-                c"response body blocks must be bytes".as_ptr(),
-            );
-            app_failed(rt, c, "invalid response body");
-            return;
-        }
-        let data = bytes_of(item.ptr());
-        if data.is_empty() {
-            continue;
-        }
-        if c.resp.status() == 0 {
-            ffi::PyErr_SetString(
-                ffi::PyExc_RuntimeError,
-                c"body produced before start_response was called".as_ptr(),
-            );
-            app_failed(rt, c, "invalid response");
-            return;
-        }
-        // SAFETY: active request; no Python call inside.
-        if c.with_conn(|conn| c.resp.body(conn, data)).is_err() {
-            // The server went away: stop producing; close() still runs.
-            return;
+            let item = Obj::owned(item).expect("non-null");
+            if ffi::PyBytes_Check(item.ptr()) == 0 {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_TypeError,
+                    c"response body blocks must be bytes".as_ptr(),
+                );
+                app_failed(rt, c, "invalid response body");
+                return;
+            }
+            let data = bytes_of(item.ptr());
+            if data.is_empty() {
+                continue;
+            }
+            if !c.resp.started() {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_RuntimeError,
+                    c"body produced before start_response was called".as_ptr(),
+                );
+                app_failed(rt, c, "invalid response");
+                return;
+            }
+            // SAFETY: active request; no Python call inside.
+            if c.with_conn(|conn| c.resp.body(conn, data)).is_err() {
+                // The server went away: stop producing; close() still runs.
+                return;
+            }
         }
     }
 }
@@ -486,103 +338,92 @@ unsafe fn send_iterable(rt: &mut Runtime, c: &Ctx, result: &Obj) {
 /// gave one — goes out with sendfile(2). `false` (nothing sent) for any
 /// other file-like (gzip.open, BytesIO, …); the caller then iterates it with
 /// read(block size).
+///
+/// # Safety
+/// As for `run_app`; `wrapper` is the interpreter's wsgi.file_wrapper instance.
 unsafe fn send_file_wrapper(c: &Ctx, wrapper: &Obj) -> bool {
-    let attr = |o: *mut ffi::PyObject, name: &std::ffi::CStr| {
-        let r = Obj::owned(ffi::PyObject_GetAttrString(o, name.as_ptr()));
-        if r.is_none() {
-            ffi::PyErr_Clear();
+    // SAFETY: as run_app; `st` is a live local for fstat, and `fd` stays open while
+    // `filelike` lives (until after the send).
+    unsafe {
+        let attr = |o: *mut ffi::PyObject, name: &std::ffi::CStr| {
+            let r = Obj::owned(ffi::PyObject_GetAttrString(o, name.as_ptr()));
+            if r.is_none() {
+                ffi::PyErr_Clear();
+            }
+            r
+        };
+        let Some(filelike) = attr(wrapper.ptr(), c"filelike") else {
+            return false;
+        };
+        // The helper's FileWrapper class names the two io types (no import here).
+        let (Some(fileio), Some(buffered)) = (
+            attr(wrapper.ptr(), c"_fileio"),
+            attr(wrapper.ptr(), c"_buffered"),
+        ) else {
+            return false;
+        };
+        let t = ffi::Py_TYPE(filelike.ptr()).cast::<ffi::PyObject>();
+        if t == buffered.ptr() {
+            match attr(filelike.ptr(), c"raw") {
+                Some(raw) if ffi::Py_TYPE(raw.ptr()).cast() == fileio.ptr() => {}
+                _ => return false,
+            }
+        } else if t != fileio.ptr() {
+            return false;
         }
-        r
-    };
-    let Some(filelike) = attr(wrapper.ptr(), c"filelike") else {
-        return false;
-    };
-    // The helper's FileWrapper class names the two io types (no import here).
-    let (Some(fileio), Some(buffered)) = (
-        attr(wrapper.ptr(), c"_fileio"),
-        attr(wrapper.ptr(), c"_buffered"),
-    ) else {
-        return false;
-    };
-    let t = ffi::Py_TYPE(filelike.ptr()).cast::<ffi::PyObject>();
-    if t == buffered.ptr() {
-        match attr(filelike.ptr(), c"raw") {
-            Some(raw) if ffi::Py_TYPE(raw.ptr()).cast() == fileio.ptr() => {}
-            _ => return false,
+        let call = |name: &std::ffi::CStr| -> Option<i64> {
+            let r = Obj::owned(ffi::PyObject_CallMethod(
+                filelike.ptr(),
+                name.as_ptr(),
+                ptr::null(),
+            ));
+            let v = r.map(|r| ffi::PyLong_AsLongLong(r.ptr()));
+            if !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            v
+        };
+        let Some(fd) = call(c"fileno").and_then(|f| i32::try_from(f).ok()) else {
+            return false;
+        };
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) < 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return false;
         }
-    } else if t != fileio.ptr() {
-        return false;
-    }
-    let call = |name: &std::ffi::CStr| -> Option<i64> {
-        let r = Obj::owned(ffi::PyObject_CallMethod(
-            filelike.ptr(),
-            name.as_ptr(),
-            ptr::null(),
-        ));
-        let v = r.map(|r| ffi::PyLong_AsLongLong(r.ptr()));
-        if !ffi::PyErr_Occurred().is_null() {
-            ffi::PyErr_Clear();
-            return None;
+        // The Python-level position accounts for buffered reads the app made.
+        let Some(pos) = call(c"tell").filter(|&p| p >= 0) else {
+            return false;
+        };
+        if !c.resp.started() {
+            return true; // Response::close reports the missing start_response
         }
-        v
-    };
-    let Some(fd) = call(c"fileno").and_then(|f| i32::try_from(f).ok()) else {
-        return false;
-    };
-    let mut st: libc::stat = std::mem::zeroed();
-    if libc::fstat(fd, &mut st) < 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return false;
-    }
-    // The Python-level position accounts for buffered reads the app made.
-    let Some(pos) = call(c"tell").filter(|&p| p >= 0) else {
-        return false;
-    };
-    if c.resp.status() == 0 {
-        return true; // Response::close reports the missing start_response
-    }
-    let mut len = (st.st_size - pos).max(0) as u64;
-    if let Some(cl) = c.resp.content_length() {
-        len = len.min(cl);
-    }
-    // SAFETY: active request; no Python call inside.
-    let failed = c.with_conn(|conn| {
-        if !c.resp.begin_write(conn) || c.resp.flush(conn).is_err() {
-            return None;
+        let mut len = (st.st_size - pos).max(0) as u64;
+        if let Some(cl) = c.resp.content_length() {
+            len = len.min(cl);
         }
-        let r = conn.send_file(fd, pos, len);
-        c.resp.check(conn);
-        r.err()
-    });
-    if let Some(e) = failed {
         // SAFETY: active request; no Python call inside.
-        c.with_conn(|conn| {
-            log_request_error(conn, &format!("sending a file response failed: {e}"))
-        });
+        let failed = c.with_conn(|conn| c.resp.file(conn, fd, pos, len).err());
+        if let Some(e) = failed {
+            // SAFETY: active request; no Python call inside.
+            c.with_conn(|conn| {
+                log_request_error(conn, &format!("sending a file response failed: {e}"))
+            });
+        }
+        true
     }
-    true
 }
 
 /// Logs the pending Python exception with `what` and fails the response
 /// (a 500 if nothing went out, abandoned if part of it did).
-pub(super) unsafe fn app_failed(rt: &mut Runtime, c: &Ctx, what: &str) {
-    let trace = rt.interp().take_exception();
-    // SAFETY: active request; no Python call inside.
-    c.with_conn(|conn| {
-        let msg = format!("{what}:\n{trace}");
-        log_request_error(conn, &msg);
-        c.resp.fail(conn, super::errpage::shown(&msg));
-    });
-}
-
-/// Formats `n` in decimal into `buf`.
-fn fmt_usize(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
+///
+/// # Safety
+/// GIL held; a request is active and no reference to its connection is live.
+unsafe fn app_failed(rt: &mut Runtime, c: &Ctx, what: &str) {
+    // SAFETY: GIL held, request active (the contract); the with_conn closure calls no Python.
+    unsafe {
+        let trace = rt.interp().take_exception();
+        // SAFETY: active request; no Python call inside.
+        c.with_conn(|conn| c.resp.app_failed(conn, what, &trace));
     }
 }
