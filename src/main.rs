@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     }
     let mut cfg = Config::from_env();
     if let Some(path) = &cfg.stderr_log {
-        if let Err(e) = sys::redirect_stderr(path) {
+        if let Err(e) = log::redirect_stderr(path) {
             error!("cannot use {path} as the log file: {e}; logging to stderr");
         }
     }

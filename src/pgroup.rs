@@ -40,10 +40,11 @@
 
 use crate::config::Config;
 use crate::listen;
+use crate::meminfo::MemProbe;
 use crate::status::{
     Member, Policy, State, StatusPage, Table, EXIT_GRACE_SECS, EXIT_LEASE, EXIT_SURPLUS,
 };
-use crate::sys::{self, ChildExit, MemProbe, STOP, STOP_SIGNAL};
+use crate::sys::{self, ChildExit, STOP, STOP_SIGNAL};
 use crate::throttle::Throttle;
 use crate::wsgi;
 use std::os::fd::RawFd;

@@ -30,7 +30,8 @@
 
 use crate::config::Config;
 use crate::listen;
-use crate::sys::{self, Memory};
+use crate::meminfo::Memory;
+use crate::sys;
 use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};

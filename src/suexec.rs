@@ -173,7 +173,7 @@ impl Secret {
         // directory) between this check and the next start.
         let p = std::path::Path::new(path);
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::sys::root_trusted(dir).map_err(|e| {
+            crate::trust::root_trusted(dir).map_err(|e| {
                 format!(
                     "LSAPI_SECRET {path}: {e}; the secret must lie in directories that root owns \
                      and nobody else can write"

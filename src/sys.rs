@@ -3,18 +3,13 @@
 //! Every `unsafe` block here is a direct libc call whose arguments are plain
 //! integers or pointers to live, correctly sized local buffers. The log is
 //! in [`crate::log`], memory probing in [`crate::meminfo`], and which paths
-//! root trusts in [`crate::trust`]; their items are re-exported here under
-//! the paths they had when they lived in this module.
+//! root trusts in [`crate::trust`].
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
-
-pub use crate::log::redirect_stderr;
-pub use crate::meminfo::{MemProbe, Memory};
-pub use crate::trust::root_trusted;
 
 /// Set by SIGTERM, SIGINT or SIGUSR1: stop accepting, finish, exit.
 pub static STOP: AtomicBool = AtomicBool::new(false);
