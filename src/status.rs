@@ -278,6 +278,14 @@ impl Member {
         self.slot.exit.load(Relaxed) > 0
     }
 
+    /// Whether the parent ended this child's lease: it must leave after the
+    /// request it is about to serve, whatever follows on its connection (a
+    /// surplus idle child instead leaves the next time it waits idle, as
+    /// lsapilib's children do, sending no CONN_CLOSE).
+    pub fn lease_ended(&self) -> bool {
+        self.slot.exit.load(Relaxed) == EXIT_LEASE
+    }
+
     /// Why the parent asked this child to exit, for its log.
     pub fn exit_reason(&self) -> &'static str {
         match self.slot.exit.load(Relaxed) {

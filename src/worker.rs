@@ -308,7 +308,7 @@ impl<'a> Worker<'a> {
             }
             // Known before serving: this request is the connection's last
             // (CONN_CLOSE goes out with its RESP_END).
-            let retired = self.group.as_ref().is_some_and(Member::exit_requested);
+            let retired = self.group.as_ref().is_some_and(Member::lease_ended);
             let last = STOP.load(Ordering::Relaxed)
                 || retired
                 || self.requests + 1 >= self.max_reqs
