@@ -35,60 +35,169 @@ fn rand_u64() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// A running worker whose stderr goes to a log file the test can read.
-pub struct Worker {
-    pub spawned: Spawned,
-    pub log: PathBuf,
-    _dir: PathBuf,
+/// How to start a worker the way LiteSpeed does (a listening socket on fd 0)
+/// with its stderr in a log the test reads: the command, its environment,
+/// its scratch directory and how it is stopped. Each setting has the value
+/// most tests want; [`Start::spawn`] starts it.
+pub struct Start {
+    /// Launcher words, then the program and its arguments.
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    /// In a session of its own (setsid(1)): stopped by SIGKILL to the whole
+    /// process group, children and orphans included.
+    session: bool,
+    /// The scratch directory (which holds the log) readable by every user,
+    /// for workers that switch to a tenant's user (suEXEC).
+    for_all_users: bool,
+    /// Names the scratch directory.
+    tag: &'static str,
+    /// How long `connect` retries while the worker starts.
+    connect_wait: Duration,
+    /// Read/write time-out of every connection, so no test hangs.
+    io_timeout: Duration,
+    /// Outside a session: SIGTERM, then SIGKILL after this.
+    grace: Duration,
 }
 
-impl Worker {
-    /// Starts `lswsgi ARGS` with a listening socket on fd 0 and `env`.
-    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Worker {
-        Worker::start_via(&[], args, env)
-    }
-
-    /// Starts `LAUNCHER... lswsgi ARGS` the same way: a starter program that
-    /// prepares something and then execs the worker (its pid is the
-    /// worker's when it execs directly).
-    pub fn start_via(launcher: &[&str], args: &[&str], env: &[(&str, &str)]) -> Worker {
-        let mut argv: Vec<&str> = launcher.to_vec();
-        argv.push(LSWSGI);
+impl Start {
+    /// `lswsgi ARGS`.
+    pub fn worker(args: &[&str]) -> Start {
+        let mut argv = vec![LSWSGI];
         argv.extend_from_slice(args);
-        Worker::start_argv(&argv, env)
+        Start::argv(&argv)
     }
 
-    /// Starts `ARGV` (a program and its arguments, e.g. a copy of the worker
-    /// binary elsewhere) the same way.
-    pub fn start_argv(argv: &[&str], env: &[(&str, &str)]) -> Worker {
-        let dir = scratch("worker");
-        let log = dir.join("stderr.log");
-        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let spawned = Spawned::start(&argv, &env, Some(&log)).expect("spawn lswsgi");
-        Worker {
-            spawned,
-            log,
-            _dir: dir,
+    /// `ARGV`: a program and its arguments (a starter shell, a copy of the
+    /// worker binary elsewhere).
+    pub fn argv(argv: &[&str]) -> Start {
+        Start {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            session: false,
+            for_all_users: false,
+            tag: "worker",
+            connect_wait: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            grace: Duration::from_secs(2),
         }
     }
 
-    /// A new connection, with a 30 s read/write time-out so no test hangs.
+    /// Runs the command through `launcher` (a starter that prepares
+    /// something and then execs it; the pid is the worker's when it does).
+    pub fn via(mut self, launcher: &[&str]) -> Start {
+        let tail = std::mem::take(&mut self.argv);
+        self.argv = launcher.iter().map(|s| s.to_string()).collect();
+        self.argv.extend(tail);
+        self
+    }
+
+    /// Adds `env` to the worker's environment.
+    pub fn env(mut self, env: &[(&str, &str)]) -> Start {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// In a new session (through setsid(1)): dropping the worker kills the
+    /// whole group, orphans included, even when a test fails.
+    pub fn session(mut self) -> Start {
+        self.session = true;
+        self.via(&["setsid"])
+    }
+
+    /// Scratch directory mode 0755: a tenant's user reaches files put there.
+    pub fn for_all_users(mut self) -> Start {
+        self.for_all_users = true;
+        self
+    }
+
+    pub fn tag(mut self, tag: &'static str) -> Start {
+        self.tag = tag;
+        self
+    }
+
+    pub fn connect_wait(mut self, wait: Duration) -> Start {
+        self.connect_wait = wait;
+        self
+    }
+
+    pub fn io_timeout(mut self, timeout: Duration) -> Start {
+        self.io_timeout = timeout;
+        self
+    }
+
+    pub fn grace(mut self, grace: Duration) -> Start {
+        self.grace = grace;
+        self
+    }
+
+    /// Starts it.
+    pub fn spawn(self) -> Worker {
+        let dir = scratch(self.tag);
+        if self.for_all_users {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let log = dir.join("stderr.log");
+        let spawned = Spawned::start(&self.argv, &self.env, Some(&log)).expect("spawn lswsgi");
+        Worker {
+            spawned,
+            log,
+            dir,
+            session: self.session,
+            connect_wait: self.connect_wait,
+            io_timeout: self.io_timeout,
+            grace: self.grace,
+        }
+    }
+}
+
+/// A running worker (or ProcessGroup parent, or the starter that runs it)
+/// whose stderr goes to a log file the test can read. Dropping it stops it
+/// as its [`Start`] said and removes its scratch directory.
+pub struct Worker {
+    pub spawned: Spawned,
+    pub log: PathBuf,
+    /// The scratch directory, for files the test puts beside the log.
+    pub dir: PathBuf,
+    session: bool,
+    connect_wait: Duration,
+    io_timeout: Duration,
+    grace: Duration,
+}
+
+impl Worker {
+    /// Starts `lswsgi ARGS` with `env` (see [`Start`] for more settings).
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Worker {
+        Start::worker(args).env(env).spawn()
+    }
+
+    /// Starts `LAUNCHER... lswsgi ARGS` the same way.
+    pub fn start_via(launcher: &[&str], args: &[&str], env: &[(&str, &str)]) -> Worker {
+        Start::worker(args).via(launcher).env(env).spawn()
+    }
+
+    /// Starts `ARGV` (a program and its arguments) the same way.
+    pub fn start_argv(argv: &[&str], env: &[(&str, &str)]) -> Worker {
+        Start::argv(argv).env(env).spawn()
+    }
+
+    /// A new connection, with the read/write time-out of its [`Start`].
     pub fn connect(&self) -> Client {
         let mut c = self
             .spawned
-            .connect(Duration::from_secs(10))
+            .connect(self.connect_wait)
             .expect("connect to lswsgi");
-        c.stream()
-            .set_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+        c.stream().set_timeout(Some(self.io_timeout)).unwrap();
         c
     }
 
-    /// The worker's pid.
+    /// The socket path, for connections made elsewhere (threads).
+    pub fn addr(&self) -> String {
+        self.spawned.addr()
+    }
+
+    /// The started process's pid.
     pub fn pid(&self) -> u32 {
         self.spawned.child.id()
     }
@@ -100,19 +209,78 @@ impl Worker {
 
     /// Waits up to `limit` for the log to contain `needle`.
     pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if self.log_text().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(limit, || self.log_text().contains(needle))
     }
 
     /// Whether the process is still running (not exited).
     pub fn alive(&mut self) -> bool {
         self.spawned.child.try_wait().unwrap().is_none()
+    }
+
+    /// Whether the started process exits within `limit`.
+    pub fn exits_within(&mut self, limit: Duration) -> bool {
+        wait_until(limit, || !self.alive())
+    }
+
+    /// Sends `sig` to the started process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) has no memory effects; the pid is our child's,
+        // not yet reaped while `self` lives.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Children of the started process, from /proc (zombies included).
+    pub fn children(&self) -> Vec<(i32, char)> {
+        children_of(self.pid() as i32)
+    }
+
+    /// Live (non-zombie) children.
+    pub fn live_children(&self) -> Vec<i32> {
+        self.children()
+            .into_iter()
+            .filter(|&(_, s)| s != 'Z')
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Asks a ProcessGroup parent for its child table (SIGUSR2) and returns
+    /// the new `status:` log line.
+    pub fn status(&self) -> String {
+        // SIGUSR2 before the handlers are installed would end the process.
+        assert!(self.wait_log("process group: up to", Duration::from_secs(10)));
+        let before = self.log_text().matches("status: ").count();
+        self.signal(libc::SIGUSR2);
+        let mut line = String::new();
+        wait_until(Duration::from_secs(5), || {
+            let log = self.log_text();
+            match log.lines().filter(|l| l.contains("status: ")).nth(before) {
+                Some(l) => {
+                    line = l.to_string();
+                    true
+                }
+                None => false,
+            }
+        });
+        assert!(
+            !line.is_empty(),
+            "no status line; log:\n{}",
+            self.log_text()
+        );
+        line
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.session {
+            // SAFETY: kill(2) has no memory effects; setsid made the child's
+            // pid its process group's id, and the child is not yet reaped.
+            unsafe { libc::kill(-(self.pid() as i32), libc::SIGKILL) };
+            let _ = self.spawned.child.wait();
+        } else {
+            let _ = self.spawned.stop(self.grace);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
