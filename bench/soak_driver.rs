@@ -9,6 +9,7 @@
 
 // Shared by a test and a bench, each of which reads only part of the report.
 #![allow(dead_code)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use lswsgi::client::{Client, Ending, Spawned};
 use lswsgi::lsapi::build::RequestSpec;

@@ -17,11 +17,12 @@
 //! ```
 //! `--bin` measures another build of the worker (e.g. an older commit).
 //! Must run as root.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::suexec_identity;
+use common::{euid, suexec_identity};
 use lswsgi::client::{Client, Spawned};
 use lswsgi::lsapi::build::RequestSpec;
 use std::os::unix::fs::PermissionsExt;
@@ -90,8 +91,7 @@ fn main() {
             other => panic!("unknown option {other}"),
         }
     }
-    // SAFETY: no arguments.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root");
+    assert_eq!(euid(), 0, "run as root");
     let dir = std::env::temp_dir().join(format!("lswsgi-bench-suexec-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -1,5 +1,6 @@
 //! suEXEC daemon mode and the never-as-root rule (LSAPI.md section 7).
 //! These tests must run as root, as CI does; as another user they fail.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -26,12 +27,7 @@ def application(environ, start_response):
 static PREFIX: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn require_root() -> std::sync::RwLockReadGuard<'static, ()> {
-    // SAFETY: no arguments.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the suEXEC tests must run as root (as CI does)"
-    );
+    assert_eq!(euid(), 0, "the suEXEC tests must run as root (as CI does)");
     PREFIX.read().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -7,11 +7,13 @@
 //!
 //! `LSWSGI_UNDER_TEST` may name another worker binary (to show that a test
 //! fails on an older build); by default the one cargo built.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
 use common::{
-    children_of, proc_stat, running, scratch, suexec_identity, wait_until, Start, Worker, LSWSGI,
+    children_of, euid, proc_stat, running, scratch, suexec_identity, wait_until, Start, Worker,
+    LSWSGI,
 };
 use lswsgi::client::{Client, Ending, Response};
 use lswsgi::lsapi::build::RequestSpec;
@@ -26,12 +28,7 @@ fn binary() -> String {
 }
 
 fn require_root() {
-    // SAFETY: no arguments.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests must run as root (as CI does)"
-    );
+    assert_eq!(euid(), 0, "these tests must run as root (as CI does)");
 }
 
 /// `lswsgi ARGS` (the one under test) with `env`, in a session of its own.

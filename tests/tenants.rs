@@ -3,6 +3,7 @@
 //! parent (tests/apps/tenant_attacks.wsgi); tenant B, the victim, must be
 //! served normally and promptly throughout, and root's log must stay root's.
 //! These tests must run as root, as CI does.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -17,12 +18,7 @@ const A: (i32, i32) = (4321, 4321);
 const B: (i32, i32) = (4331, 4331);
 
 fn require_root() {
-    // SAFETY: no arguments.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the tenant tests must run as root (as CI does)"
-    );
+    assert_eq!(euid(), 0, "the tenant tests must run as root (as CI does)");
 }
 
 /// A root suEXEC daemon and the tenants' application.

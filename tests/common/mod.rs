@@ -1,6 +1,7 @@
 //! Shared pieces of the integration tests: starting the real `lswsgi` binary
 //! the way LiteSpeed does, building requests, reading /proc.
 #![allow(dead_code)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use lswsgi::client::{Client, Response, Spawned};
 use lswsgi::lsapi::build::RequestSpec;
@@ -377,6 +378,13 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The effective user id of the test process (tests that need root
+/// assert it is 0).
+pub fn euid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// State and ppid of a process from /proc/PID/stat.
