@@ -2,6 +2,8 @@
 //! 1 000 000) against target/release/lswsgi; prints the report.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "soak_driver.rs"]
 mod soak_driver;
 

@@ -20,6 +20,7 @@
 //! killed and reported as a failure.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+mod common;
 #[path = "../bench/ols_kit.rs"]
 mod ols_kit;
 #[path = "../bench/ols_server.rs"]
@@ -27,6 +28,7 @@ mod ols_server;
 #[path = "../bench/peer.rs"]
 mod peer;
 
+use common::{FAILING_ENVIRON, SHORT_ECHO};
 use ols_kit::{find_or_build, Missing, Server};
 use ols_server::{alive, free_port, sh, tail, unique, Ols, SOCKET_DIR};
 
@@ -119,20 +121,6 @@ fn worker_binary() -> PathBuf {
 }
 
 // --------------------------------------------------------------- the set-up
-
-/// echo.wsgi that loses the last byte of the body.
-const SHORT_ECHO: &str = "\
-def application(environ, start_response):
-    body = environ['wsgi.input'].read()[:-1]
-    start_response('200 OK', [('Content-Type', 'application/octet-stream')])
-    return [body]
-";
-
-/// environ.wsgi that fails (a 500 from the worker).
-const FAILING_ENVIRON: &str = "\
-def application(environ, start_response):
-    raise RuntimeError('deliberately broken for the smoke test')
-";
 
 /// One LSAPI external application with its own vhost and listener.
 struct Site {
@@ -1533,8 +1521,6 @@ fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
 }
 
 // ------------------------------------------------------------- ASGI (issue 24)
-
-mod common;
 
 /// A `'static` env list for a [`Site`] (each test starts its server once).
 fn leak_env(vars: Vec<String>) -> &'static [&'static str] {

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{app, running, scratch, wait_until, Start, Worker, LSWSGI};
+use common::{app, field, running, scratch, wait_until, Start, Worker, LSWSGI};
 use lswsgi::client::{Client, Ending, Response};
 use lswsgi::lsapi::build::RequestSpec;
 use std::path::PathBuf;
@@ -47,15 +47,6 @@ fn req(path_and_query: &str) -> RequestSpec {
         &app("pg_app.wsgi"),
         "/pg_app.wsgi",
     )
-}
-
-/// `key=value` line of the app's answer.
-fn field(r: &Response, key: &str) -> String {
-    let text = r.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key} in {text:?} (status {})", r.status))
-        .to_string()
 }
 
 /// The serving process's pid, from the answer.

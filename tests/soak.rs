@@ -4,6 +4,7 @@
 //! 8 connections to a ProcessGroup worker.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+mod common;
 #[path = "../bench/soak_driver.rs"]
 mod soak_driver;
 

@@ -12,10 +12,10 @@
 mod common;
 
 use common::{
-    children_of, euid, proc_stat, running, scratch, suexec_identity, wait_until, Start, Worker,
-    LSWSGI,
+    children_of, euid, field, proc_stat, running, scratch, suexec_identity, wait_until, Start,
+    Worker, LSWSGI,
 };
-use lswsgi::client::{Client, Ending, Response};
+use lswsgi::client::{Client, Ending};
 use lswsgi::lsapi::build::RequestSpec;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -49,14 +49,6 @@ fn in_session(argv: &[&str], env: &[(&str, &str)]) -> Worker {
         .tag("supervision")
         .io_timeout(IO_TIMEOUT)
         .spawn()
-}
-
-fn field(r: &Response, key: &str) -> String {
-    let text = r.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key} in {text:?} (status {})", r.status))
-        .to_string()
 }
 
 /// The hostile app copied where any user can read it.

@@ -285,6 +285,21 @@ impl Drop for Worker {
     }
 }
 
+/// echo.wsgi that loses the last byte of the body (a broken copy for the
+/// smoke scripts' failure report).
+pub const SHORT_ECHO: &str = "\
+def application(environ, start_response):
+    body = environ['wsgi.input'].read()[:-1]
+    start_response('200 OK', [('Content-Type', 'application/octet-stream')])
+    return [body]
+";
+
+/// environ.wsgi that fails (a 500 from the worker).
+pub const FAILING_ENVIRON: &str = "\
+def application(environ, start_response):
+    raise RuntimeError('deliberately broken for the smoke test')
+";
+
 /// A GET request for `uri` served by `script` mounted at `script_name`.
 pub fn get(uri: &str, script: &str, script_name: &str) -> RequestSpec {
     RequestSpec::new("GET", uri, script, script_name)
@@ -298,6 +313,16 @@ pub fn suite(method: &str, path_and_query: &str) -> RequestSpec {
         &app("suite.wsgi"),
         "/suite.wsgi",
     )
+}
+
+/// The value of a `key=value` line of an answer (a panic naming the
+/// answer when there is none).
+pub fn field(r: &Response, key: &str) -> String {
+    let text = r.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {text:?} (status {})", r.status))
+        .to_string()
 }
 
 /// Calls and asserts a complete (RESP_END-terminated) response.
