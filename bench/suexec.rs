@@ -22,7 +22,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{euid, suexec_identity};
+use common::{euid, suexec_identity, suexec_secret};
 use lswsgi::client::{Client, Spawned};
 use lswsgi::lsapi::build::RequestSpec;
 use std::os::unix::fs::PermissionsExt;
@@ -98,10 +98,7 @@ fn main() {
     let app = dir.join("hello.wsgi");
     std::fs::write(&app, HELLO).unwrap();
     std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let secret_path = dir.join("secret");
-    let secret = b"bench secret of thirty-two bytes".to_vec();
-    std::fs::write(&secret_path, &secret).unwrap();
-    std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (secret_path, secret) = suexec_secret(&dir);
     let env: Vec<(String, String)> = [
         ("LSAPI_CHILDREN", "4"),
         ("LSAPI_MAX_IDLE_CHILDREN", "4"),

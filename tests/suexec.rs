@@ -38,9 +38,7 @@ fn setup(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
     let app = dir.join("whoami.wsgi");
     std::fs::write(&app, WHOAMI).unwrap();
     std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let secret = dir.join("secret");
-    std::fs::write(&secret, b"a shared secret of 32 bytes here").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (secret, _) = suexec_secret(&dir);
     (dir, app, secret)
 }
 

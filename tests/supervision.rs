@@ -12,13 +12,13 @@
 mod common;
 
 use common::{
-    children_of, euid, field, proc_stat, running, scratch, suexec_identity, wait_until, Start,
-    Worker, LSWSGI,
+    children_of, euid, field, proc_stat, running, scratch, suexec_identity, suexec_secret,
+    wait_until, Start, Worker, LSWSGI,
 };
 use lswsgi::client::{Client, Ending};
 use lswsgi::lsapi::build::RequestSpec;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(40);
@@ -90,15 +90,6 @@ impl Drop for Victim {
     }
 }
 
-/// suEXEC daemon mode: the secret file and the special env of an
-/// authenticated tenant `uid:gid`.
-fn daemon_env(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let secret = dir.join("secret");
-    std::fs::write(&secret, b"a shared secret of 32 bytes here").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (secret.clone(), std::fs::read(&secret).unwrap())
-}
-
 /// The forged-pid attack: the tenant writes a root process's pid and Busy
 /// over what it finds of the table, then holds its request past
 /// LSAPI_MAX_PROCESS_TIME. The root process must survive, and the group
@@ -107,7 +98,7 @@ fn foreign_pid_survives(daemon: bool) {
     require_root();
     let mut victim = Victim::start();
     let probe = scratch("victim-dir");
-    let (secret_path, secret) = daemon_env(&probe);
+    let (secret_path, secret) = suexec_secret(&probe);
     let mut env = vec![
         ("LSAPI_CHILDREN", "2"),
         ("LSAPI_MAX_PROCESS_TIME", "1"),
@@ -170,7 +161,7 @@ fn forged_foreign_pid_is_never_signalled_by_a_root_daemon() {
 fn forged_pid_minus_one_signals_nobody() {
     require_root();
     let probe = scratch("minus-one");
-    let (secret_path, secret) = daemon_env(&probe);
+    let (secret_path, secret) = suexec_secret(&probe);
     // A root suEXEC daemon, in a PID namespace of its own, so an old build's kill(-1) as root
     // reaches only the namespace: there the group is pid 1 and a sentinel
     // `sleep` it did not fork shares the namespace.
@@ -424,7 +415,7 @@ fn accept_failures_back_off_and_recover() {
     // A root daemon, so that prlimit(1) as root may change its limits
     // without CAP_SYS_RESOURCE.
     let probe = scratch("emfile");
-    let (secret, _) = daemon_env(&probe);
+    let (secret, _) = suexec_secret(&probe);
     let g = group(
         &[],
         &[

@@ -39,9 +39,7 @@ impl Daemon {
         let app = dir.join("t.wsgi");
         std::fs::copy(app_path(), &app).unwrap();
         std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let secret_path = dir.join("secret");
-        std::fs::write(&secret_path, b"a shared secret of 32 bytes here").unwrap();
-        std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (secret_path, secret) = suexec_secret(&dir);
         let sp = secret_path.to_str().unwrap().to_string();
         let lp = dir.join("root.log").to_str().unwrap().to_string();
         let mut all: Vec<(&str, &str)> = vec![("LSAPI_SECRET", &sp)];
@@ -54,7 +52,7 @@ impl Daemon {
             w,
             dir,
             app: app.to_str().unwrap().to_string(),
-            secret: std::fs::read(&secret_path).unwrap(),
+            secret,
         };
         assert!(
             d.wait_log("suEXEC daemon mode", Duration::from_secs(15)),

@@ -463,6 +463,17 @@ pub fn suexec_identity(uid: i32, gid: i32, secret: &[u8]) -> Vec<(Vec<u8>, Vec<u
     ]
 }
 
+/// The suEXEC daemon's secret (LSAPI_SECRET, 32 bytes) written to
+/// `dir/secret` with mode 0600, as the daemon requires: its path and bytes.
+pub fn suexec_secret(dir: &Path) -> (PathBuf, Vec<u8>) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("secret");
+    let secret = b"a shared secret of 32 bytes here".to_vec();
+    std::fs::write(&path, &secret).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (path, secret)
+}
+
 /// `LS_PYTHONBIN` of the test virtualenv (`LSWSGI_TEST_VENV`, else
 /// `<repo>/.venv-test`), checked to import `modules` (comma-separated); a
 /// panic naming what is missing otherwise (these tests never skip).
