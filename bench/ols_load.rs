@@ -20,28 +20,27 @@
 //! this bench's client threads. On a machine whose cores are all busy,
 //! requests/s is about cores / (server + worker + client), so the worker's
 //! share bounds what a faster worker can gain.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[path = "cpu.rs"]
 mod cpu;
 #[path = "ols_kit.rs"]
 mod ols_kit;
+#[path = "ols_server.rs"]
+mod ols_server;
 #[path = "peer.rs"]
 mod peer;
 
+use ols_server::{sh, Ols};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {out:?}");
-}
 
 /// The installed server, or the one built from its kit.
 fn ols_prefix(server: ols_kit::Server) -> PathBuf {
@@ -53,162 +52,42 @@ fn ols_prefix(server: ols_kit::Server) -> PathBuf {
     }
 }
 
-/// One running server with its own root; stopped (with its workers) on drop.
-struct Ols {
-    root: PathBuf,
-    port: u16,
-    /// In every worker's environment: finds the processes to stop.
-    marker: String,
-}
-
-impl Ols {
-    fn start(prefix: &Path, worker: &str, tag: &str) -> Ols {
-        let id = format!("{}{tag}", std::process::id());
-        let root = std::env::temp_dir().join(format!("lswsgi-ols-bench-{id}"));
-        let _ = std::fs::remove_dir_all(&root);
-        for d in [
-            "bin",
-            "conf/vhosts",
-            "logs",
-            "run",
-            "tmp/swap",
-            "tmp/stat",
-            "fcgi-bin",
-            "html",
-        ] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::os::unix::fs::symlink(
-            prefix.join("bin/openlitespeed"),
-            root.join("bin/openlitespeed"),
-        )
-        .unwrap();
-        std::fs::copy(
-            prefix.join("conf/mime.properties"),
-            root.join("conf/mime.properties"),
-        )
-        .expect("PREFIX/conf/mime.properties");
-        std::fs::copy(worker, root.join("fcgi-bin/lswsgi")).unwrap();
-        std::fs::copy(
-            format!("{ROOT}/scripts/apps/hello.wsgi"),
-            root.join("html/hello.wsgi"),
-        )
-        .unwrap();
-        sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&root));
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
-        let marker = format!("LSWSGI_OLS_BENCH={id}");
-        let r = root.display();
-        let conf = format!(
-            "serverName lswsgi-ols-bench\nuser nobody\ngroup nogroup\npriority 0\n\
-             autoRestart 1\nenableChroot 0\ninMemBufSize 60M\nswappingDir {r}/tmp/swap\n\
-             statDir {r}/tmp/stat\nautoFix503 1\ngracefulRestartTimeout 30\n\
-             mime conf/mime.properties\nshowVersionNumber 0\nhttpdWorkers 1\n\
-             disableWebAdmin 1\nenableIpGeo 0\nuseIpInProxyHeader 0\n\
-             errorlog logs/error.log {{\n logLevel WARN\n debugLevel 0\n rollingSize 200M\n enableStderrLog 1\n}}\n\
-             tuning {{\n maxConnections 2000\n connTimeout 300\n maxKeepAliveReq 10000\n\
-              smartKeepAlive 0\n keepAliveTimeout 5\n enableGzipCompress 0\n enableDynGzipCompress 0\n}}\n\
-             fileAccessControl {{\n followSymbolLink 1\n checkSymbolLink 0\n\
-              requiredPermissionMask 000\n restrictedPermissionMask 000\n}}\n\
-             perClientConnLimit {{\n staticReqPerSec 0\n dynReqPerSec 0\n softLimit 10000\n hardLimit 10000\n}}\n\
-             CGIRLimit {{\n maxCGIInstances 20\n minUID 11\n minGID 10\n memSoftLimit 2047M\n\
-              memHardLimit 2047M\n procSoftLimit 400\n procHardLimit 450\n}}\n\
-             accessControl {{\n allow ALL\n}}\n\
-             module cache {{\n ls_enabled 0\n}}\n\
-             extProcessor w{id} {{\n type lsapi\n address uds:/{r}/tmp/w.sock\n maxConns 4\n\
-              env {marker}\n env LSAPI_CHILDREN=4\n initTimeout 60\n retryTimeout 0\n persistConn 1\n\
-              pcKeepAliveTimeout 60\n respBuffer 0\n autoStart 1\n path {r}/fcgi-bin/lswsgi\n\
-              backlog 100\n instances 1\n}}\n\
-             virtualHost v{id} {{\n vhRoot {r}/\n configFile {r}/conf/vhosts/v.conf\n\
-              allowSymbolLink 1\n enableScript 1\n restrained 0\n setUIDMode 0\n}}\n\
-             listener l{id} {{\n address 127.0.0.1:{port}\n secure 0\n map v{id} *\n}}\n"
-        );
-        std::fs::write(root.join("conf/httpd_config.conf"), conf).unwrap();
-        std::fs::write(
-            root.join("conf/vhosts/v.conf"),
-            format!(
-                "docRoot {r}/html/\nenableGzip 0\nscriptHandler {{\n add lsapi:w{id} wsgi\n}}\n\
-                 rewrite {{\n enable 0\n}}\n"
-            ),
-        )
-        .unwrap();
-        let ols = Ols { root, port, marker };
-        // Not through a pipe: 1.9.1's daemon keeps the descriptors it was
-        // started with, so a pipe would never see EOF.
-        let status = Command::new(ols.root.join("bin/openlitespeed"))
-            .env("LSWS_HOME", &ols.root)
-            .env("OLS_PID_FILE", ols.root.join("run/lshttpd.pid"))
-            .current_dir(&ols.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("start openlitespeed");
-        assert!(
-            status.success(),
-            "openlitespeed: {status:?}; see {}/logs/error.log",
-            ols.root.display()
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "OpenLiteSpeed never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ols
-    }
-
-    /// Processes carrying this server's marker (its workers).
-    fn marked(&self) -> Vec<i32> {
-        let needle = self.marker.as_bytes();
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle))
-            })
-            .collect()
-    }
-}
-
-/// SIGTERM, then SIGKILL after `grace`, to processes this bench started.
-fn terminate(pids: &[i32], grace: Duration) {
-    for &p in pids {
-        // SAFETY: kill(2) on a pid this bench started (the server it ran, or
-        // a worker carrying its marker); at worst ESRCH.
-        unsafe { libc::kill(p, libc::SIGTERM) };
-    }
-    let end = Instant::now() + grace;
-    while Instant::now() < end
-        && pids
-            .iter()
-            .any(|p| std::fs::metadata(format!("/proc/{p}")).is_ok())
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for &p in pids {
-        // SAFETY: as above.
-        unsafe { libc::kill(p, libc::SIGKILL) };
-    }
-}
-
-impl Drop for Ols {
-    fn drop(&mut self) {
-        let server = std::fs::read_to_string(self.root.join("run/lshttpd.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
-        terminate(
-            &server.into_iter().collect::<Vec<_>>(),
-            Duration::from_secs(10),
-        );
-        // Workers can outlive the server; each still carries the marker.
-        terminate(&self.marked(), Duration::from_secs(5));
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
+/// A server with its own root serving hello.wsgi through `worker` in
+/// ProcessGroup mode; stopped (with its workers) on drop.
+fn start_server(prefix: &Path, worker: &str) -> Ols {
+    let mut ols = Ols::lay_out(prefix, Path::new(worker), "lswsgi-ols-bench");
+    let root = ols.root.clone();
+    std::fs::create_dir_all(root.join("html")).unwrap();
+    std::fs::copy(
+        format!("{ROOT}/scripts/apps/hello.wsgi"),
+        root.join("html/hello.wsgi"),
+    )
+    .unwrap();
+    sh(Command::new("chmod").arg("-R").arg("a+rX").arg(&root));
+    let (id, marker) = (ols.id.clone(), ols.marker.clone());
+    let port = ols.add_listener(format!("v{id}"));
+    let r = root.display();
+    let mut conf = ols.server_conf("lswsgi-ols-bench", "WARN", 0, "", "");
+    conf.push_str(&format!(
+        "extProcessor w{id} {{\n type lsapi\n address uds:/{r}/tmp/w.sock\n maxConns 4\n\
+          env {marker}\n env LSAPI_CHILDREN=4\n initTimeout 60\n retryTimeout 0\n persistConn 1\n\
+          pcKeepAliveTimeout 60\n respBuffer 0\n autoStart 1\n path {r}/fcgi-bin/lswsgi\n\
+          backlog 100\n instances 1\n}}\n\
+         virtualHost v{id} {{\n vhRoot {r}/\n configFile {r}/conf/vhosts/v.conf\n\
+          allowSymbolLink 1\n enableScript 1\n restrained 0\n setUIDMode 0\n}}\n\
+         listener l{id} {{\n address 127.0.0.1:{port}\n secure 0\n map v{id} *\n}}\n"
+    ));
+    std::fs::write(root.join("conf/httpd_config.conf"), conf).unwrap();
+    std::fs::write(
+        root.join("conf/vhosts/v.conf"),
+        format!(
+            "docRoot {r}/html/\nenableGzip 0\nscriptHandler {{\n add lsapi:w{id} wsgi\n}}\n\
+             rewrite {{\n enable 0\n}}\n"
+        ),
+    )
+    .unwrap();
+    ols.launch();
+    ols
 }
 
 /// One keep-alive client: GET /hello.wsgi until `stop`, counting 200s. Like
@@ -295,10 +174,8 @@ fn tree(pid: i32) -> Vec<i32> {
 /// server's process tree minus the workers, the processes carrying the
 /// marker, and this process.
 fn cpu_by_party(ols: &Ols) -> BTreeMap<i32, (u8, u64)> {
-    let workers = ols.marked();
-    let server = std::fs::read_to_string(ols.root.join("run/lshttpd.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
+    let workers = ols.marked_pids();
+    let server = ols.server_pid();
     let mut out = BTreeMap::new();
     for p in server.map(tree).unwrap_or_default() {
         out.insert(p, (0, cpu_ns(p)));
@@ -318,7 +195,7 @@ fn measure(ols: &Ols, clients: usize, secs: f64) -> (f64, [f64; 3]) {
     let done = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..clients {
-            s.spawn(|| client(ols.port, &stop, &done));
+            s.spawn(|| client(ols.ports[0].1, &stop, &done));
         }
         std::thread::sleep(Duration::from_secs(1));
         let (n0, t0, cpu0) = (
@@ -378,7 +255,7 @@ fn main() {
     let mut cpu: Vec<Vec<[f64; 3]>> = vec![Vec::new(); binaries.len()];
     for round in 0..rounds {
         for (i, b) in binaries.iter().enumerate() {
-            let ols = Ols::start(&prefix, b, &format!("r{round}b{i}"));
+            let ols = start_server(&prefix, b);
             let r = std::panic::catch_unwind(|| measure(&ols, clients, secs));
             let Ok((r, us)) = r else {
                 for log in ["logs/error.log", "logs/stderr.log"] {

@@ -6,6 +6,7 @@
 //! borrows from the packet, so the count must be 0.
 //!
 //! Run with `cargo bench --bench parse`.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use lswsgi::lsapi::build::RequestSpec;
 use lswsgi::lsapi::Request;
@@ -21,23 +22,37 @@ static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards every call unchanged to the system allocator.
 unsafe impl GlobalAlloc for Counting {
+    /// # Safety
+    /// The caller keeps GlobalAlloc::alloc's contract (a non-zero-size `layout`).
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
+        // SAFETY: the caller's contract is System.alloc's.
+        unsafe { System.alloc(layout) }
     }
 
+    /// # Safety
+    /// As [`Counting::alloc`].
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.alloc_zeroed(layout)
+        // SAFETY: the caller's contract is System.alloc_zeroed's.
+        unsafe { System.alloc_zeroed(layout) }
     }
 
+    /// # Safety
+    /// `ptr` came from this allocator with `layout`; `new_size` is non-zero
+    /// and does not overflow when rounded to `layout`'s alignment.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.realloc(ptr, layout, new_size)
+        // SAFETY: every block this allocator hands out is System's, so the
+        // caller's contract is System.realloc's.
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 
+    /// # Safety
+    /// `ptr` came from this allocator with `layout`.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
+        // SAFETY: as in realloc: the block is System's.
+        unsafe { System.dealloc(ptr, layout) }
     }
 }
 

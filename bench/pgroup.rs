@@ -12,15 +12,19 @@
 //! ```
 //! The Flask parts need a virtualenv with Flask (default `.venv-test`, as
 //! scripts/test.sh creates); without one they are skipped.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-use lswsgi::client::{Client, Spawned};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Start, Worker, LSWSGI};
+use lswsgi::client::Client;
 use lswsgi::lsapi::build::RequestSpec;
 use lswsgi::lsapi::{PacketHeader, HEADER_LEN};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const LSWSGI: &str = env!("CARGO_BIN_EXE_lswsgi");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Children (and concurrent connections) in the memory runs.
 const CHILDREN: usize = 4;
@@ -51,48 +55,15 @@ fn parse_opts() -> Opts {
     o
 }
 
-/// A worker started with a listening socket on fd 0; stopped on drop.
-struct Worker {
-    spawned: Spawned,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Worker {
-        let log =
-            std::env::temp_dir().join(format!("lswsgi-bench-pgroup-{}.log", std::process::id()));
-        let _ = std::fs::remove_file(&log);
-        let mut argv = vec![LSWSGI.to_string()];
-        argv.extend(args.iter().map(|s| s.to_string()));
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let spawned = Spawned::start(&argv, &env, Some(&log)).expect("start lswsgi");
-        Worker { spawned, log }
-    }
-
-    fn connect(&self) -> Client {
-        let mut c = self
-            .spawned
-            .connect(Duration::from_secs(20))
-            .expect("connect");
-        c.stream()
-            .set_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        c
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.spawned.stop(Duration::from_secs(10));
-        let _ = std::fs::remove_file(&self.log);
-    }
+/// A worker started as the tests start one (tests/common), with the
+/// bench's patience: 20 s to come up, 10 s to stop.
+fn start(args: &[&str], env: &[(&str, &str)]) -> Worker {
+    Start::worker(args)
+        .env(env)
+        .tag("bench-pgroup")
+        .connect_wait(Duration::from_secs(20))
+        .grace(Duration::from_secs(10))
+        .spawn()
 }
 
 /// Memory of one process, KiB, from /proc/PID/smaps_rollup.
@@ -142,7 +113,7 @@ fn flask_children_memory(o: &Opts, freeze: bool) -> (Mem, Vec<ChildMem>, String)
     let python = o.venv.join("bin/python");
     let script = format!("{ROOT}/bench/apps/pgroup_flask.py:app");
     let children = CHILDREN.to_string();
-    let w = Worker::start(
+    let w = start(
         &["-m", &script],
         &[
             ("LSAPI_CHILDREN", &children),
@@ -266,7 +237,7 @@ fn first_byte(
         ("LSAPI_AVOID_FORK", "1")
     });
     env.extend_from_slice(extra_env);
-    let w = Worker::start(args, &env);
+    let w = start(args, &env);
     let packet = RequestSpec::new("GET", uri, "", "").encode().unwrap();
     let addr = w.spawned.addr();
     // Warm-up: the parent is up and (AVOID_FORK) a child is waiting in accept.

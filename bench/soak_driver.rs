@@ -9,7 +9,9 @@
 
 // Shared by a test and a bench, each of which reads only part of the report.
 #![allow(dead_code)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+use crate::common::status_kb;
 use lswsgi::client::{Client, Ending, Spawned};
 use lswsgi::lsapi::build::RequestSpec;
 use std::path::Path;
@@ -52,15 +54,6 @@ pub struct Report {
 }
 
 const CONNECTIONS: usize = 8;
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Open descriptors of `pid`, less its pidfds (the parent holds one per
 /// live child, which is not a leak; [`pidfd_count`] counts those).

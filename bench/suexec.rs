@@ -17,7 +17,12 @@
 //! ```
 //! `--bin` measures another build of the worker (e.g. an older commit).
 //! Must run as root.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{euid, suexec_identity, suexec_secret};
 use lswsgi::client::{Client, Spawned};
 use lswsgi::lsapi::build::RequestSpec;
 use std::os::unix::fs::PermissionsExt;
@@ -25,23 +30,6 @@ use std::time::{Duration, Instant};
 
 const HELLO: &str = "def application(environ, start_response):\n    \
     start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'hello']\n";
-
-fn signed(spec: &mut RequestSpec, secret: &[u8], uid: i32, gid: i32) {
-    use md5::{Digest, Md5};
-    let mut ugid = uid.to_ne_bytes().to_vec();
-    ugid.extend_from_slice(&gid.to_ne_bytes());
-    let nonce = [0x5au8; 16];
-    let mut h = Md5::new();
-    h.update(nonce);
-    h.update(&secret[..16]);
-    h.update(&ugid);
-    let mut auth = nonce.to_vec();
-    auth.extend_from_slice(&h.finalize());
-    spec.special_env = vec![
-        (b"\0SUEXEC_UGID".to_vec(), ugid),
-        (b"\0SUEXEC_AUTH".to_vec(), auth),
-    ];
-}
 
 fn uss_kb(pid: i32) -> u64 {
     let t = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -103,18 +91,14 @@ fn main() {
             other => panic!("unknown option {other}"),
         }
     }
-    // SAFETY: no arguments.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root");
+    assert_eq!(euid(), 0, "run as root");
     let dir = std::env::temp_dir().join(format!("lswsgi-bench-suexec-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let app = dir.join("hello.wsgi");
     std::fs::write(&app, HELLO).unwrap();
     std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let secret_path = dir.join("secret");
-    let secret = b"bench secret of thirty-two bytes".to_vec();
-    std::fs::write(&secret_path, &secret).unwrap();
-    std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (secret_path, secret) = suexec_secret(&dir);
     let env: Vec<(String, String)> = [
         ("LSAPI_CHILDREN", "4"),
         ("LSAPI_MAX_IDLE_CHILDREN", "4"),
@@ -125,7 +109,7 @@ fn main() {
     .collect();
     let spawned = Spawned::start(&[bin.clone()], &env, None).expect("start");
     let mut spec = RequestSpec::new("GET", "/hello.wsgi", app.to_str().unwrap(), "/hello.wsgi");
-    signed(&mut spec, &secret, 4321, 4322);
+    spec.special_env = suexec_identity(4321, 4322, &secret);
     let connect = || {
         let mut c: Client = spawned.connect(Duration::from_secs(20)).expect("connect");
         c.stream()
@@ -163,7 +147,7 @@ fn main() {
     println!("  group CPU per such connection (parent + child): {per_conn:.3} ms");
     let mut conns: Vec<Client> = (0..4).map(|_| connect()).collect();
     let mut other = spec.clone();
-    signed(&mut other, &secret, 4331, 4332);
+    other.special_env = suexec_identity(4331, 4332, &secret);
     let specs = [&spec, &other, &spec, &other];
     let mut pids = Vec::new();
     for (c, spec) in conns.iter_mut().zip(specs) {

@@ -2,6 +2,7 @@
 //! (threads, atexit) without tearing sub-interpreters down, Worker mode on a
 //! listener shared by several processes, extreme LSAPI_* values and the cap
 //! on application groups.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -365,22 +366,16 @@ def application(environ, start_response):
     )
     .unwrap();
     let app = app.to_str().unwrap().to_string();
-    let log = dir.join("stderr.log");
-    let argv: Vec<String> = ["prlimit", "--nofile=64:64", LSWSGI, "-m", &app]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut sp = lswsgi::client::Spawned::start(&argv, &[], Some(&log)).unwrap();
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut w = Worker::start_via(&["prlimit", "--nofile=64:64"], &["-m", &app], &[]);
     // A pending connection keeps the listener readable.
-    let _c = connect_to(&sp.socket);
+    let _c = w.connect();
     std::thread::sleep(Duration::from_secs(3));
-    let text = read_log();
+    let text = w.log_text();
     let lines = text.matches("Too many open files").count();
     assert!(lines >= 1, "{text}");
     assert!(lines <= 2, "{lines} lines in 3 s\n{text}");
-    let status = sp.stop(Duration::from_secs(3)).unwrap();
-    assert_eq!(status.code(), Some(0), "{status:?}\n{}", read_log());
+    let status = w.spawned.stop(Duration::from_secs(3)).unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", w.log_text());
 }
 
 /// A script that answers with its process id.

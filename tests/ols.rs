@@ -18,23 +18,28 @@
 //! Worker-mode processes from the "add child process pid" lines of its error
 //! log; any process still carrying this server's marker variable afterwards is
 //! killed and reported as a failure.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+mod common;
 #[path = "../bench/ols_kit.rs"]
 mod ols_kit;
+#[path = "../bench/ols_server.rs"]
+mod ols_server;
 #[path = "../bench/peer.rs"]
 mod peer;
 
+use common::{FAILING_ENVIRON, SHORT_ECHO};
 use ols_kit::{find_or_build, Missing, Server};
+use ols_server::{alive, free_port, sh, tail, unique, Ols, SOCKET_DIR};
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The worker built for this test run (debug profile under `cargo test`).
@@ -117,20 +122,6 @@ fn worker_binary() -> PathBuf {
 
 // --------------------------------------------------------------- the set-up
 
-/// echo.wsgi that loses the last byte of the body.
-const SHORT_ECHO: &str = "\
-def application(environ, start_response):
-    body = environ['wsgi.input'].read()[:-1]
-    start_response('200 OK', [('Content-Type', 'application/octet-stream')])
-    return [body]
-";
-
-/// environ.wsgi that fails (a 500 from the worker).
-const FAILING_ENVIRON: &str = "\
-def application(environ, start_response):
-    raise RuntimeError('deliberately broken for the smoke test')
-";
-
 /// One LSAPI external application with its own vhost and listener.
 struct Site {
     /// vhost, extProcessor and listener name suffix.
@@ -144,34 +135,6 @@ struct Site {
     /// The extProcessor's worker exits at once without serving (the server
     /// checks at start-up that the path exists and is executable).
     missing_worker: bool,
-}
-
-/// A running OpenLiteSpeed with its own root; stopped on drop.
-struct Ols {
-    root: PathBuf,
-    /// Per-site (vhost name, port).
-    ports: Vec<(String, u16)>,
-    /// Marker put in every worker's environment: finds leftovers.
-    marker: String,
-    stopped: bool,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn unique() -> String {
-    static N: Mutex<u32> = Mutex::new(0);
-    let mut n = N.lock().unwrap();
-    *n += 1;
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{}{}x{:x}", std::process::id(), *n, nanos & 0xfff)
 }
 
 /// Makes `dir` a directory the workers' user (nobody) can write, and checks
@@ -201,12 +164,6 @@ fn shared_socket_dir(dir: &Path) {
     );
 }
 
-fn sh(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {out:?}");
-    out
-}
-
 impl Ols {
     /// `debug`: the server logs every LSAPI packet it receives (debugLevel 10).
     fn start(prefix: &Path, sites: &[Site], debug: bool) -> Ols {
@@ -215,36 +172,14 @@ impl Ols {
 
     /// As `start`, with `worker` as the sites' lswsgi.
     fn start_with(prefix: &Path, sites: &[Site], debug: bool, worker: &Path) -> Ols {
-        let id = unique();
-        let root = std::env::temp_dir().join(format!("lswsgi-ols-{id}"));
-        for d in [
-            "bin",
-            "conf/vhosts",
-            "logs",
-            "run",
-            "tmp/swap",
-            "tmp/stat",
-            "fcgi-bin",
-        ] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
+        let mut ols = Ols::lay_out(prefix, worker, "lswsgi-ols");
+        let root = ols.root.clone();
         // Writable by the worker's user (nobody): /crash records attempts here.
         let state = root.join("state");
         std::fs::create_dir_all(&state).unwrap();
         sh(Command::new("chmod").arg("1777").arg(&state));
         // App Server sockets live at a fixed place the server does not create.
-        shared_socket_dir(Path::new("/tmp/lshttpd"));
-        std::os::unix::fs::symlink(
-            prefix.join("bin/openlitespeed"),
-            root.join("bin/openlitespeed"),
-        )
-        .unwrap();
-        std::fs::copy(
-            prefix.join("conf/mime.properties"),
-            root.join("conf/mime.properties"),
-        )
-        .expect("PREFIX/conf/mime.properties");
-        std::fs::copy(worker, root.join("fcgi-bin/lswsgi")).unwrap();
+        shared_socket_dir(Path::new(SOCKET_DIR));
         std::fs::write(root.join("fcgi-bin/dead"), "#!/bin/sh\nexit 1\n").unwrap();
         sh(Command::new("chmod")
             .arg("755")
@@ -306,32 +241,19 @@ impl Ols {
             .arg("nobody:nogroup")
             .arg(html.join("stderr.log")));
 
-        let marker = format!("LSWSGI_OLS_RUN={id}");
+        let (id, marker) = (ols.id.clone(), ols.marker.clone());
         let r = root.display();
         let (level, debug) = if debug { ("DEBUG", 10) } else { ("INFO", 0) };
-        let mut conf = format!(
-            "serverName lswsgi-ols-test\nuser nobody\ngroup nogroup\npriority 0\n\
-             autoRestart 1\nenableChroot 0\ninMemBufSize 60M\nswappingDir {r}/tmp/swap\n\
-             statDir {r}/tmp/stat\nautoFix503 1\ngracefulRestartTimeout 30\n\
-             mime conf/mime.properties\nshowVersionNumber 0\nhttpdWorkers 1\n\
-             disableWebAdmin 1\nenableIpGeo 0\nuseIpInProxyHeader 0\n\
-             errorlog logs/error.log {{\n logLevel {level}\n debugLevel {debug}\n rollingSize 200M\n enableStderrLog 1\n}}\n\
-             accessLog logs/access.log {{\n rollingSize 200M\n keepDays 1\n compressArchive 0\n}}\n\
-             tuning {{\n maxConnections 2000\n connTimeout 300\n maxKeepAliveReq 10000\n\
-              smartKeepAlive 0\n keepAliveTimeout 5\n maxReqBodySize 2047M\n maxDynRespSize 2047M\n\
-              maxReqHeaderSize 65536\n enableGzipCompress 0\n enableDynGzipCompress 0\n}}\n\
-             fileAccessControl {{\n followSymbolLink 1\n checkSymbolLink 0\n\
-              requiredPermissionMask 000\n restrictedPermissionMask 000\n}}\n\
-             perClientConnLimit {{\n staticReqPerSec 0\n dynReqPerSec 0\n softLimit 10000\n hardLimit 10000\n}}\n\
-             CGIRLimit {{\n maxCGIInstances 20\n minUID 11\n minGID 10\n memSoftLimit 2047M\n\
-              memHardLimit 2047M\n procSoftLimit 400\n procHardLimit 450\n}}\n\
-             accessControl {{\n allow ALL\n}}\n\
-             module cache {{\n ls_enabled 0\n}}\n"
+        let mut conf = ols.server_conf(
+            "lswsgi-ols-test",
+            level,
+            debug,
+            "accessLog logs/access.log {\n rollingSize 200M\n keepDays 1\n compressArchive 0\n}\n",
+            " maxReqBodySize 2047M\n maxDynRespSize 2047M\n maxReqHeaderSize 65536\n",
         );
-        let mut ports = Vec::new();
         for site in sites {
             let name = format!("l{id}{}", site.name);
-            let port = free_port();
+            let port = ols.add_listener(name.clone());
             let mut env = format!(" env {marker}\n env OLS_STATE={}\n", state.display());
             let bin = if site.missing_worker {
                 "dead"
@@ -369,52 +291,11 @@ impl Ols {
             }
             vh.push_str("rewrite {\n enable 0\n}\n");
             std::fs::write(root.join(format!("conf/vhosts/{name}.conf")), vh).unwrap();
-            ports.push((name, port));
         }
         std::fs::write(root.join("conf/httpd_config.conf"), conf).unwrap();
 
-        let ols = Ols {
-            root,
-            ports,
-            marker,
-            stopped: false,
-        };
-        // Its output goes to a file, not a pipe: 1.9.1's daemon keeps the
-        // descriptors it was started with, so a pipe would never see EOF.
-        let start_log = ols.root.join("logs/start.out");
-        let out = std::fs::File::create(&start_log).unwrap();
-        let status = Command::new(ols.root.join("bin/openlitespeed"))
-            .env("LSWS_HOME", &ols.root)
-            .env("OLS_PID_FILE", ols.pid_file())
-            .current_dir(&ols.root)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .status()
-            .expect("start openlitespeed");
-        assert!(
-            status.success(),
-            "openlitespeed: {status:?}\n{}\n{}",
-            std::fs::read_to_string(&start_log).unwrap_or_default(),
-            ols.error_log()
-        );
-        // It daemonizes; ready once every listener accepts.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for (name, port) in &ols.ports {
-            while TcpStream::connect(("127.0.0.1", *port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "listener {name} on {port} never came up:\n{}",
-                    ols.error_log()
-                );
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
+        ols.launch();
         ols
-    }
-
-    fn pid_file(&self) -> PathBuf {
-        self.root.join("run/lshttpd.pid")
     }
 
     /// `http://127.0.0.1:PORT` of a site.
@@ -436,14 +317,6 @@ impl Ols {
             .unwrap()
     }
 
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.root.join("logs/error.log")).unwrap_or_default()
-    }
-
-    fn stderr_log(&self) -> String {
-        std::fs::read_to_string(self.root.join("logs/stderr.log")).unwrap_or_default()
-    }
-
     fn logs(&self) -> String {
         format!(
             "--- error.log (tail)\n{}\n--- stderr.log (tail)\n{}",
@@ -451,175 +324,6 @@ impl Ols {
             tail(&self.stderr_log(), 20)
         )
     }
-
-    /// The pids this server told us about: worker processes it added, the
-    /// pids in its `<socket>.pid` files.
-    fn known_pids(&self) -> BTreeSet<i32> {
-        let mut pids = BTreeSet::new();
-        for line in self.error_log().lines() {
-            if let Some(p) = line.split("add child process pid: ").nth(1) {
-                if let Ok(p) = p.trim().trim_end_matches('.').parse() {
-                    pids.insert(p);
-                }
-            }
-        }
-        let mut files: Vec<PathBuf> = Vec::new();
-        for dir in [self.root.join("tmp"), PathBuf::from("/tmp/lshttpd")] {
-            if let Ok(rd) = std::fs::read_dir(&dir) {
-                for e in rd.flatten() {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    let ours = dir != Path::new("/tmp/lshttpd")
-                        || self
-                            .ports
-                            .iter()
-                            .any(|(v, _)| n.starts_with(&format!("{v}:")));
-                    if ours && n.ends_with(".sock.pid") {
-                        files.push(e.path());
-                    }
-                }
-            }
-        }
-        for f in files {
-            // struct DetachedPidInfo { ino_t inode; long last_modify; pid_t pid; ... }:
-            // the pid is the native int32 at offset 16.
-            if let Ok(b) = std::fs::read(&f) {
-                if b.len() >= 20 {
-                    let p = i32::from_ne_bytes(b[16..20].try_into().unwrap());
-                    if p > 0 {
-                        pids.insert(p);
-                    }
-                }
-            }
-        }
-        pids
-    }
-
-    /// Processes carrying this server's marker in their environment.
-    fn marked_pids(&self) -> Vec<i32> {
-        let needle = self.marker.as_bytes();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-                if env.split(|&b| b == 0).any(|v| v == needle) && !is_zombie(pid) {
-                    out.push(pid);
-                }
-            }
-        }
-        out
-    }
-
-    fn is_ours(&self, pid: i32) -> bool {
-        let needle = self.marker.as_bytes();
-        std::fs::read(format!("/proc/{pid}/environ"))
-            .map(|env| env.split(|&b| b == 0).any(|v| v == needle))
-            .unwrap_or(false)
-    }
-
-    /// Stops the server and every worker; returns the processes that had to
-    /// be found by the marker (none, when the pid files told the truth).
-    fn stop(&mut self) -> Vec<i32> {
-        if self.stopped {
-            return Vec::new();
-        }
-        self.stopped = true;
-        let server: Option<i32> = std::fs::read_to_string(self.pid_file())
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        let workers = self.known_pids();
-        if let Some(pid) = server {
-            terminate(&[pid], Duration::from_secs(10));
-        }
-        // Detached workers outlive the server (LSAPI_PPID_NO_CHECK=1); a
-        // pid is signalled only while it still carries our marker.
-        let workers: Vec<i32> = workers.into_iter().filter(|&p| self.is_ours(p)).collect();
-        terminate(&workers, Duration::from_secs(5));
-        // Anything left (a pgroup child whose parent died, ...) is a leak.
-        let mut leaked = Vec::new();
-        let end = Instant::now() + Duration::from_secs(3);
-        loop {
-            let left = self.marked_pids();
-            if left.is_empty() {
-                break;
-            }
-            if Instant::now() > end {
-                leaked = left;
-                terminate(&leaked, Duration::from_secs(2));
-                break;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        for (vhost, _) in &self.ports {
-            for e in std::fs::read_dir("/tmp/lshttpd")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{vhost}:"))
-                {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        leaked
-    }
-}
-
-impl Drop for Ols {
-    fn drop(&mut self) {
-        self.stop();
-        if !thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        } else {
-            eprintln!("kept {} for inspection", self.root.display());
-        }
-    }
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
-}
-
-/// SIGTERM each pid, then SIGKILL what is still there after `grace`.
-fn terminate(pids: &[i32], grace: Duration) {
-    for &p in pids {
-        if p > 0 {
-            // SAFETY: kill(2) has no memory effects; p > 0 names one process
-            // this server started (never 0 or -1, which address groups).
-            unsafe { libc::kill(p, libc::SIGTERM) };
-        }
-    }
-    let end = Instant::now() + grace;
-    while pids.iter().any(|&p| alive(p)) && Instant::now() < end {
-        thread::sleep(Duration::from_millis(50));
-    }
-    for &p in pids {
-        if p > 0 && alive(p) {
-            // SAFETY: as above.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 // ---------------------------------------------------------------- HTTP (curl)
@@ -1819,8 +1523,6 @@ fn smoke_lsws_baseline_behind_openlitespeed(server: Server) {
 }
 
 // ------------------------------------------------------------- ASGI (issue 24)
-
-mod common;
 
 /// A `'static` env list for a [`Site`] (each test starts its server once).
 fn leak_env(vars: Vec<String>) -> &'static [&'static str] {

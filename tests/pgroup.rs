@@ -6,11 +6,12 @@
 //! Every worker runs in its own session (started through setsid(1)), so the
 //! guard's Drop kills the whole group, orphans included, even when a test
 //! fails. Every read has a time-out and every wait a deadline.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
-use common::{app, children_of, running, scratch, wait_until, LSWSGI};
-use lswsgi::client::{Client, Ending, Response, Spawned};
+use common::{app, field, running, scratch, wait_until, Start, Worker, LSWSGI};
+use lswsgi::client::{Client, Ending, Response};
 use lswsgi::lsapi::build::RequestSpec;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,118 +19,24 @@ use std::time::{Duration, Instant};
 /// Read/write time-out of every client connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A running worker (or ProcessGroup parent) in its own session.
-struct Group {
-    spawned: Spawned,
-    log: PathBuf,
-    dir: PathBuf,
+/// `lswsgi ARGS` with `env`, in a session of its own.
+fn group(args: &[&str], env: &[(&str, &str)]) -> Worker {
+    in_session(Start::worker(args), env)
 }
 
-impl Group {
-    /// `lswsgi ARGS` with `env`, in a new session.
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Group {
-        let mut argv = vec!["setsid".to_string(), LSWSGI.to_string()];
-        argv.extend(args.iter().map(|s| s.to_string()));
-        Group::start_argv(argv, env)
-    }
-
-    /// `argv` (whose first word should be setsid) with `env`.
-    fn start_argv(argv: Vec<String>, env: &[(&str, &str)]) -> Group {
-        let dir = scratch("pgroup");
-        let log = dir.join("stderr.log");
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let spawned = Spawned::start(&argv, &env, Some(&log)).expect("spawn lswsgi");
-        Group { spawned, log, dir }
-    }
-
-    /// Pid of the started process (the parent, or the starter shell).
-    fn pid(&self) -> i32 {
-        self.spawned.child.id() as i32
-    }
-
-    fn addr(&self) -> String {
-        self.spawned.addr()
-    }
-
-    /// A new connection with time-outs.
-    fn connect(&self) -> Client {
-        let mut c = self
-            .spawned
-            .connect(Duration::from_secs(10))
-            .expect("connect");
-        c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
-        c
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits up to `limit` for the log to contain `needle`.
-    fn wait_log(&self, needle: &str, limit: Duration) -> bool {
-        wait_until(limit, || self.log_text().contains(needle))
-    }
-
-    /// Children of the started process, from /proc (zombies included).
-    fn children(&self) -> Vec<(i32, char)> {
-        children_of(self.pid())
-    }
-
-    /// Live (non-zombie) children.
-    fn live_children(&self) -> Vec<i32> {
-        self.children()
-            .into_iter()
-            .filter(|&(_, s)| s != 'Z')
-            .map(|(p, _)| p)
-            .collect()
-    }
-
-    /// Asks the parent for its child table (SIGUSR2) and returns the new
-    /// `status:` log line.
-    fn status(&self) -> String {
-        // SIGUSR2 before the handlers are installed would end the process.
-        assert!(self.wait_log("process group: up to", Duration::from_secs(10)));
-        let before = self.log_text().matches("status: ").count();
-        unsafe { libc::kill(self.pid(), libc::SIGUSR2) };
-        let mut line = String::new();
-        wait_until(Duration::from_secs(5), || {
-            let log = self.log_text();
-            match log.lines().filter(|l| l.contains("status: ")).nth(before) {
-                Some(l) => {
-                    line = l.to_string();
-                    true
-                }
-                None => false,
-            }
-        });
-        assert!(
-            !line.is_empty(),
-            "no status line; log:\n{}",
-            self.log_text()
-        );
-        line
-    }
-
-    /// Whether the started process exits within `limit`.
-    fn exits_within(&mut self, limit: Duration) -> bool {
-        wait_until(limit, || self.spawned.child.try_wait().unwrap().is_some())
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.pid(), sig) };
-    }
+/// `sh -c SCRIPT` (a starter that runs the worker) with `env`, in a session
+/// of its own.
+fn group_under_shell(script: &str, env: &[(&str, &str)]) -> Worker {
+    in_session(Start::argv(&["sh", "-c", script]), env)
 }
 
-impl Drop for Group {
-    fn drop(&mut self) {
-        // The whole session: parent, children, orphans.
-        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
-        let _ = self.spawned.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn in_session(start: Start, env: &[(&str, &str)]) -> Worker {
+    start
+        .env(env)
+        .session()
+        .tag("pgroup")
+        .io_timeout(IO_TIMEOUT)
+        .spawn()
 }
 
 /// A request to tests/apps/pg_app.wsgi (loaded per request, no -m).
@@ -140,15 +47,6 @@ fn req(path_and_query: &str) -> RequestSpec {
         &app("pg_app.wsgi"),
         "/pg_app.wsgi",
     )
-}
-
-/// `key=value` line of the app's answer.
-fn field(r: &Response, key: &str) -> String {
-    let text = r.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key} in {text:?} (status {})", r.status))
-        .to_string()
 }
 
 /// The serving process's pid, from the answer.
@@ -179,7 +77,7 @@ fn next_ending(c: &mut Client) -> Ending {
 
 #[test]
 fn four_concurrent_connections_get_four_children() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[("LSAPI_CHILDREN", "4"), ("LSAPI_MAX_IDLE_CHILDREN", "4")],
     );
@@ -221,7 +119,7 @@ fn four_concurrent_connections_get_four_children() {
 
 #[test]
 fn pid_notice_replaces_only_the_first_req_received() {
-    let g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
+    let g = group(&[], &[("LSAPI_CHILDREN", "2")]);
     let mut c = g.connect();
     let first = call_ok(&mut c, &req("/"));
     let second = call_ok(&mut c, &req("/"));
@@ -236,7 +134,7 @@ fn slow_requests_are_acknowledged_before_the_application_runs() {
     // LiteSpeed fails (Worker mode) or duplicates (ProcessGroup) a request
     // that gets no packet within 10 s: REQ_RECEIVED must not wait for the app.
     for env in [vec![], vec![("LSAPI_CHILDREN", "2")]] {
-        let g = Group::start(&[], &env);
+        let g = group(&[], &env);
         let mut c = g.connect();
         call_ok(&mut c, &req("/")); // in a child, this one had the PID notice
         let r = call_ok(&mut c, &req("/sleep?2"));
@@ -253,7 +151,7 @@ fn slow_requests_are_acknowledged_before_the_application_runs() {
 fn accept_notify_sends_req_received_at_accept() {
     use std::io::Read;
     // Worker mode: REQ_RECEIVED before any request, none per request after.
-    let g = Group::start(&[], &[("LSAPI_ACCEPT_NOTIFY", "1")]);
+    let g = group(&[], &[("LSAPI_ACCEPT_NOTIFY", "1")]);
     let mut c = g.connect();
     let mut head = [0u8; 8];
     c.stream().read_exact(&mut head).unwrap();
@@ -262,7 +160,7 @@ fn accept_notify_sends_req_received_at_accept() {
     assert_eq!(call_ok(&mut c, &req("/")).packets, vec![3, 4, 5]);
 
     // ProcessGroup: the PID notice goes first, and no REQ_RECEIVED follows.
-    let g = Group::start(
+    let g = group(
         &[],
         &[("LSAPI_CHILDREN", "2"), ("LSAPI_ACCEPT_NOTIFY", "1")],
     );
@@ -273,11 +171,11 @@ fn accept_notify_sends_req_received_at_accept() {
 
 #[test]
 fn preload_imports_in_the_parent_and_freezes_the_heap() {
-    let g = Group::start(&["-m", &app("pg_app.wsgi")], &[("LSAPI_CHILDREN", "2")]);
+    let g = group(&["-m", &app("pg_app.wsgi")], &[("LSAPI_CHILDREN", "2")]);
     let mut c = g.connect();
     let r = call_ok(&mut c, &RequestSpec::new("GET", "/", "", ""));
     assert_eq!(field(&r, "loaded_by"), g.pid().to_string());
-    assert_ne!(served_by(&r), g.pid());
+    assert_ne!(served_by(&r), g.pid() as i32);
     let frozen: i64 = field(&r, "frozen").parse().unwrap();
     assert!(frozen > 1000, "gc.freeze before fork: {frozen}");
     assert!(g.log_text().contains("gc.freeze: "));
@@ -285,7 +183,7 @@ fn preload_imports_in_the_parent_and_freezes_the_heap() {
 
 #[test]
 fn max_reqs_replaces_the_child() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -313,7 +211,7 @@ fn max_reqs_replaces_the_child() {
 
 #[test]
 fn runaway_request_is_killed_and_the_group_keeps_serving() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[("LSAPI_CHILDREN", "2"), ("LSAPI_MAX_PROCESS_TIME", "1")],
     );
@@ -364,7 +262,7 @@ fn runaway_request_is_killed_and_the_group_keeps_serving() {
 
 #[test]
 fn parent_exits_after_pgrp_max_idle() {
-    let mut g = Group::start(
+    let mut g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -390,11 +288,11 @@ fn parent_exits_after_pgrp_max_idle() {
 
 /// Starts `lswsgi` through a shell that stays as its parent (the starter)
 /// and returns the group and the worker's pid.
-fn start_under_shell(env: &[(&str, &str)]) -> (Group, i32) {
+fn start_under_shell(env: &[(&str, &str)]) -> (Worker, i32) {
     // A background job's stdin is /dev/null unless redirected: keep the
     // listener on fd 0 through fd 3.
     let script = format!("exec 3<&0; {LSWSGI} <&3 3<&- & exec 3<&-; wait");
-    let g = Group::start_argv(vec!["setsid".into(), "sh".into(), "-c".into(), script], env);
+    let g = group_under_shell(&script, env);
     let mut worker = 0;
     assert!(wait_until(Duration::from_secs(10), || {
         match g.children().first() {
@@ -445,7 +343,7 @@ fn ppid_no_check_outlives_its_starter() {
 
 #[test]
 fn children_of_a_killed_parent_finish_their_request_then_exit() {
-    let g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
+    let g = group(&[], &[("LSAPI_CHILDREN", "2")]);
     let addr = g.addr();
     let t = std::thread::spawn(move || {
         let mut c = Client::connect(&addr).unwrap();
@@ -492,20 +390,21 @@ fn core_dumps_are_off_unless_allowed() {
         if allow {
             env.push(("LSAPI_ALLOW_CORE_DUMP", "1"));
         }
-        let g = Group::start_argv(
-            vec!["setsid".into(), "sh".into(), "-c".into(), script],
-            &env,
-        );
+        let g = group_under_shell(&script, &env);
         let mut c = g.connect();
         let child = served_by(&call_ok(&mut c, &req("/")));
-        assert_eq!(core_limit(g.pid()), expected, "parent, allow={allow}");
+        assert_eq!(
+            core_limit(g.pid() as i32),
+            expected,
+            "parent, allow={allow}"
+        );
         assert_eq!(core_limit(child), expected, "child, allow={allow}");
     }
 }
 
 #[test]
 fn crashed_child_is_replaced_and_the_next_request_answered() {
-    let g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
+    let g = group(&[], &[("LSAPI_CHILDREN", "2")]);
     let mut c = g.connect();
     let r = c.call(&req("/abort"), b"").expect("read");
     assert_eq!(r.ending, Ending::Eof);
@@ -522,7 +421,7 @@ fn crashed_child_is_replaced_and_the_next_request_answered() {
 
 #[test]
 fn no_zombies_after_a_thousand_connections() {
-    let g = Group::start(&[], &[("LSAPI_CHILDREN", "4"), ("LSAPI_MAX_REQS", "1")]);
+    let g = group(&[], &[("LSAPI_CHILDREN", "4"), ("LSAPI_MAX_REQS", "1")]);
     let mut pids = std::collections::HashSet::new();
     for _ in 0..1000 {
         let mut c = g.connect();
@@ -539,7 +438,7 @@ fn no_zombies_after_a_thousand_connections() {
 
 #[test]
 fn idle_child_exits_after_max_idle() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -560,7 +459,7 @@ fn idle_child_exits_after_max_idle() {
 
 #[test]
 fn surplus_idle_children_are_told_to_exit() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[("LSAPI_CHILDREN", "4"), ("LSAPI_MAX_IDLE_CHILDREN", "1")],
     );
@@ -594,7 +493,7 @@ fn surplus_idle_children_are_told_to_exit() {
 
 #[test]
 fn extra_children_cap_the_group_and_the_limit_is_logged() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -635,7 +534,7 @@ fn extra_children_cap_the_group_and_the_limit_is_logged() {
 /// `settle`, each next connection waits until the last child is back in
 /// accept (a connection made while it is still closing the previous one is,
 /// rightly, forked for).
-fn pids_over_connections(g: &Group, n: usize, settle: bool) -> Vec<i32> {
+fn pids_over_connections(g: &Worker, n: usize, settle: bool) -> Vec<i32> {
     (0..n)
         .map(|_| {
             let mut c = g.connect();
@@ -653,7 +552,7 @@ fn pids_over_connections(g: &Group, n: usize, settle: bool) -> Vec<i32> {
 
 #[test]
 fn avoid_fork_children_take_new_connections_themselves() {
-    let g = Group::start(&[], &[("LSAPI_CHILDREN", "3"), ("LSAPI_AVOID_FORK", "1")]);
+    let g = group(&[], &[("LSAPI_CHILDREN", "3"), ("LSAPI_AVOID_FORK", "1")]);
     let pids = pids_over_connections(&g, 5, true);
     assert!(pids.iter().all(|&p| p == pids[0]), "{pids:?}");
     assert_eq!(g.live_children(), vec![pids[0]]);
@@ -677,8 +576,8 @@ fn avoid_fork_children_take_new_connections_themselves() {
 #[test]
 fn keep_listen_decides_whether_children_take_connections() {
     let env = |k| vec![("LSAPI_CHILDREN", "3"), ("LSAPI_KEEP_LISTEN", k)];
-    let g0 = Group::start(&[], &env("0"));
-    let g2 = Group::start(&[], &env("2"));
+    let g0 = group(&[], &env("0"));
+    let g2 = group(&[], &env("2"));
     let pids = pids_over_connections(&g0, 3, false);
     assert!(
         pids[0] != pids[1] && pids[1] != pids[2],
@@ -693,7 +592,7 @@ fn keep_listen_decides_whether_children_take_connections() {
 
 #[test]
 fn keep_listen_1_gives_the_listener_up_after_ten_seconds() {
-    let g = Group::start(&[], &[("LSAPI_CHILDREN", "3"), ("LSAPI_KEEP_LISTEN", "1")]);
+    let g = group(&[], &[("LSAPI_CHILDREN", "3"), ("LSAPI_KEEP_LISTEN", "1")]);
     let pids = pids_over_connections(&g, 2, true);
     assert_eq!(pids[0], pids[1]);
     let t = Instant::now();
@@ -706,7 +605,7 @@ fn keep_listen_1_gives_the_listener_up_after_ten_seconds() {
 
 #[test]
 fn max_busy_worker_hands_connections_back() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "4"),
@@ -738,7 +637,7 @@ fn max_busy_worker_hands_connections_back() {
 
 /// Requests on `conns` concurrent persistent connections, `per` each, that
 /// keep most children busy; returns how many responses carried CONN_CLOSE.
-fn conn_closes_under_load(g: &Group, conns: usize, per: usize) -> usize {
+fn conn_closes_under_load(g: &Worker, conns: usize, per: usize) -> usize {
     let addr = g.addr();
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..conns)
@@ -777,13 +676,13 @@ fn conn_closes_under_load(g: &Group, conns: usize, per: usize) -> usize {
 fn connections_are_never_shed_unless_max_busy_worker_is_set() {
     // 8 connections × 10 requests of 0.25 s keep every child busy for
     // 2.5 s, long enough for the parent's once-a-second busy count.
-    let g = Group::start(&[], &[("LSAPI_CHILDREN", "8")]);
+    let g = group(&[], &[("LSAPI_CHILDREN", "8")]);
     assert_eq!(
         conn_closes_under_load(&g, 8, 10),
         0,
         "no LSAPI_MAX_BUSY_WORKER: no CONN_CLOSE"
     );
-    let g = Group::start(
+    let g = group(
         &[],
         &[("LSAPI_CHILDREN", "8"), ("LSAPI_MAX_BUSY_WORKER", "2")],
     );
@@ -795,7 +694,7 @@ fn connections_are_never_shed_unless_max_busy_worker_is_set() {
 
 #[test]
 fn slow_requests_are_logged() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[("LSAPI_CHILDREN", "2"), ("LSAPI_SLOW_REQ_MSECS", "200")],
     );
@@ -814,7 +713,7 @@ fn slow_requests_are_logged() {
 #[test]
 fn stop_signals_let_requests_finish_and_the_parent_leaves_last() {
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1] {
-        let mut g = Group::start(&[], &[("LSAPI_CHILDREN", "2")]);
+        let mut g = group(&[], &[("LSAPI_CHILDREN", "2")]);
         let addr = g.addr();
         let t = std::thread::spawn(move || call_on_new_connection(&addr, &req("/sleep?1")));
         assert!(wait_until(Duration::from_secs(5), || g
@@ -843,7 +742,7 @@ fn stderr_log_is_appended_and_etc_is_refused() {
     let dir = scratch("pg-log");
     let path = dir.join("app.log");
     std::fs::write(&path, "earlier line\n").unwrap();
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -862,7 +761,7 @@ fn stderr_log_is_appended_and_etc_is_refused() {
     assert!(!g.log_text().contains("slow request"), "stderr redirected");
 
     let etc = "/etc/lswsgi-pgroup-test.log";
-    let g = Group::start(&[], &[("LSAPI_STDERR_LOG", etc)]);
+    let g = group(&[], &[("LSAPI_STDERR_LOG", etc)]);
     let mut c = g.connect();
     call_ok(&mut c, &req("/"));
     assert!(g.log_text().contains("log files under /etc are refused"));
@@ -921,8 +820,8 @@ fn avoid_fork_follows_the_cgroup_memory_limit() {
         "echo $$ > {}/cgroup.procs && exec {LSWSGI}",
         cg.dir.display()
     );
-    let g = Group::start_argv(
-        vec!["setsid".into(), "sh".into(), "-c".into(), script],
+    let g = group_under_shell(
+        &script,
         &[("LSAPI_CHILDREN", "3"), ("LSAPI_AVOID_FORK", "1G")],
     );
     // Free memory is the cgroup's headroom, not the machine's.

@@ -6,12 +6,13 @@
 //!
 //! Every script runs in its own process group under a deadline; the group is
 //! killed afterwards, so nothing it started outlives the test.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 #[path = "../bench/peer.rs"]
 mod peer;
 
-use common::{scratch, LSWSGI};
+use common::{scratch, FAILING_ENVIRON, LSWSGI, SHORT_ECHO};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -171,20 +172,6 @@ fn apps_with(dir: &TempDir, replace: &[(&str, &str)]) -> String {
     }
     apps.to_string_lossy().into_owned()
 }
-
-/// echo.wsgi that loses the last byte of the body.
-const SHORT_ECHO: &str = "\
-def application(environ, start_response):
-    body = environ['wsgi.input'].read()[:-1]
-    start_response('200 OK', [('Content-Type', 'application/octet-stream')])
-    return [body]
-";
-
-/// environ.wsgi that fails (a 500 from the worker).
-const FAILING_ENVIRON: &str = "\
-def application(environ, start_response):
-    raise RuntimeError('deliberately broken for the smoke test')
-";
 
 // ---------------------------------------------------------------- smoke-direct
 

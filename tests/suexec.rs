@@ -1,5 +1,6 @@
 //! suEXEC daemon mode and the never-as-root rule (LSAPI.md section 7).
 //! These tests must run as root, as CI does; as another user they fail.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -26,12 +27,7 @@ def application(environ, start_response):
 static PREFIX: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn require_root() -> std::sync::RwLockReadGuard<'static, ()> {
-    // SAFETY: no arguments.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the suEXEC tests must run as root (as CI does)"
-    );
+    assert_eq!(euid(), 0, "the suEXEC tests must run as root (as CI does)");
     PREFIX.read().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -42,31 +38,17 @@ fn setup(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
     let app = dir.join("whoami.wsgi");
     std::fs::write(&app, WHOAMI).unwrap();
     std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let secret = dir.join("secret");
-    std::fs::write(&secret, b"a shared secret of 32 bytes here").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (secret, _) = suexec_secret(&dir);
     (dir, app, secret)
 }
 
-/// The special env LiteSpeed sends for `uid:gid`, signed with `secret`.
-fn identity(uid: i32, gid: i32, secret: &[u8], forge: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-    use md5::{Digest, Md5};
-    let mut ugid = uid.to_ne_bytes().to_vec();
-    ugid.extend_from_slice(&gid.to_ne_bytes());
-    let nonce: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
-    let mut h = Md5::new();
-    h.update(&nonce);
-    h.update(&secret[..16]);
-    h.update(&ugid);
-    let mut auth = nonce.clone();
-    auth.extend_from_slice(&h.finalize());
-    if forge {
-        auth[31] ^= 0x80;
-    }
-    vec![
-        (b"\0SUEXEC_UGID".to_vec(), ugid),
-        (b"\0SUEXEC_AUTH".to_vec(), auth),
-    ]
+/// [`suexec_identity`] with a signature that does not match (its last
+/// bit flipped).
+fn forged_identity(uid: i32, gid: i32, secret: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut special = suexec_identity(uid, gid, secret);
+    let auth = &mut special[1].1;
+    auth[31] ^= 0x80;
+    special
 }
 
 fn whoami(app: &Path, special: Vec<(Vec<u8>, Vec<u8>)>) -> RequestSpec {
@@ -111,7 +93,7 @@ fn daemon_children_run_as_the_authenticated_user() {
     let mut c = w.connect();
     let r = call_ok(
         &mut c,
-        &whoami(&app, identity(4321, 4322, &secret_bytes, false)),
+        &whoami(&app, suexec_identity(4321, 4322, &secret_bytes)),
         b"",
     );
     assert_eq!(r.text(), "4321 4322 4321 4322|4322", "{}", w.log_text());
@@ -121,13 +103,13 @@ fn daemon_children_run_as_the_authenticated_user() {
     // identity on it is refused and the child leaves.
     let r = call_ok(
         &mut c,
-        &whoami(&app, identity(4321, 4322, &secret_bytes, false)),
+        &whoami(&app, suexec_identity(4321, 4322, &secret_bytes)),
         b"",
     );
     assert!(r.text().starts_with("4321 4322"));
     let r = c
         .call(
-            &whoami(&app, identity(5000, 5000, &secret_bytes, false)),
+            &whoami(&app, suexec_identity(5000, 5000, &secret_bytes)),
             b"",
         )
         .unwrap();
@@ -173,7 +155,7 @@ fn preloaded_apps_are_never_run_by_the_root_parent() {
     );
     let mut c = w.connect();
     let mut spec = RequestSpec::new("GET", "/", "", "/");
-    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    spec.special_env = suexec_identity(4321, 4322, &secret_bytes);
     let r = call_ok(&mut c, &spec, b"");
     assert_eq!(r.text(), "4321 4321", "loaded as root? {}", w.log_text());
     std::fs::remove_dir_all(dir).unwrap();
@@ -326,7 +308,7 @@ fn no_copy_of_the_secret_survives_into_tenant_code() {
             hex(&secret_bytes[8..16])
         );
         let mut spec = RequestSpec::new("GET", &uri, app.to_str().unwrap(), "/scan.wsgi");
-        spec.special_env = identity(4321, 4322, &secret_bytes, false);
+        spec.special_env = suexec_identity(4321, 4322, &secret_bytes);
         let r = call_ok(&mut c, &spec, b"");
         let text = r.text();
         let mut f = text.split(' ');
@@ -371,23 +353,23 @@ fn wrong_credentials_and_system_ids_are_refused_not_defaulted() {
     };
     // Forged AUTH is refused, not served as the default user.
     refused(
-        identity(4321, 4322, &secret_bytes, true),
+        forged_identity(4321, 4322, &secret_bytes),
         "4321:4322 with failed authentication",
     );
     // UGID without AUTH.
-    let mut only_ugid = identity(4323, 4322, &secret_bytes, false);
+    let mut only_ugid = suexec_identity(4323, 4322, &secret_bytes);
     only_ugid.pop();
     refused(only_ugid, "4323:4322 with malformed suEXEC credentials");
     // Authentic but below the floors (or root's group).
     refused(
-        identity(4321, 0, &secret_bytes, false),
+        suexec_identity(4321, 0, &secret_bytes),
         "gid 0 is below LSAPI_MIN_GID=10",
     );
     refused(
-        identity(1, 4322, &secret_bytes, false),
+        suexec_identity(1, 4322, &secret_bytes),
         "uid 1 is below LSAPI_MIN_UID=11",
     );
-    refused(identity(0, 0, &secret_bytes, false), "uid 0 is below");
+    refused(suexec_identity(0, 0, &secret_bytes), "uid 0 is below");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -559,7 +541,7 @@ fn tenant_start_up_code_never_runs_as_root() {
     let mut c = w.connect();
     let r = call_ok(
         &mut c,
-        &whoami(&app, identity(4321, 4322, &secret_bytes, false)),
+        &whoami(&app, suexec_identity(4321, 4322, &secret_bytes)),
         b"",
     );
     assert!(r.text().starts_with("4321 4322"), "{}", w.log_text());
@@ -567,7 +549,7 @@ fn tenant_start_up_code_never_runs_as_root() {
     // PYTHONPATH still reaches the tenant's own code, after the switch.
     let mut c = w.connect();
     let mut spec = RequestSpec::new("GET", "/p.wsgi", probe.to_str().unwrap(), "/p.wsgi");
-    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    spec.special_env = suexec_identity(4321, 4322, &secret_bytes);
     let r = call_ok(&mut c, &spec, b"");
     assert_eq!(r.text(), "from PYTHONPATH", "{}", w.log_text());
     assert!(
@@ -714,7 +696,7 @@ fn children_inherit_no_descriptors_no_lsapi_env_no_root_and_leave_no_processes()
         );
     }
     let mut spec = RequestSpec::new("GET", "/i.wsgi", app.to_str().unwrap(), "/i.wsgi");
-    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    spec.special_env = suexec_identity(4321, 4322, &secret_bytes);
     let r = call_ok(&mut c, &spec, b"");
     let text = r.text();
     let parts: Vec<&str> = text.split('|').collect();
@@ -820,7 +802,7 @@ fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
     let mut c = w.connect();
     let r = call_ok(
         &mut c,
-        &whoami(&app, identity(65534, 65534, &secret_bytes, false)),
+        &whoami(&app, suexec_identity(65534, 65534, &secret_bytes)),
         b"",
     );
     assert!(r.text().starts_with("65534 65534"), "{}", w.log_text());
@@ -829,7 +811,7 @@ fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
     let mut c = w.connect();
     let r = c
         .call(
-            &whoami(&app, identity(4999, 4999, &secret_bytes, false)),
+            &whoami(&app, suexec_identity(4999, 4999, &secret_bytes)),
             b"",
         )
         .unwrap();
@@ -872,7 +854,7 @@ fn lve_is_entered_before_the_switch_and_a_full_lve_answers_508() {
     let mut c = w.connect();
     let r = call_ok(
         &mut c,
-        &whoami(&app, identity(4321, 4322, &secret_bytes, false)),
+        &whoami(&app, suexec_identity(4321, 4322, &secret_bytes)),
         b"",
     );
     assert!(r.text().starts_with("4321 4322"));
@@ -902,7 +884,7 @@ fn a_root_owned_virtualenv_still_serves_in_daemon_mode() {
     );
     let mut c = w.connect();
     let mut spec = RequestSpec::new("GET", "/f.wsgi", app.to_str().unwrap(), "/f.wsgi");
-    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    spec.special_env = suexec_identity(4321, 4322, &secret_bytes);
     let r = call_ok(&mut c, &spec, b"");
     assert!(
         r.text() == venv.trim_end_matches('/'),
@@ -1061,7 +1043,7 @@ fn a_tenant_cannot_write_the_group_header_other_tenants_read() {
         let hostile = s.spawn(|| {
             let mut c = w.connect();
             let mut spec = RequestSpec::new("GET", "/p.wsgi", poker.to_str().unwrap(), "/p.wsgi");
-            spec.special_env = identity(4321, 4322, &secret_bytes, false);
+            spec.special_env = suexec_identity(4321, 4322, &secret_bytes);
             call_ok(&mut c, &spec, b"").text()
         });
         // While the poker keeps writing (if it can): another tenant's
@@ -1072,7 +1054,7 @@ fn a_tenant_cannot_write_the_group_header_other_tenants_read() {
         for i in 0..3 {
             let r = call_ok(
                 &mut c,
-                &whoami(&app, identity(4331, 4332, &secret_bytes, false)),
+                &whoami(&app, suexec_identity(4331, 4332, &secret_bytes)),
                 b"",
             );
             assert!(r.text().starts_with("4331 4332"), "{}", r.text());
@@ -1163,7 +1145,7 @@ fn probe(w: &Worker, app: &Path, uid: i32, secret: &[u8], query: &str) -> String
         app.to_str().unwrap(),
         "/probe.wsgi",
     );
-    spec.special_env = identity(uid, uid + 1, secret, false);
+    spec.special_env = suexec_identity(uid, uid + 1, secret);
     let r = call_ok(&mut c, &spec, b"");
     assert_eq!(r.status, 200, "{} {}", r.text(), w.log_text());
     r.text()
@@ -1187,7 +1169,7 @@ fn a_request_without_credentials_is_never_served_as_the_previous_tenant() {
     let mut c = w.connect();
     let r = call_ok(
         &mut c,
-        &whoami(&app, identity(4321, 4322, &secret_bytes, false)),
+        &whoami(&app, suexec_identity(4321, 4322, &secret_bytes)),
         b"",
     );
     assert!(r.text().starts_with("4321 4322"), "{}", w.log_text());
@@ -1323,7 +1305,7 @@ fn tenants_get_no_terminal_no_shared_session_and_no_shared_keyring() {
             app.to_str().unwrap(),
             "/probe.wsgi",
         );
-        spec.special_env = identity(uid, uid + 1, &secret_bytes, false);
+        spec.special_env = suexec_identity(uid, uid + 1, &secret_bytes);
         let r = call_ok(&mut c, &spec, b"");
         assert_eq!(r.status, 200, "{} {}", r.text(), w.log_text());
         r.text()
@@ -1515,7 +1497,7 @@ fn an_orphaned_grandchild_of_a_tenant_ends_with_its_child() {
     );
     let mut c = w.connect();
     let mut spec = RequestSpec::new("GET", "/o.wsgi", app.to_str().unwrap(), "/o.wsgi");
-    spec.special_env = identity(4321, 4322, &secret_bytes, false);
+    spec.special_env = suexec_identity(4321, 4322, &secret_bytes);
     let r = call_ok(&mut c, &spec, b"");
     let orphan: i32 = r.text().parse().expect("pid");
     drop(c);

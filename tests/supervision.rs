@@ -7,14 +7,18 @@
 //!
 //! `LSWSGI_UNDER_TEST` may name another worker binary (to show that a test
 //! fails on an older build); by default the one cargo built.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
-use common::{children_of, proc_stat, running, scratch, wait_until, LSWSGI};
-use lswsgi::client::{Client, Ending, Response, Spawned};
+use common::{
+    children_of, euid, field, proc_stat, running, scratch, suexec_identity, suexec_secret,
+    wait_until, Start, Worker, LSWSGI,
+};
+use lswsgi::client::{Client, Ending};
 use lswsgi::lsapi::build::RequestSpec;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(40);
@@ -24,76 +28,27 @@ fn binary() -> String {
 }
 
 fn require_root() {
-    // SAFETY: no arguments.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests must run as root (as CI does)"
-    );
+    assert_eq!(euid(), 0, "these tests must run as root (as CI does)");
 }
 
-/// A worker group in its own session; Drop kills the session.
-struct Group {
-    spawned: Spawned,
-    log: PathBuf,
-    dir: PathBuf,
+/// `lswsgi ARGS` (the one under test) with `env`, in a session of its own.
+fn group(args: &[&str], env: &[(&str, &str)]) -> Worker {
+    let bin = binary();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    in_session(&argv, env)
 }
 
-impl Group {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Group {
-        let mut argv = vec!["setsid".to_string(), binary()];
-        argv.extend(args.iter().map(|s| s.to_string()));
-        Group::start_argv(argv, env)
-    }
-
-    fn start_argv(argv: Vec<String>, env: &[(&str, &str)]) -> Group {
-        let dir = scratch("supervision");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let log = dir.join("stderr.log");
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let spawned = Spawned::start(&argv, &env, Some(&log)).expect("spawn lswsgi");
-        Group { spawned, log, dir }
-    }
-
-    fn pid(&self) -> i32 {
-        self.spawned.child.id() as i32
-    }
-
-    fn connect(&self) -> Client {
-        let mut c = self
-            .spawned
-            .connect(Duration::from_secs(10))
-            .expect("connect");
-        c.stream().set_timeout(Some(IO_TIMEOUT)).unwrap();
-        c
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_log(&self, needle: &str, limit: Duration) -> bool {
-        wait_until(limit, || self.log_text().contains(needle))
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
-        let _ = self.spawned.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn field(r: &Response, key: &str) -> String {
-    let text = r.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .unwrap_or_else(|| panic!("no {key} in {text:?} (status {})", r.status))
-        .to_string()
+/// `ARGV` with `env`, in a session of its own that Drop kills; its scratch
+/// directory readable by the tenants.
+fn in_session(argv: &[&str], env: &[(&str, &str)]) -> Worker {
+    Start::argv(argv)
+        .env(env)
+        .session()
+        .for_all_users()
+        .tag("supervision")
+        .io_timeout(IO_TIMEOUT)
+        .spawn()
 }
 
 /// The hostile app copied where any user can read it.
@@ -135,32 +90,6 @@ impl Drop for Victim {
     }
 }
 
-/// suEXEC daemon mode: the secret file and the special env of an
-/// authenticated tenant `uid:gid`.
-fn daemon_env(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let secret = dir.join("secret");
-    std::fs::write(&secret, b"a shared secret of 32 bytes here").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (secret.clone(), std::fs::read(&secret).unwrap())
-}
-
-fn tenant(spec: &mut RequestSpec, uid: i32, gid: i32, secret: &[u8]) {
-    use md5::{Digest, Md5};
-    let mut ugid = uid.to_ne_bytes().to_vec();
-    ugid.extend_from_slice(&gid.to_ne_bytes());
-    let nonce: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(31) ^ 0x3c).collect();
-    let mut h = Md5::new();
-    h.update(&nonce);
-    h.update(&secret[..16]);
-    h.update(&ugid);
-    let mut auth = nonce;
-    auth.extend_from_slice(&h.finalize());
-    spec.special_env = vec![
-        (b"\0SUEXEC_UGID".to_vec(), ugid),
-        (b"\0SUEXEC_AUTH".to_vec(), auth),
-    ];
-}
-
 /// The forged-pid attack: the tenant writes a root process's pid and Busy
 /// over what it finds of the table, then holds its request past
 /// LSAPI_MAX_PROCESS_TIME. The root process must survive, and the group
@@ -169,7 +98,7 @@ fn foreign_pid_survives(daemon: bool) {
     require_root();
     let mut victim = Victim::start();
     let probe = scratch("victim-dir");
-    let (secret_path, secret) = daemon_env(&probe);
+    let (secret_path, secret) = suexec_secret(&probe);
     let mut env = vec![
         ("LSAPI_CHILDREN", "2"),
         ("LSAPI_MAX_PROCESS_TIME", "1"),
@@ -181,11 +110,11 @@ fn foreign_pid_survives(daemon: bool) {
         env.push(("LSAPI_DEFAULT_UID", "4444"));
         env.push(("LSAPI_DEFAULT_GID", "4444"));
     }
-    let g = Group::start(&[], &env);
+    let g = group(&[], &env);
     let app = hostile_app(&g.dir);
     let mut spec = hostile(&app, &format!("/plant?{},3,4", victim.pid()));
     if daemon {
-        tenant(&mut spec, 4321, 4321, &secret);
+        spec.special_env = suexec_identity(4321, 4321, &secret);
     }
     let mut c = g.connect();
     let r = c.call(&spec, b"").expect("answer");
@@ -209,7 +138,7 @@ fn foreign_pid_survives(daemon: bool) {
     let mut c = g.connect();
     let mut spec = hostile(&app, "/");
     if daemon {
-        tenant(&mut spec, 4321, 4321, &secret);
+        spec.special_env = suexec_identity(4321, 4321, &secret);
     }
     let r = c.call(&spec, b"").expect("served after the attack");
     assert_eq!(r.status, 200, "{}", g.log_text());
@@ -232,21 +161,13 @@ fn forged_foreign_pid_is_never_signalled_by_a_root_daemon() {
 fn forged_pid_minus_one_signals_nobody() {
     require_root();
     let probe = scratch("minus-one");
-    let (secret_path, secret) = daemon_env(&probe);
+    let (secret_path, secret) = suexec_secret(&probe);
     // A root suEXEC daemon, in a PID namespace of its own, so an old build's kill(-1) as root
     // reaches only the namespace: there the group is pid 1 and a sentinel
     // `sleep` it did not fork shares the namespace.
     let script = format!("sleep 300 & exec {}", binary());
-    let g = Group::start_argv(
-        vec![
-            "setsid".into(),
-            "unshare".into(),
-            "--pid".into(),
-            "--fork".into(),
-            "sh".into(),
-            "-c".into(),
-            script,
-        ],
+    let g = in_session(
+        &["unshare", "--pid", "--fork", "sh", "-c", &script],
         &[
             ("LSAPI_CHILDREN", "2"),
             ("LSAPI_MAX_PROCESS_TIME", "1"),
@@ -257,7 +178,7 @@ fn forged_pid_minus_one_signals_nobody() {
     // The namespace's pid 1 (the group) is unshare's child; the sentinel is its child.
     let mut group = 0;
     assert!(wait_until(Duration::from_secs(10), || {
-        group = children_of(g.pid()).first().map_or(0, |c| c.0);
+        group = g.children().first().map_or(0, |c| c.0);
         group != 0
             && std::fs::read_to_string(format!("/proc/{group}/comm"))
                 .is_ok_and(|c| c.trim() == "lswsgi")
@@ -272,7 +193,7 @@ fn forged_pid_minus_one_signals_nobody() {
     let app = hostile_app(&g.dir);
     let mut c = g.connect();
     let mut spec = hostile(&app, "/plant?-1,3,4");
-    tenant(&mut spec, 4321, 4321, &secret);
+    spec.special_env = suexec_identity(4321, 4321, &secret);
     let _ = c.call(&spec, b"");
     std::thread::sleep(Duration::from_millis(2500));
     assert!(
@@ -283,7 +204,7 @@ fn forged_pid_minus_one_signals_nobody() {
     assert!(running(group), "{}", g.log_text());
     let mut c = g.connect();
     let mut spec = hostile(&app, "/");
-    tenant(&mut spec, 4321, 4321, &secret);
+    spec.special_env = suexec_identity(4321, 4321, &secret);
     let r = c.call(&spec, b"").expect("served");
     assert_eq!(r.status, 200);
     let _ = std::fs::remove_dir_all(probe);
@@ -292,7 +213,7 @@ fn forged_pid_minus_one_signals_nobody() {
 #[test]
 fn zeroed_own_pid_cannot_stop_the_group() {
     require_root();
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -326,7 +247,7 @@ fn zeroed_own_pid_cannot_stop_the_group() {
 #[test]
 fn saying_idle_during_a_long_request_does_not_escape_the_limits() {
     require_root();
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -351,7 +272,7 @@ fn saying_idle_during_a_long_request_does_not_escape_the_limits() {
 
 #[test]
 fn child_stuck_in_a_thread_join_after_max_reqs_is_killed() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -393,7 +314,7 @@ fn child_stuck_in_a_thread_join_after_max_reqs_is_killed() {
 
 #[test]
 fn stuck_exiting_child_dies_with_its_parent() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -407,15 +328,15 @@ fn stuck_exiting_child_dies_with_its_parent() {
     let child = field(&r, "pid").parse::<i32>().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(running(child));
-    unsafe { libc::kill(g.pid(), libc::SIGKILL) };
+    g.signal(libc::SIGKILL);
     assert!(
         wait_until(Duration::from_secs(3), || !running(child)),
         "the stuck child outlived its parent"
     );
 }
 
-fn forking_group(hook: &str) -> Group {
-    Group::start(
+fn forking_group(hook: &str) -> Worker {
+    group(
         &["-m", &common::app("forking.py")],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -441,7 +362,7 @@ fn the_applications_own_subprocesses_are_left_to_it() {
     std::thread::sleep(Duration::from_millis(2500));
     let log = g.log_text();
     assert!(!log.contains(&format!("child {helper} ")), "{log}");
-    assert_eq!(proc_stat(helper), Some(('Z', g.pid())), "{log}");
+    assert_eq!(proc_stat(helper), Some(('Z', g.pid() as i32)), "{log}");
 }
 
 #[test]
@@ -494,8 +415,8 @@ fn accept_failures_back_off_and_recover() {
     // A root daemon, so that prlimit(1) as root may change its limits
     // without CAP_SYS_RESOURCE.
     let probe = scratch("emfile");
-    let (secret, _) = daemon_env(&probe);
-    let g = Group::start(
+    let (secret, _) = suexec_secret(&probe);
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),
@@ -542,7 +463,7 @@ fn accept_failures_back_off_and_recover() {
 
 #[test]
 fn max_reqs_recycling_is_spread_by_the_jitter() {
-    let g = Group::start(
+    let g = group(
         &[],
         &[
             ("LSAPI_CHILDREN", "2"),

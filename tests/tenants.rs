@@ -3,6 +3,7 @@
 //! parent (tests/apps/tenant_attacks.wsgi); tenant B, the victim, must be
 //! served normally and promptly throughout, and root's log must stay root's.
 //! These tests must run as root, as CI does.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -17,12 +18,7 @@ const A: (i32, i32) = (4321, 4321);
 const B: (i32, i32) = (4331, 4331);
 
 fn require_root() {
-    // SAFETY: no arguments.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the tenant tests must run as root (as CI does)"
-    );
+    assert_eq!(euid(), 0, "the tenant tests must run as root (as CI does)");
 }
 
 /// A root suEXEC daemon and the tenants' application.
@@ -43,9 +39,7 @@ impl Daemon {
         let app = dir.join("t.wsgi");
         std::fs::copy(app_path(), &app).unwrap();
         std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let secret_path = dir.join("secret");
-        std::fs::write(&secret_path, b"a shared secret of 32 bytes here").unwrap();
-        std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (secret_path, secret) = suexec_secret(&dir);
         let sp = secret_path.to_str().unwrap().to_string();
         let lp = dir.join("root.log").to_str().unwrap().to_string();
         let mut all: Vec<(&str, &str)> = vec![("LSAPI_SECRET", &sp)];
@@ -58,7 +52,7 @@ impl Daemon {
             w,
             dir,
             app: app.to_str().unwrap().to_string(),
-            secret: std::fs::read(&secret_path).unwrap(),
+            secret,
         };
         assert!(
             d.wait_log("suEXEC daemon mode", Duration::from_secs(15)),

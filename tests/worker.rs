@@ -1,5 +1,6 @@
 //! Worker mode end to end: the real binary on a real socket, driven from the
 //! web-server side, running real WSGI applications (tests/apps).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -1010,8 +1011,7 @@ fn the_500_page_says_where_to_look_and_development_shows_the_traceback() {
 
 #[test]
 fn a_symlinked_stderr_log_is_followed_when_not_root() {
-    // SAFETY: no arguments.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root (as CI does)");
+    assert_eq!(euid(), 0, "run as root (as CI does)");
     // A site owner's application root whose stderr.log points into their
     // own logs directory; the worker runs as that owner (no privilege
     // boundary: the link gains nobody anything).

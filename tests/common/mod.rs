@@ -1,6 +1,7 @@
 //! Shared pieces of the integration tests: starting the real `lswsgi` binary
 //! the way LiteSpeed does, building requests, reading /proc.
 #![allow(dead_code)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use lswsgi::client::{Client, Response, Spawned};
 use lswsgi::lsapi::build::RequestSpec;
@@ -35,60 +36,169 @@ fn rand_u64() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// A running worker whose stderr goes to a log file the test can read.
-pub struct Worker {
-    pub spawned: Spawned,
-    pub log: PathBuf,
-    _dir: PathBuf,
+/// How to start a worker the way LiteSpeed does (a listening socket on fd 0)
+/// with its stderr in a log the test reads: the command, its environment,
+/// its scratch directory and how it is stopped. Each setting has the value
+/// most tests want; [`Start::spawn`] starts it.
+pub struct Start {
+    /// Launcher words, then the program and its arguments.
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    /// In a session of its own (setsid(1)): stopped by SIGKILL to the whole
+    /// process group, children and orphans included.
+    session: bool,
+    /// The scratch directory (which holds the log) readable by every user,
+    /// for workers that switch to a tenant's user (suEXEC).
+    for_all_users: bool,
+    /// Names the scratch directory.
+    tag: &'static str,
+    /// How long `connect` retries while the worker starts.
+    connect_wait: Duration,
+    /// Read/write time-out of every connection, so no test hangs.
+    io_timeout: Duration,
+    /// Outside a session: SIGTERM, then SIGKILL after this.
+    grace: Duration,
 }
 
-impl Worker {
-    /// Starts `lswsgi ARGS` with a listening socket on fd 0 and `env`.
-    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Worker {
-        Worker::start_via(&[], args, env)
-    }
-
-    /// Starts `LAUNCHER... lswsgi ARGS` the same way: a starter program that
-    /// prepares something and then execs the worker (its pid is the
-    /// worker's when it execs directly).
-    pub fn start_via(launcher: &[&str], args: &[&str], env: &[(&str, &str)]) -> Worker {
-        let mut argv: Vec<&str> = launcher.to_vec();
-        argv.push(LSWSGI);
+impl Start {
+    /// `lswsgi ARGS`.
+    pub fn worker(args: &[&str]) -> Start {
+        let mut argv = vec![LSWSGI];
         argv.extend_from_slice(args);
-        Worker::start_argv(&argv, env)
+        Start::argv(&argv)
     }
 
-    /// Starts `ARGV` (a program and its arguments, e.g. a copy of the worker
-    /// binary elsewhere) the same way.
-    pub fn start_argv(argv: &[&str], env: &[(&str, &str)]) -> Worker {
-        let dir = scratch("worker");
-        let log = dir.join("stderr.log");
-        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let spawned = Spawned::start(&argv, &env, Some(&log)).expect("spawn lswsgi");
-        Worker {
-            spawned,
-            log,
-            _dir: dir,
+    /// `ARGV`: a program and its arguments (a starter shell, a copy of the
+    /// worker binary elsewhere).
+    pub fn argv(argv: &[&str]) -> Start {
+        Start {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            session: false,
+            for_all_users: false,
+            tag: "worker",
+            connect_wait: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            grace: Duration::from_secs(2),
         }
     }
 
-    /// A new connection, with a 30 s read/write time-out so no test hangs.
+    /// Runs the command through `launcher` (a starter that prepares
+    /// something and then execs it; the pid is the worker's when it does).
+    pub fn via(mut self, launcher: &[&str]) -> Start {
+        let tail = std::mem::take(&mut self.argv);
+        self.argv = launcher.iter().map(|s| s.to_string()).collect();
+        self.argv.extend(tail);
+        self
+    }
+
+    /// Adds `env` to the worker's environment.
+    pub fn env(mut self, env: &[(&str, &str)]) -> Start {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// In a new session (through setsid(1)): dropping the worker kills the
+    /// whole group, orphans included, even when a test fails.
+    pub fn session(mut self) -> Start {
+        self.session = true;
+        self.via(&["setsid"])
+    }
+
+    /// Scratch directory mode 0755: a tenant's user reaches files put there.
+    pub fn for_all_users(mut self) -> Start {
+        self.for_all_users = true;
+        self
+    }
+
+    pub fn tag(mut self, tag: &'static str) -> Start {
+        self.tag = tag;
+        self
+    }
+
+    pub fn connect_wait(mut self, wait: Duration) -> Start {
+        self.connect_wait = wait;
+        self
+    }
+
+    pub fn io_timeout(mut self, timeout: Duration) -> Start {
+        self.io_timeout = timeout;
+        self
+    }
+
+    pub fn grace(mut self, grace: Duration) -> Start {
+        self.grace = grace;
+        self
+    }
+
+    /// Starts it.
+    pub fn spawn(self) -> Worker {
+        let dir = scratch(self.tag);
+        if self.for_all_users {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let log = dir.join("stderr.log");
+        let spawned = Spawned::start(&self.argv, &self.env, Some(&log)).expect("spawn lswsgi");
+        Worker {
+            spawned,
+            log,
+            dir,
+            session: self.session,
+            connect_wait: self.connect_wait,
+            io_timeout: self.io_timeout,
+            grace: self.grace,
+        }
+    }
+}
+
+/// A running worker (or ProcessGroup parent, or the starter that runs it)
+/// whose stderr goes to a log file the test can read. Dropping it stops it
+/// as its [`Start`] said and removes its scratch directory.
+pub struct Worker {
+    pub spawned: Spawned,
+    pub log: PathBuf,
+    /// The scratch directory, for files the test puts beside the log.
+    pub dir: PathBuf,
+    session: bool,
+    connect_wait: Duration,
+    io_timeout: Duration,
+    grace: Duration,
+}
+
+impl Worker {
+    /// Starts `lswsgi ARGS` with `env` (see [`Start`] for more settings).
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Worker {
+        Start::worker(args).env(env).spawn()
+    }
+
+    /// Starts `LAUNCHER... lswsgi ARGS` the same way.
+    pub fn start_via(launcher: &[&str], args: &[&str], env: &[(&str, &str)]) -> Worker {
+        Start::worker(args).via(launcher).env(env).spawn()
+    }
+
+    /// Starts `ARGV` (a program and its arguments) the same way.
+    pub fn start_argv(argv: &[&str], env: &[(&str, &str)]) -> Worker {
+        Start::argv(argv).env(env).spawn()
+    }
+
+    /// A new connection, with the read/write time-out of its [`Start`].
     pub fn connect(&self) -> Client {
         let mut c = self
             .spawned
-            .connect(Duration::from_secs(10))
+            .connect(self.connect_wait)
             .expect("connect to lswsgi");
-        c.stream()
-            .set_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+        c.stream().set_timeout(Some(self.io_timeout)).unwrap();
         c
     }
 
-    /// The worker's pid.
+    /// The socket path, for connections made elsewhere (threads).
+    pub fn addr(&self) -> String {
+        self.spawned.addr()
+    }
+
+    /// The started process's pid.
     pub fn pid(&self) -> u32 {
         self.spawned.child.id()
     }
@@ -100,21 +210,95 @@ impl Worker {
 
     /// Waits up to `limit` for the log to contain `needle`.
     pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if self.log_text().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(limit, || self.log_text().contains(needle))
     }
 
     /// Whether the process is still running (not exited).
     pub fn alive(&mut self) -> bool {
         self.spawned.child.try_wait().unwrap().is_none()
     }
+
+    /// Whether the started process exits within `limit`.
+    pub fn exits_within(&mut self, limit: Duration) -> bool {
+        wait_until(limit, || !self.alive())
+    }
+
+    /// Sends `sig` to the started process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) has no memory effects; the pid is our child's,
+        // not yet reaped while `self` lives.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Children of the started process, from /proc (zombies included).
+    pub fn children(&self) -> Vec<(i32, char)> {
+        children_of(self.pid() as i32)
+    }
+
+    /// Live (non-zombie) children.
+    pub fn live_children(&self) -> Vec<i32> {
+        self.children()
+            .into_iter()
+            .filter(|&(_, s)| s != 'Z')
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Asks a ProcessGroup parent for its child table (SIGUSR2) and returns
+    /// the new `status:` log line.
+    pub fn status(&self) -> String {
+        // SIGUSR2 before the handlers are installed would end the process.
+        assert!(self.wait_log("process group: up to", Duration::from_secs(10)));
+        let before = self.log_text().matches("status: ").count();
+        self.signal(libc::SIGUSR2);
+        let mut line = String::new();
+        wait_until(Duration::from_secs(5), || {
+            let log = self.log_text();
+            match log.lines().filter(|l| l.contains("status: ")).nth(before) {
+                Some(l) => {
+                    line = l.to_string();
+                    true
+                }
+                None => false,
+            }
+        });
+        assert!(
+            !line.is_empty(),
+            "no status line; log:\n{}",
+            self.log_text()
+        );
+        line
+    }
 }
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.session {
+            // SAFETY: kill(2) has no memory effects; setsid made the child's
+            // pid its process group's id, and the child is not yet reaped.
+            unsafe { libc::kill(-(self.pid() as i32), libc::SIGKILL) };
+            let _ = self.spawned.child.wait();
+        } else {
+            let _ = self.spawned.stop(self.grace);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// echo.wsgi that loses the last byte of the body (a broken copy for the
+/// smoke scripts' failure report).
+pub const SHORT_ECHO: &str = "\
+def application(environ, start_response):
+    body = environ['wsgi.input'].read()[:-1]
+    start_response('200 OK', [('Content-Type', 'application/octet-stream')])
+    return [body]
+";
+
+/// environ.wsgi that fails (a 500 from the worker).
+pub const FAILING_ENVIRON: &str = "\
+def application(environ, start_response):
+    raise RuntimeError('deliberately broken for the smoke test')
+";
 
 /// A GET request for `uri` served by `script` mounted at `script_name`.
 pub fn get(uri: &str, script: &str, script_name: &str) -> RequestSpec {
@@ -129,6 +313,16 @@ pub fn suite(method: &str, path_and_query: &str) -> RequestSpec {
         &app("suite.wsgi"),
         "/suite.wsgi",
     )
+}
+
+/// The value of a `key=value` line of an answer (a panic naming the
+/// answer when there is none).
+pub fn field(r: &Response, key: &str) -> String {
+    let text = r.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {text:?} (status {})", r.status))
+        .to_string()
 }
 
 /// Calls and asserts a complete (RESP_END-terminated) response.
@@ -211,6 +405,13 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The effective user id of the test process (tests that need root
+/// assert it is 0).
+pub fn euid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// State and ppid of a process from /proc/PID/stat.
 pub fn proc_stat(pid: i32) -> Option<(char, i32)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -260,6 +461,17 @@ pub fn suexec_identity(uid: i32, gid: i32, secret: &[u8]) -> Vec<(Vec<u8>, Vec<u
         (b"\0SUEXEC_UGID".to_vec(), ugid),
         (b"\0SUEXEC_AUTH".to_vec(), auth),
     ]
+}
+
+/// The suEXEC daemon's secret (LSAPI_SECRET, 32 bytes) written to
+/// `dir/secret` with mode 0600, as the daemon requires: its path and bytes.
+pub fn suexec_secret(dir: &Path) -> (PathBuf, Vec<u8>) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("secret");
+    let secret = b"a shared secret of 32 bytes here".to_vec();
+    std::fs::write(&path, &secret).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (path, secret)
 }
 
 /// `LS_PYTHONBIN` of the test virtualenv (`LSWSGI_TEST_VENV`, else
