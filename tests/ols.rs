@@ -30,7 +30,7 @@ mod peer;
 
 use common::{FAILING_ENVIRON, SHORT_ECHO};
 use ols_kit::{find_or_build, Missing, Server};
-use ols_server::{alive, free_port, sh, tail, unique, Ols, SOCKET_DIR};
+use ols_server::{alive, free_port, sh, tail, terminate, unique, Ols, SOCKET_DIR};
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
