@@ -1,6 +1,5 @@
 //! On-CPU time of processes, from /proc (shared by bench/load.rs and
 //! bench/ols_load.rs).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 /// On-CPU nanoseconds of every thread of `pid` (its
 /// /proc/PID/task/*/schedstat); 0 once it is gone.

@@ -30,7 +30,6 @@
 //! own CARGO_TARGET_DIR (the worker measured is that directory's
 //! release/lswsgi, and LiteSpeed's is built there with the same Python), and
 //! LSWSGI_TEST_VENV a virtualenv of that Python with Flask and Django.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[path = "cpu.rs"]
 mod cpu;

@@ -3,7 +3,6 @@
 //! still shared with the parent, which it copied (copy-on-write) and which
 //! are new. Frame numbers in /proc/PID/pagemap need root; without it the
 //! child breakdown is skipped.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::collections::BTreeMap;
 use std::fs::File;

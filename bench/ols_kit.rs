@@ -1,7 +1,6 @@
 //! The OpenLiteSpeed builds the real-server tests (tests/ols.rs) and the
 //! bench behind a real server (bench/ols_load.rs) run: an installed one, or
 //! one built from a kit and kept outside the clone by the kit's hash.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

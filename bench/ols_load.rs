@@ -20,7 +20,6 @@
 //! this bench's client threads. On a machine whose cores are all busy,
 //! requests/s is about cores / (server + worker + client), so the worker's
 //! share bounds what a faster worker can gain.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[path = "cpu.rs"]
 mod cpu;

@@ -9,7 +9,6 @@
 //! process still carrying the server's marker variable afterwards is killed
 //! and returned by [`Ols::stop`] as a leak.
 #![allow(dead_code)]
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};

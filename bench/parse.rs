@@ -6,7 +6,6 @@
 //! borrows from the packet, so the count must be 0.
 //!
 //! Run with `cargo bench --bench parse`.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use lswsgi::lsapi::build::RequestSpec;
 use lswsgi::lsapi::Request;

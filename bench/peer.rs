@@ -1,6 +1,5 @@
 //! LiteSpeed's own lswsgi 2.1 for side-by-side benchmarks, built from its
 //! source archive (shared by bench/load.rs and bench/ols_load.rs).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::path::PathBuf;
 

@@ -12,7 +12,6 @@
 //! ```
 //! The Flask parts need a virtualenv with Flask (default `.venv-test`, as
 //! scripts/test.sh creates); without one they are skipped.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -1,6 +1,5 @@
 //! The long soak: `cargo bench --bench soak -- [--requests N]` (default
 //! 1 000 000) against target/release/lswsgi; prints the report.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

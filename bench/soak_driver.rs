@@ -9,7 +9,6 @@
 
 // Shared by a test and a bench, each of which reads only part of the report.
 #![allow(dead_code)]
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::common::status_kb;
 use lswsgi::client::{Client, Ending, Spawned};

@@ -17,7 +17,6 @@
 //! ```
 //! `--bin` measures another build of the worker (e.g. an older commit).
 //! Must run as root.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -4,7 +4,6 @@
 //!
 //! It depends only on the wire format, never on the worker's internals, so it
 //! drives any conforming LSAPI application.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::lsapi::build::{decode_resp_header, RequestSpec};
 use crate::lsapi::{PacketHeader, PacketType, HEADER_LEN};

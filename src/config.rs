@@ -3,7 +3,6 @@
 //! Pure: [`Config::from_lookup`] takes a lookup function, so tests need no real
 //! environment. Defaults, units and limits follow LiteSpeed's lsapilib; a value
 //! that does not parse keeps the default and produces a warning for the log.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 /// Free-memory threshold for LSAPI_AVOID_FORK=1, in bytes (1 GiB).
 pub const AVOID_FORK_DEFAULT: u64 = 1 << 30;

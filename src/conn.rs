@@ -8,7 +8,6 @@
 //! Bytes in `buf[start..end]` are received but not yet consumed; after a
 //! request packet they begin with its body, and anything past the body belongs
 //! to the next packet. The body reader never consumes beyond `body_left`.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::lsapi::response::{empty_packet, stderr_header, stream_header};
 use crate::lsapi::{

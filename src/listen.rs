@@ -1,6 +1,5 @@
 //! The socket the worker serves: fd 0 as LiteSpeed passes it, or one bound
 //! from `-a ADDR`, and accepting on it.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::sys::{self, cvt};
 use std::io;

@@ -4,7 +4,6 @@
 //! that is logged. Per connection, before the user switch, the child enters
 //! the account's LVE (508 when it is at its limit) and, for CageFS modes,
 //! is jailed into the account's CageFS.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 

@@ -88,7 +88,6 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Cli, String> {
 
 // The crate-wide unsafe lints, item by item here (an inner attribute in the
 // crate root would reach every module).
-#[deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 fn main() -> ExitCode {
     let starter = sys::getppid();
     let kept_fd3 = sys::close_inherited_fds();
@@ -272,7 +271,6 @@ fn main() -> ExitCode {
 
 /// Execs `build` (the worker for Python `version`) in place of this process;
 /// returns only if that fails (logged; this worker then answers 500s).
-#[deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 fn dispatch(version: &str, build: &std::path::Path) {
     use std::ffi::CString;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};

@@ -1,6 +1,5 @@
 //! How much memory this process can still use: /proc/meminfo narrowed by
 //! the memory cgroup it is in (v1 or v2), and the parsers of those files.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 /// Memory the process can still use, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

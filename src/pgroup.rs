@@ -36,7 +36,6 @@
 //! writable with root or with each other (LSAPI.md section 7).
 //!
 //! Times are the parent's CLOCK_MONOTONIC milliseconds.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::config::Config;
 use crate::listen;

@@ -26,7 +26,6 @@
 //! daemon mode then `U` and the uid its first request was admitted for,
 //! after which it waits for the parent's verdict on that tenant's share of
 //! the group (`G`: serve, anything else: answer 508) and closes the channel.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::config::Config;
 use crate::listen;

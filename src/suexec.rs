@@ -16,7 +16,6 @@
 //! that page too; before the user switch the page is wiped and unmapped and
 //! the stack the hash ran on is overwritten, so no copy remains in a process
 //! where tenant code can run.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::config::Config;
 use crate::lve::{self, Lve};

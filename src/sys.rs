@@ -4,7 +4,6 @@
 //! integers or pointers to live, correctly sized local buffers. The log is
 //! in [`crate::log`], memory probing in [`crate::meminfo`], and which paths
 //! root trusts in [`crate::trust`].
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::io;
 use std::os::fd::RawFd;

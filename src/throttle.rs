@@ -1,7 +1,6 @@
 //! The one rule for log lines that a failure can repeat (accept errors, a
 //! crash loop, a full group): the first line, then at most one per
 //! [`INTERVAL_MS`], each saying how many were held back since the last.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 /// Milliseconds between two lines of one kind.
 pub const INTERVAL_MS: u64 = 10_000;

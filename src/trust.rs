@@ -3,7 +3,6 @@
 //! worker build for another Python). A root process must never run a
 //! tenant's code, so everything it starts Python from or execs is checked
 //! here.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::path::Path;
 

@@ -5,7 +5,6 @@
 //! The same loop serves a Worker-mode process and a ProcessGroup child; a
 //! child also keeps its slot in the group's table up to date and applies the
 //! policies that are its own to apply (see [`crate::status::Member`]).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use crate::config::Config;
 use crate::listen;

@@ -3,7 +3,6 @@
 //! disconnects, lifespan, background tasks, pathsend), then FastAPI,
 //! Starlette and Django's ASGI handler from the test virtualenv, in Worker
 //! and ProcessGroup mode, as `-m` startup files and as script handlers.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

@@ -8,7 +8,6 @@
 //! The virtualenv comes from `LSWSGI_TEST_VENV` (set by `bash
 //! scripts/test.sh`), else `<repo>/.venv-test`; without one holding Flask and
 //! Django these tests fail, they never skip.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

@@ -2,7 +2,6 @@
 //! input the fuzzers found interesting: fuzz/seeds (hand-made valid streams)
 //! and fuzz/corpus-ci (the minimised corpus of a fuzzing run). Each input must
 //! neither panic nor hang.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use lswsgi::harness::serve_bytes;
 use lswsgi::lsapi::Request;

@@ -1,7 +1,6 @@
 //! Hostile and broken input against the real worker: every malformed request
 //! drops its connection with a logged reason, never crashes or hangs the
 //! worker, and the next connection is served correctly.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

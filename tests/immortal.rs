@@ -3,7 +3,6 @@
 //! and its children report, from Python, whether the parent's objects are
 //! immortal, and use, mutate and drop them. On 3.11 and earlier the same
 //! tests check that nothing is immortalized and everything behaves as before.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

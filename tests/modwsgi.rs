@@ -1,7 +1,6 @@
 //! mod_wsgi compatibility: application groups (sub-interpreters), script
 //! reloading and callable selection, as LiteSpeed passes those directives
 //! per request.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

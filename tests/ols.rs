@@ -18,7 +18,6 @@
 //! Worker-mode processes from the "add child process pid" lines of its error
 //! log; any process still carrying this server's marker variable afterwards is
 //! killed and reported as a failure.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 #[path = "../bench/ols_kit.rs"]

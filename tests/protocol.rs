@@ -1,7 +1,6 @@
 //! The pure protocol layer, end to end without a worker: every parser rule,
 //! builder → parser round trips (fixed and random), robustness against
 //! truncated and corrupted packets, and response framing.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use lswsgi::lsapi::build::{decode_resp_header, RequestSpec};
 use lswsgi::lsapi::request::{FIXED_LEN, HEADER_INDEX_LEN, UNKNOWN_ENTRY_LEN};

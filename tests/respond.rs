@@ -1,7 +1,6 @@
 //! The response path against the real binary: exactly one RESP_END per
 //! request, wsgi.file_wrapper sending the bytes the app means, wsgi.input
 //! buffering and memory, and the start_response signature (tests/apps/respond.wsgi).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

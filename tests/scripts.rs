@@ -6,7 +6,6 @@
 //!
 //! Every script runs in its own process group under a deadline; the group is
 //! killed afterwards, so nothing it started outlives the test.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 #[path = "../bench/peer.rs"]

@@ -2,7 +2,6 @@
 //! requests mixing good ones, malformed packets, application crashes and
 //! stuck children over
 //! 8 connections to a ProcessGroup worker.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 #[path = "../bench/soak_driver.rs"]

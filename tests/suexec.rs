@@ -1,6 +1,5 @@
 //! suEXEC daemon mode and the never-as-root rule (LSAPI.md section 7).
 //! These tests must run as root, as CI does; as another user they fail.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

@@ -7,7 +7,6 @@
 //!
 //! `LSWSGI_UNDER_TEST` may name another worker binary (to show that a test
 //! fails on an older build); by default the one cargo built.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

@@ -3,7 +3,6 @@
 //! parent (tests/apps/tenant_attacks.wsgi); tenant B, the victim, must be
 //! served normally and promptly throughout, and root's log must stay root's.
 //! These tests must run as root, as CI does.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

@@ -1,6 +1,5 @@
 //! Worker mode end to end: the real binary on a real socket, driven from the
 //! web-server side, running real WSGI applications (tests/apps).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod common;
 

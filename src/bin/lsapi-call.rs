@@ -6,7 +6,6 @@
 //! BEGIN_REQUEST built by [`RequestSpec`] plus the body, and prints the status,
 //! headers and body it gets back. No Python involved; arguments are parsed by
 //! hand to keep the tool small.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use lswsgi::client::{Client, Ending, Response, Spawned};
 use lswsgi::lsapi::build::RequestSpec;

@@ -10,7 +10,6 @@
 //! support module (helper.py) drives the application's coroutine on the
 //! interpreter's event loop with `run_until_complete` and runs the lifespan
 //! protocol; see its ASGI section for what happens to background tasks.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::objects::{is_live, make_type, new_object, none, read_body_bytes, rebind, stale};
 use super::py::{self, bytes_of, ffi, intern, latin1, raise, str_latin1, Obj};

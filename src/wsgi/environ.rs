@@ -3,7 +3,6 @@
 //! Values are native strings decoded as latin-1 (PEP 3333). Common keys are
 //! interned once per interpreter ([`Key`]); the dict is created at its final
 //! size.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::interp::{Interp, Key, Keys, RequestObject};
 use super::py::{self, ffi, latin1, str_latin1, Obj};

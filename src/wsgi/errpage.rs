@@ -4,7 +4,6 @@
 //! for them: `WSGI_ENV=development` (OpenLiteSpeed's `appserverEnv`, set by
 //! hosting panels), as Passenger's friendly error pages do. A site that
 //! cannot run at all says why on every page (nothing secret: two versions).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::sync::OnceLock;
 

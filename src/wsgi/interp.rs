@@ -2,7 +2,6 @@
 //! starting the Python installation ([`installation`]), one interpreter's
 //! state ([`state`], with its interned environ [`keys`]), and finding the
 //! application for a request across application groups ([`apps`]).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod apps;
 mod installation;

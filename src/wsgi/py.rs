@@ -3,7 +3,6 @@
 //!
 //! Every function here must be called with the GIL held (the worker holds it
 //! all the time except while waiting for the next request).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub use pyo3_ffi as ffi;
 use std::ffi::CStr;

@@ -8,7 +8,6 @@
 //! What of a response has gone out is owned by the one
 //! [`super::response::Response`] of the request context, whose transitions
 //! are the only way to write it.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::environ;
 use super::interp::{RequestObject, Runtime};

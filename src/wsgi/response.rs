@@ -5,7 +5,6 @@
 //!
 //! WSGI (`respond`, `objects`) and ASGI (`asgi`) drive it alike; it knows
 //! nothing of Python.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::log_request_error;
 use lswsgi::conn::{Conn, WRITE_FAILED};

@@ -1,7 +1,6 @@
 //! Shared pieces of the integration tests: starting the real `lswsgi` binary
 //! the way LiteSpeed does, building requests, reading /proc.
 #![allow(dead_code)]
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use lswsgi::client::{Client, Response, Spawned};
 use lswsgi::lsapi::build::RequestSpec;

@@ -1,7 +1,6 @@
 //! Finding the application for a request: the `-m` one or a WSGI script,
 //! in the main interpreter or the sub-interpreter of its application group
 //! (created on first use, up to LSAPI_MAX_APP_GROUPS).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::super::py::{ffi, Obj};
 use super::installation::{misconfigured, misconfigured_again};

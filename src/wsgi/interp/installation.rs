@@ -3,7 +3,6 @@
 //! installation of that version), a virtualenv's Python and whether it
 //! matches, the build for another Python to exec instead, and what a suEXEC
 //! daemon's root parent may trust of it all ([`crate::trust`]).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::super::py::ffi;
 use std::ffi::{CStr, CString};

@@ -2,7 +2,6 @@
 //! gives its place in the interned table and, for the CGI variables
 //! LiteSpeed sends, its lookup by name. The known headers' CGI names come
 //! from the protocol layer's table ([`KNOWN_HEADER_CGI`]), by slot.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::super::py::{ffi, intern, Obj};
 use lswsgi::lsapi::{KNOWN_HEADER_CGI, KNOWN_HEADER_COUNT};

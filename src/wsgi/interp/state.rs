@@ -1,7 +1,6 @@
 //! One interpreter's state: its thread state, the request types, the
 //! interned environ keys, the support module's functions, the request
 //! objects kept for reuse and the WSGI scripts it loaded.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use super::super::objects::{self, create_types, Types};
 use super::super::py::{self, ffi, intern, Obj};
