@@ -690,8 +690,7 @@ fn lsapi_variables_are_scrubbed_and_the_worker_stops_on_signal() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(w.pid() as i32, libc::SIGTERM) };
     assert!(w.wait_log("stopping on signal 15", Duration::from_secs(5)));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!w.alive());
+    assert!(wait_until(Duration::from_secs(10), || !w.alive()));
 }
 
 #[test]
@@ -705,8 +704,7 @@ fn max_reqs_ends_the_connection_with_conn_close() {
     let r = c.read_response().unwrap();
     assert_eq!(r.ending, Ending::Close);
     assert!(w.wait_log("exiting after 3 requests", Duration::from_secs(5)));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!w.alive());
+    assert!(wait_until(Duration::from_secs(10), || !w.alive()));
 }
 
 /// The build Python's prefix, from `lswsgi -v` (`Python X.Y (/prefix/bin/python)`).
@@ -936,8 +934,7 @@ fn signals_stay_the_workers_in_every_interpreter() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(w.pid() as i32, libc::SIGTERM) };
     assert!(w.wait_log("stopping on signal 15", Duration::from_secs(5)));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!w.alive());
+    assert!(wait_until(Duration::from_secs(10), || !w.alive()));
 }
 
 /// A script that fails while it loads, one frame below its module code.
