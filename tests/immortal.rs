@@ -238,6 +238,41 @@ fn reading_preloaded_objects_copies_no_pages_when_immortal() {
     }
 }
 
+/// USS growth (kB) of a group parent while its one child (one connection, so
+/// one child is forked) makes and keeps
+/// 100 000 new 64-byte strings, the parent having freed every second one of
+/// 200 000 such strings at load: each parent page the child writes becomes
+/// the parent's own, so the growth is what the child copied.
+fn parent_pages_copied_by_allocating(immortalize: &str) -> u64 {
+    let w = Worker::start(
+        &["-m", &preload_app()],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_IMMORTALIZE", immortalize),
+            ("IMMORTAL_TEST_SPARSE", "200000"),
+        ],
+    );
+    let mut c = w.connect();
+    ask(&mut c, "/state");
+    let before = uss_kb(w.pid());
+    assert_eq!(value(&ask(&mut c, "/alloc"), "kept"), "100000");
+    uss_kb(w.pid()).saturating_sub(before)
+}
+
+#[test]
+fn new_objects_in_a_child_do_not_land_in_the_parents_free_blocks() {
+    let off = parent_pages_copied_by_allocating("0");
+    let on = parent_pages_copied_by_allocating("1");
+    eprintln!("parent pages copied by a child allocating 100000 strings: off {off} kB, on {on} kB");
+    // 100 000 blocks of 64 bytes, one in every second block: ~12 MB of pages.
+    assert!(off > 8000, "the parent's free blocks are reused: {off} kB");
+    if has_immortal() {
+        assert!(on < off / 4, "free blocks taken: {on} kB vs {off} kB");
+    } else {
+        assert!(on > 8000, "nothing taken before 3.12: {on} kB");
+    }
+}
+
 #[test]
 fn application_groups_and_script_reloading_in_children_stay_mortal() {
     let dir = scratch("immortal-groups");
