@@ -254,7 +254,15 @@ fn parent_pages_copied_by_allocating(immortalize: &str) -> u64 {
     );
     let mut c = w.connect();
     ask(&mut c, "/state");
-    let before = uss_kb(w.pid());
+    // The parent may still be finishing its own work after the fork.
+    let mut before = uss_kb(w.pid());
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = uss_kb(w.pid());
+        if std::mem::replace(&mut before, now) == now {
+            break;
+        }
+    }
     assert_eq!(value(&ask(&mut c, "/alloc"), "kept"), "100000");
     uss_kb(w.pid()).saturating_sub(before)
 }
