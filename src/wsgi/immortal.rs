@@ -261,11 +261,13 @@ const FILL_NEW_PAGES: usize = 4;
 /// pools of their own. Residency is read once, before taking anything
 /// (pymalloc writes the next block of a pool as it hands one out). A size
 /// class stops at its first block in a pool whose header page was not in
-/// memory (a fresh pool), or once its blocks have reached FILL_NEW_PAGES
-/// pages that were not (the untouched tails of pools never filled): the
-/// parent grows by a few pages per size class at most, shared with the
-/// children. The blocks taken are never written nor freed (the parent serves
-/// no requests). Skipped when PYTHONMALLOC names another allocator.
+/// memory (a fresh pool), or once its blocks have reached more than
+/// FILL_NEW_PAGES pages that were not (the untouched tails of pools never
+/// filled): the parent grows by a few pages per size class at most, shared
+/// with the children. Both stops are bounds, not assumptions the soundness
+/// rests on (a build with other pool sizes only stops differently). The
+/// blocks taken are never written nor freed (the parent serves no
+/// requests). Skipped when PYTHONMALLOC names another allocator.
 ///
 /// # Safety
 /// GIL held.
