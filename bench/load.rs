@@ -596,6 +596,19 @@ fn footprint(b: &Binary, soak: bool, explain: bool) -> BTreeMap<String, f64> {
             let kids = children(gpid);
             let group: u64 = memory_kb(gpid).2 + kids.iter().map(|&p| memory_kb(p).2).sum::<u64>();
             out.insert(format!("{site} preloaded group USS kB"), group as f64);
+            // The same without file-backed pages: library text only this
+            // group touched counts as its private memory unless another
+            // process on the machine maps it too, which varies from run to run.
+            let writable: u64 = std::iter::once(gpid)
+                .chain(kids.iter().copied())
+                .flat_map(memmap::per_mapping)
+                .filter(|(name, _)| name.ends_with(" rw-p"))
+                .map(|(_, (_, private))| private)
+                .sum();
+            out.insert(
+                format!("{site} preloaded group USS kB, writable mappings"),
+                writable as f64,
+            );
             out.insert(
                 format!("{site} preloaded group children"),
                 kids.len() as f64,

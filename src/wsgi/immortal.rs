@@ -27,6 +27,11 @@
 //! immortal count is a no-op. Only the main interpreter is walked, and only
 //! while it is the only one, so no object owned by a sub-interpreter (whose
 //! memory its teardown frees regardless of counts) is ever marked.
+//!
+//! Then the parent's free small-object blocks are taken (see [`fill_pools`]):
+//! importing leaves thousands of free blocks scattered over the pages of
+//! CPython's object pools, and a child's new objects would land in them,
+//! copying a parent page for each few objects.
 
 use super::py::{ffi, intern, Obj};
 use std::ffi::{c_int, c_void, CStr};
@@ -38,10 +43,12 @@ const IMMORTAL_REFCNT: ffi::Py_ssize_t = 0xFFFF_FFFF;
 /// What [`immortalize_heap`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Objects marked immortal, of which code objects, and milliseconds spent.
+    /// Objects marked immortal, of which code objects, kB of free blocks
+    /// taken from the object pools, and milliseconds spent.
     Done {
         objects: usize,
         code: usize,
+        filled_kb: usize,
         ms: u64,
     },
     /// Nothing done, and why (for the log).
@@ -67,9 +74,12 @@ pub fn immortalize_heap(enabled: bool) -> Outcome {
             return Outcome::Skipped("the frozen generation could not be listed");
         };
         let (objects, code) = mark_reachable(&roots);
+        drop(roots);
+        let filled_kb = fill_pools() / 1024;
         Outcome::Done {
             objects,
             code,
+            filled_kb,
             ms: start.elapsed().as_millis() as u64,
         }
     }
@@ -79,8 +89,13 @@ pub fn immortalize_heap(enabled: bool) -> Outcome {
 /// after `gc.freeze()` before the first fork.
 pub fn after_freeze(enabled: bool) {
     match immortalize_heap(enabled) {
-        Outcome::Done { objects, code, ms } => crate::info!(
-            "immortalized {objects} objects ({code} code objects) of the preloaded heap in {ms} ms"
+        Outcome::Done {
+            objects,
+            code,
+            filled_kb,
+            ms,
+        } => crate::info!(
+            "immortalized {objects} objects ({code} code objects) of the preloaded heap and took {filled_kb} kB of free object blocks in {ms} ms"
         ),
         Outcome::Skipped(why) => crate::info!("heap not immortalized: {why}"),
     }
@@ -221,4 +236,122 @@ unsafe fn mark_reachable(roots: &Obj) -> (usize, usize) {
         }
     }
     (objects, code)
+}
+
+/// Largest request pymalloc serves from its pools (bytes); larger ones go to
+/// malloc. Its size classes are multiples of 16 bytes up to this.
+const SMALL_MAX: usize = 512;
+/// At most this many blocks are taken per size class (bounds time and
+/// memory should the allocator not be pymalloc after all).
+const FILL_MAX_BLOCKS: usize = 1 << 20;
+/// pymalloc's pool size on 64-bit CPython 3.12 and 3.13 (bytes, aligned):
+/// a pool's header is at the start of its first page.
+const POOL_SIZE: usize = 16 << 10;
+/// Pages not in memory before that a size class may reach (see fill_pools).
+const FILL_NEW_PAGES: usize = 4;
+
+/// Takes, and keeps for ever, the free blocks of pymalloc's pools that were
+/// on pages the parent already had in memory; returns the bytes taken.
+///
+/// After imports the pools hold many free blocks among live objects, and
+/// pymalloc serves new objects from partly used pools first: a child's new
+/// objects would land there, each write copying a page the parent shares
+/// (and once every child has copied it, the parent's own copy counts as its
+/// private memory too). With those blocks taken, the children start fresh
+/// pools of their own. Residency is read once, before taking anything
+/// (pymalloc writes the next block of a pool as it hands one out). A size
+/// class stops at its first block in a pool whose header page was not in
+/// memory (a fresh pool), or once its blocks have reached more than
+/// FILL_NEW_PAGES pages that were not (the untouched tails of pools never
+/// filled): the parent grows by a few pages per size class at most, shared
+/// with the children. Both stops are bounds, not assumptions the soundness
+/// rests on (a build with other pool sizes only stops differently). The
+/// blocks taken are never written nor freed (the parent serves no
+/// requests). Skipped when PYTHONMALLOC names another allocator.
+///
+/// # Safety
+/// GIL held.
+unsafe fn fill_pools() -> usize {
+    if std::env::var_os("PYTHONMALLOC").is_some_and(|v| v != "pymalloc") {
+        return 0;
+    }
+    let resident = Residency::of_anonymous_memory();
+    let page_of = |a: usize| a & !(resident.page - 1);
+    let mut taken = 0usize;
+    for size in (16..=SMALL_MAX).step_by(16) {
+        let (mut new_pages, mut last_new) = (0usize, 0usize);
+        for _ in 0..FILL_MAX_BLOCKS {
+            let p = ffi::PyObject_Malloc(size) as usize;
+            if p == 0 {
+                ffi::PyErr_Clear();
+                break;
+            }
+            // Kept, like every block taken: freeing it would write to it.
+            if !resident.has(p & !(POOL_SIZE - 1)) {
+                break;
+            }
+            for q in [p, p + size - 1] {
+                if !resident.has(q) && page_of(q) != last_new {
+                    (new_pages, last_new) = (new_pages + 1, page_of(q));
+                }
+            }
+            if new_pages > FILL_NEW_PAGES {
+                break;
+            }
+            taken += size;
+        }
+    }
+    taken
+}
+
+/// Which pages of the process's private anonymous mappings (pymalloc's
+/// arenas and the malloc heap) were in memory when it was made.
+struct Residency {
+    page: usize,
+    /// (start, end, one byte per page from mincore), sorted by start.
+    maps: Vec<(usize, usize, Vec<u8>)>,
+}
+
+impl Residency {
+    fn of_anonymous_memory() -> Residency {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let mut maps = Vec::new();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let path = f.nth(3).unwrap_or("");
+            if !perms.starts_with("rw-p") || !(path.is_empty() || path == "[heap]") {
+                continue;
+            }
+            let Some((a, b)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            else {
+                continue;
+            };
+            let mut vec = vec![0u8; (b - a) / page];
+            // SAFETY: mincore only reads page tables (a range unmapped since
+            // the listing fails with ENOMEM and is skipped); [a, b) is page
+            // aligned and `vec` has one byte per page of it.
+            if unsafe { libc::mincore(a as *mut c_void, b - a, vec.as_mut_ptr()) } == 0 {
+                maps.push((a, b, vec));
+            }
+        }
+        maps.sort_unstable_by_key(|m| m.0);
+        Residency { page, maps }
+    }
+
+    /// Whether `addr` was in memory.
+    fn has(&self, addr: usize) -> bool {
+        let i = self.maps.partition_point(|m| m.0 <= addr);
+        i > 0 && {
+            let (start, end, vec) = &self.maps[i - 1];
+            addr < *end && vec[(addr - start) / self.page] & 1 == 1
+        }
+    }
 }

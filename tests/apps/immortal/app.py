@@ -31,6 +31,11 @@ _TARGET = Noisy("weak-target")
 WEAK = weakref.ref(_TARGET, lambda r: EVENTS.append("weakref-callback"))
 # Many small objects, to measure the pages a child copies by reading them.
 BULK = ["bulk-%d" % i for i in range(int(os.environ.get("IMMORTAL_TEST_BULK", "0")))]
+# Every second one of many 64-byte strings freed again: free blocks scattered
+# over the parent's object pools, where a child's new objects could land.
+SPARSE = ["sparse-%08d" % i for i in range(int(os.environ.get("IMMORTAL_TEST_SPARSE", "0")))][::2]
+# What /alloc makes in a child (the list itself is the parent's).
+KEPT = []
 
 
 def immortal(o):
@@ -99,6 +104,10 @@ def application(environ, start_response):
         mod = importlib.reload(helper)
         lines += ["reloaded_in=%d" % mod.LOADED_IN, "lookup=%s" % mod.lookup("k7"),
                   "immortal_module=%d" % immortal(mod), "immortal_table=%d" % immortal(mod.TABLE)]
+    elif path == "/alloc":
+        # As many new 64-byte strings as SPARSE lost, kept.
+        KEPT.extend("new-%012d" % i for i in range(len(SPARSE)))
+        lines.append("kept=%d" % len(KEPT))
     elif path == "/touch":
         # Reads every BULK string: on a mortal heap each read writes a count.
         lines.append("bulk=%d" % sum(len(s) for s in BULK))
