@@ -106,31 +106,35 @@ pub fn after_freeze(enabled: bool) {
 /// # Safety
 /// GIL held.
 unsafe fn unsupported() -> Option<&'static str> {
-    if cfg!(not(target_pointer_width = "64")) {
-        return Some("only 64-bit builds are supported");
-    }
-    let version = CStr::from_ptr(ffi::Py_GetVersion()).to_bytes();
-    let minor = version
-        .strip_prefix(b"3.")
-        .and_then(|r| r.split(|&b| b == b'.').next())
-        .and_then(|m| std::str::from_utf8(m).ok()?.parse::<u32>().ok());
-    if !matches!(minor, Some(12 | 13)) {
-        return Some("this Python has no immortal objects (CPython 3.12 and 3.13 only)");
-    }
-    // sys.abiflags holds 't' on a free-threaded build (another refcount layout).
-    let flags = ffi::PySys_GetObject(c"abiflags".as_ptr());
-    if !flags.is_null() && ffi::PyUnicode_Check(flags) != 0 {
-        let t = ffi::PyUnicode_FindChar(flags, 't' as u32, 0, isize::MAX, 1);
-        ffi::PyErr_Clear();
-        if t >= 0 {
-            return Some("free-threaded builds are not supported");
+    // SAFETY: GIL held (the contract); Py_GetVersion returns a static C string;
+    // every object pointer comes from the C API and is checked before use.
+    unsafe {
+        if cfg!(not(target_pointer_width = "64")) {
+            return Some("only 64-bit builds are supported");
         }
+        let version = CStr::from_ptr(ffi::Py_GetVersion()).to_bytes();
+        let minor = version
+            .strip_prefix(b"3.")
+            .and_then(|r| r.split(|&b| b == b'.').next())
+            .and_then(|m| std::str::from_utf8(m).ok()?.parse::<u32>().ok());
+        if !matches!(minor, Some(12 | 13)) {
+            return Some("this Python has no immortal objects (CPython 3.12 and 3.13 only)");
+        }
+        // sys.abiflags holds 't' on a free-threaded build (another refcount layout).
+        let flags = ffi::PySys_GetObject(c"abiflags".as_ptr());
+        if !flags.is_null() && ffi::PyUnicode_Check(flags) != 0 {
+            let t = ffi::PyUnicode_FindChar(flags, 't' as u32, 0, isize::MAX, 1);
+            ffi::PyErr_Clear();
+            if t >= 0 {
+                return Some("free-threaded builds are not supported");
+            }
+        }
+        let main = ffi::PyInterpreterState_Main();
+        if ffi::PyInterpreterState_Get() != main || !ffi::PyInterpreterState_Next(main).is_null() {
+            return Some("a sub-interpreter exists (only a lone main interpreter is walked)");
+        }
+        None
     }
-    let main = ffi::PyInterpreterState_Main();
-    if ffi::PyInterpreterState_Get() != main || !ffi::PyInterpreterState_Next(main).is_null() {
-        return Some("a sub-interpreter exists (only a lone main interpreter is walked)");
-    }
-    None
 }
 
 /// A list of the permanent generation's objects: `gc.get_objects()` lists
@@ -142,17 +146,21 @@ unsafe fn unsupported() -> Option<&'static str> {
 /// # Safety
 /// GIL held, no exception pending.
 unsafe fn frozen_objects() -> Option<Obj> {
-    let gc = Obj::owned(ffi::PyImport_ImportModule(c"gc".as_ptr()))?;
-    let attr = |name: &CStr| Obj::owned(ffi::PyObject_GetAttrString(gc.ptr(), name.as_ptr()));
-    let (unfreeze, get_objects, freeze) =
-        (attr(c"unfreeze")?, attr(c"get_objects")?, attr(c"freeze")?);
-    let oldest = Obj::owned(ffi::PyLong_FromLong(2))?;
-    Obj::owned(ffi::PyObject_CallNoArgs(unfreeze.ptr()))?;
-    let objects = Obj::owned(ffi::PyObject_CallOneArg(get_objects.ptr(), oldest.ptr()));
-    // Frozen again whatever happened: no exception may be pending for it.
-    ffi::PyErr_Clear();
-    Obj::owned(ffi::PyObject_CallNoArgs(freeze.ptr()))?;
-    objects.filter(|l| ffi::PyList_Check(l.ptr()) != 0)
+    // SAFETY: GIL held and no exception pending (the contract); every new
+    // reference is owned by an Obj, borrowed ones are used while their owner lives.
+    unsafe {
+        let gc = Obj::owned(ffi::PyImport_ImportModule(c"gc".as_ptr()))?;
+        let attr = |name: &CStr| Obj::owned(ffi::PyObject_GetAttrString(gc.ptr(), name.as_ptr()));
+        let (unfreeze, get_objects, freeze) =
+            (attr(c"unfreeze")?, attr(c"get_objects")?, attr(c"freeze")?);
+        let oldest = Obj::owned(ffi::PyLong_FromLong(2))?;
+        Obj::owned(ffi::PyObject_CallNoArgs(unfreeze.ptr()))?;
+        let objects = Obj::owned(ffi::PyObject_CallOneArg(get_objects.ptr(), oldest.ptr()));
+        // Frozen again whatever happened: no exception may be pending for it.
+        ffi::PyErr_Clear();
+        Obj::owned(ffi::PyObject_CallNoArgs(freeze.ptr()))?;
+        objects.filter(|l| ffi::PyList_Check(l.ptr()) != 0)
+    }
 }
 
 /// Whether `op` is immortal by the 3.12/3.13 64-bit rule.
@@ -161,26 +169,33 @@ unsafe fn frozen_objects() -> Option<Obj> {
 /// `op` is a live object.
 #[inline]
 unsafe fn is_immortal(op: *mut ffi::PyObject) -> bool {
-    (ffi::Py_REFCNT(op) as i32) < 0
+    // SAFETY: `op` is a live object (the contract), so its header is readable.
+    unsafe { (ffi::Py_REFCNT(op) as i32) < 0 }
 }
 
 /// Marks `op` immortal (unless it already is, or is a frame) and queues it
 /// for its referents. Called by `tp_traverse` for each referent.
+///
+/// # Safety
+/// GIL held; `arg` is the walk's stack (see mark_reachable); `op` is null or a
+/// live object (a referent handed out by tp_traverse, or a root the root
+/// list holds).
 unsafe extern "C" fn visit(op: *mut ffi::PyObject, arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the walk's stack (see mark_reachable); `op` is a live
-    // referent handed out by tp_traverse, or a root held by the root list.
-    let stack = &mut *arg.cast::<Vec<*mut ffi::PyObject>>();
-    if op.is_null()
-        || is_immortal(op)
-        || ffi::Py_TYPE(op) == std::ptr::addr_of_mut!(ffi::PyFrame_Type)
-    {
+    // SAFETY: `arg` points to mark_reachable's live stack, borrowed by no one
+    // else during this call; `op` is checked for null before any use.
+    let stack = unsafe { &mut *arg.cast::<Vec<*mut ffi::PyObject>>() };
+    if op.is_null() {
+        return 0;
+    }
+    // SAFETY: `op` is live (the contract), so its header and type are readable.
+    if unsafe { is_immortal(op) || ffi::Py_TYPE(op) == std::ptr::addr_of_mut!(ffi::PyFrame_Type) } {
         return 0;
     }
     #[cfg(target_pointer_width = "64")]
-    {
-        // SAFETY: ob_refcnt is the first word of the header in every 64-bit
-        // build with a GIL (checked in `unsupported`); the GIL is held, so
-        // no other thread reads or writes it meanwhile.
+    // SAFETY: ob_refcnt is the first word of the header in every 64-bit build
+    // with a GIL (checked in `unsupported`); the GIL is held, so no other
+    // thread reads or writes it meanwhile.
+    unsafe {
         std::ptr::addr_of_mut!((*op).ob_refcnt)
             .cast::<ffi::Py_ssize_t>()
             .write(IMMORTAL_REFCNT);
@@ -210,32 +225,37 @@ const CODE_MEMBERS: [&CStr; 7] = [
 /// GIL held, no Python code runs meanwhile (nothing here calls any), the
 /// main interpreter is the only one.
 unsafe fn mark_reachable(roots: &Obj) -> (usize, usize) {
-    let n = ffi::PyList_Size(roots.ptr()).max(0);
-    let mut stack: Vec<*mut ffi::PyObject> = Vec::with_capacity(1024);
-    let arg = std::ptr::addr_of_mut!(stack).cast::<c_void>();
-    let (mut objects, mut code) = (0usize, 0usize);
-    let names = CODE_MEMBERS.map(|n| intern(n));
-    for i in 0..n {
-        visit(ffi::PyList_GetItem(roots.ptr(), i), arg);
-        while let Some(op) = stack.pop() {
-            objects += 1;
-            if ffi::PyObject_IS_GC(op) != 0 {
-                if let Some(traverse) = (*ffi::Py_TYPE(op)).tp_traverse {
-                    traverse(op, visit, arg);
-                }
-            } else if ffi::PyCode_Check(op) != 0 {
-                code += 1;
-                for name in &names {
-                    // A new reference, to an object the code object holds.
-                    if let Some(v) = Obj::owned(ffi::PyObject_GetAttr(op, name.ptr())) {
-                        visit(v.ptr(), arg);
+    // SAFETY: GIL held, no Python code runs and the main interpreter is the
+    // only one (the contract); `stack` outlives every visit call that gets `arg`,
+    // list items are borrowed from `roots`, which lives throughout.
+    unsafe {
+        let n = ffi::PyList_Size(roots.ptr()).max(0);
+        let mut stack: Vec<*mut ffi::PyObject> = Vec::with_capacity(1024);
+        let arg = std::ptr::addr_of_mut!(stack).cast::<c_void>();
+        let (mut objects, mut code) = (0usize, 0usize);
+        let names = CODE_MEMBERS.map(|n| intern(n));
+        for i in 0..n {
+            visit(ffi::PyList_GetItem(roots.ptr(), i), arg);
+            while let Some(op) = stack.pop() {
+                objects += 1;
+                if ffi::PyObject_IS_GC(op) != 0 {
+                    if let Some(traverse) = (*ffi::Py_TYPE(op)).tp_traverse {
+                        traverse(op, visit, arg);
                     }
+                } else if ffi::PyCode_Check(op) != 0 {
+                    code += 1;
+                    for name in &names {
+                        // A new reference, to an object the code object holds.
+                        if let Some(v) = Obj::owned(ffi::PyObject_GetAttr(op, name.ptr())) {
+                            visit(v.ptr(), arg);
+                        }
+                    }
+                    ffi::PyErr_Clear();
                 }
-                ffi::PyErr_Clear();
             }
         }
+        (objects, code)
     }
-    (objects, code)
 }
 
 /// Largest request pymalloc serves from its pools (bytes); larger ones go to
@@ -272,36 +292,40 @@ const FILL_NEW_PAGES: usize = 4;
 /// # Safety
 /// GIL held.
 unsafe fn fill_pools() -> usize {
-    if std::env::var_os("PYTHONMALLOC").is_some_and(|v| v != "pymalloc") {
-        return 0;
-    }
-    let resident = Residency::of_anonymous_memory();
-    let page_of = |a: usize| a & !(resident.page - 1);
-    let mut taken = 0usize;
-    for size in (16..=SMALL_MAX).step_by(16) {
-        let (mut new_pages, mut last_new) = (0usize, 0usize);
-        for _ in 0..FILL_MAX_BLOCKS {
-            let p = ffi::PyObject_Malloc(size) as usize;
-            if p == 0 {
-                ffi::PyErr_Clear();
-                break;
-            }
-            // Kept, like every block taken: freeing it would write to it.
-            if !resident.has(p & !(POOL_SIZE - 1)) {
-                break;
-            }
-            for q in [p, p + size - 1] {
-                if !resident.has(q) && page_of(q) != last_new {
-                    (new_pages, last_new) = (new_pages + 1, page_of(q));
-                }
-            }
-            if new_pages > FILL_NEW_PAGES {
-                break;
-            }
-            taken += size;
+    // SAFETY: GIL held (the contract); the blocks taken are never written,
+    // read or freed.
+    unsafe {
+        if std::env::var_os("PYTHONMALLOC").is_some_and(|v| v != "pymalloc") {
+            return 0;
         }
+        let resident = Residency::of_anonymous_memory();
+        let page_of = |a: usize| a & !(resident.page - 1);
+        let mut taken = 0usize;
+        for size in (16..=SMALL_MAX).step_by(16) {
+            let (mut new_pages, mut last_new) = (0usize, 0usize);
+            for _ in 0..FILL_MAX_BLOCKS {
+                let p = ffi::PyObject_Malloc(size) as usize;
+                if p == 0 {
+                    ffi::PyErr_Clear();
+                    break;
+                }
+                // Kept, like every block taken: freeing it would write to it.
+                if !resident.has(p & !(POOL_SIZE - 1)) {
+                    break;
+                }
+                for q in [p, p + size - 1] {
+                    if !resident.has(q) && page_of(q) != last_new {
+                        (new_pages, last_new) = (new_pages + 1, page_of(q));
+                    }
+                }
+                if new_pages > FILL_NEW_PAGES {
+                    break;
+                }
+                taken += size;
+            }
+        }
+        taken
     }
-    taken
 }
 
 /// Which pages of the process's private anonymous mappings (pymalloc's

@@ -21,8 +21,6 @@
 mod asgi;
 mod environ;
 pub mod errpage;
-// TODO(lint): immortal.rs still has unsafe fns without explicit blocks.
-#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 pub mod immortal;
 pub mod interp;
 mod objects;
