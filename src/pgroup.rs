@@ -927,7 +927,8 @@ impl Parent<'_> {
 
     /// LSAPI_CHILDREN + LSAPI_EXTRA_CHILDREN, counted on the parent's own
     /// record: whether another child may be forked. Reaching the limit is
-    /// logged once; connections then wait in the listen backlog.
+    /// logged at most once per interval; connections then wait in the listen
+    /// backlog.
     fn has_room(&mut self) -> bool {
         let live = self.children.len() as u32;
         let room = live < self.cfg.child_limit();

@@ -490,6 +490,42 @@ fn surplus_idle_children_are_told_to_exit() {
     );
 }
 
+/// A group that reaches its child limit again and again within seconds
+/// (short bursts on an App Server context of a few children) logs one
+/// warning, which says what to do, not one per burst.
+#[test]
+fn touching_the_child_limit_again_and_again_is_one_warning() {
+    let g = group(
+        &[],
+        &[
+            ("LSAPI_CHILDREN", "2"),
+            ("LSAPI_EXTRA_CHILDREN", "0"),
+            ("LSAPI_KEEP_LISTEN", "0"),
+        ],
+    );
+    let addr = g.addr();
+    for _ in 0..3 {
+        // Three connections at once for two children: the limit is reached.
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| call_on_new_connection(&addr, &req("/sleep?0.3")));
+            }
+        });
+        // Every child gone with its connection: the next burst starts below
+        // the limit.
+        assert!(wait_until(Duration::from_secs(10), || g
+            .live_children()
+            .is_empty()));
+    }
+    let log = g.log_text();
+    assert_eq!(
+        log.matches("reached the limit of 2 children").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("raise LSAPI_CHILDREN"), "{log}");
+}
+
 #[test]
 fn extra_children_cap_the_group_and_the_limit_is_logged() {
     let g = group(
