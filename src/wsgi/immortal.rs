@@ -28,9 +28,18 @@
 //! while it is the only one, so no object owned by a sub-interpreter (whose
 //! memory its teardown frees regardless of counts) is ever marked.
 //!
-//! Then the parent's free small-object blocks are taken (see [`fill_pools`]):
-//! importing leaves thousands of free blocks scattered over the pages of
-//! CPython's object pools, and a child's new objects would land in them,
+//! While walking, what a child would otherwise write into the objects the
+//! first time it uses them is written once in the parent: each string's hash
+//! and each class's version tag (which the attribute cache and the
+//! specialising interpreter assign on first lookup; `PyType_Modified` resets
+//! it, as setting a class attribute after class creation does).
+//!
+//! Then the free memory children would reuse is dealt with: the interpreter's
+//! attribute cache is cleared (it holds names no object does, which a child's
+//! lookups would free), the parent's free small-object blocks are taken (see
+//! [`fill_pools`]), and so are the free malloc chunks left on pages in memory
+//! (see [`take_free_chunks`]): importing leaves free memory scattered over
+//! pages the parent keeps, and a child's new objects would land in it,
 //! copying a parent page for each few objects.
 
 use super::py::{ffi, intern, Obj};
@@ -44,11 +53,13 @@ const IMMORTAL_REFCNT: ffi::Py_ssize_t = 0xFFFF_FFFF;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Objects marked immortal, of which code objects, kB of free blocks
-    /// taken from the object pools, and milliseconds spent.
+    /// taken from the object pools and of free malloc chunks, and
+    /// milliseconds spent.
     Done {
         objects: usize,
         code: usize,
         filled_kb: usize,
+        chunks_kb: usize,
         ms: u64,
     },
     /// Nothing done, and why (for the log).
@@ -75,11 +86,17 @@ pub fn immortalize_heap(enabled: bool) -> Outcome {
         };
         let (objects, code) = mark_reachable(&roots);
         drop(roots);
+        // Its entries hold the names looked up, some held by nothing else: a
+        // child replacing an entry would free one. Freed here instead, before
+        // the free blocks are taken. (Clears the cache only: versions stay.)
+        ffi::PyType_ClearCache();
         let filled_kb = fill_pools() / 1024;
+        let chunks_kb = take_free_chunks() / 1024;
         Outcome::Done {
             objects,
             code,
             filled_kb,
+            chunks_kb,
             ms: start.elapsed().as_millis() as u64,
         }
     }
@@ -93,9 +110,10 @@ pub fn after_freeze(enabled: bool) {
             objects,
             code,
             filled_kb,
+            chunks_kb,
             ms,
         } => crate::info!(
-            "immortalized {objects} objects ({code} code objects) of the preloaded heap and took {filled_kb} kB of free object blocks in {ms} ms"
+            "immortalized {objects} objects ({code} code objects) of the preloaded heap and took {filled_kb} kB of free object blocks and {chunks_kb} kB of free malloc chunks in {ms} ms"
         ),
         Outcome::Skipped(why) => crate::info!("heap not immortalized: {why}"),
     }
@@ -234,10 +252,21 @@ unsafe fn mark_reachable(roots: &Obj) -> (usize, usize) {
         let arg = std::ptr::addr_of_mut!(stack).cast::<c_void>();
         let (mut objects, mut code) = (0usize, 0usize);
         let names = CODE_MEMBERS.map(|n| intern(n));
+        let assign_version_tag = version_tag_assigner();
         for i in 0..n {
             visit(ffi::PyList_GetItem(roots.ptr(), i), arg);
             while let Some(op) = stack.pop() {
                 objects += 1;
+                // Written now rather than by each child on first use: an exact
+                // str's hash (computing it runs no Python code and cannot
+                // fail) and a class's version tag.
+                if ffi::PyUnicode_CheckExact(op) != 0 {
+                    ffi::PyObject_Hash(op);
+                } else if ffi::PyType_Check(op) != 0 {
+                    if let Some(assign) = assign_version_tag {
+                        assign(op);
+                    }
+                }
                 if ffi::PyObject_IS_GC(op) != 0 {
                     if let Some(traverse) = (*ffi::Py_TYPE(op)).tp_traverse {
                         traverse(op, visit, arg);
@@ -256,6 +285,25 @@ unsafe fn mark_reachable(roots: &Obj) -> (usize, usize) {
         }
         (objects, code)
     }
+}
+
+/// `PyUnstable_Type_AssignVersionTag` (CPython 3.12+: gives a class a
+/// version tag if it has none; returns 0 when it cannot, harmlessly), looked
+/// up at run time so that builds for older Pythons still link.
+type AssignVersionTag = unsafe extern "C" fn(*mut ffi::PyObject) -> c_int;
+
+fn version_tag_assigner() -> Option<AssignVersionTag> {
+    // SAFETY: dlsym with a NUL-terminated name only reads the loaded
+    // objects' symbol tables.
+    let sym = unsafe {
+        libc::dlsym(
+            libc::RTLD_DEFAULT,
+            c"PyUnstable_Type_AssignVersionTag".as_ptr(),
+        )
+    };
+    // SAFETY: a non-null address of that symbol is the function of this
+    // signature (`int f(PyTypeObject *)` in every version that has it).
+    (!sym.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, AssignVersionTag>(sym) })
 }
 
 /// Largest request pymalloc serves from its pools (bytes); larger ones go to
@@ -283,11 +331,13 @@ const FILL_NEW_PAGES: usize = 4;
 /// class stops at its first block in a pool whose header page was not in
 /// memory (a fresh pool), or once its blocks have reached more than
 /// FILL_NEW_PAGES pages that were not (the untouched tails of pools never
-/// filled): the parent grows by a few pages per size class at most, shared
-/// with the children. Both stops are bounds, not assumptions the soundness
-/// rests on (a build with other pool sizes only stops differently). The
-/// blocks taken are never written nor freed (the parent serves no
-/// requests). Skipped when PYTHONMALLOC names another allocator.
+/// filled); either way the pool it stopped in is then filled up (see
+/// [`finish_pool`]), so that no child starts on a page the parent has. The
+/// parent grows by a few pages per size class at most, shared with the
+/// children. The stops are bounds, not assumptions the soundness rests on (a
+/// build with other pool sizes only stops differently). The blocks taken are
+/// never written nor freed (the parent serves no requests). Skipped when
+/// PYTHONMALLOC names another allocator.
 ///
 /// # Safety
 /// GIL held.
@@ -310,7 +360,9 @@ unsafe fn fill_pools() -> usize {
                     break;
                 }
                 // Kept, like every block taken: freeing it would write to it.
+                taken += size;
                 if !resident.has(p & !(POOL_SIZE - 1)) {
+                    taken += finish_pool(p, size);
                     break;
                 }
                 for q in [p, p + size - 1] {
@@ -319,13 +371,102 @@ unsafe fn fill_pools() -> usize {
                     }
                 }
                 if new_pages > FILL_NEW_PAGES {
+                    taken += finish_pool(p, size);
                     break;
                 }
-                taken += size;
             }
         }
         taken
     }
+}
+
+/// Size of a pool's header (bytes): its first block starts there.
+const POOL_HEADER: usize = 48;
+
+/// Takes the rest of the pool that `p`, a block of `size` bytes just taken,
+/// belongs to; returns the bytes taken. Past its last taken block pymalloc
+/// extends a pool block by block, so the blocks after `p` come in order until
+/// the pool is full. A pool left with one block used would be where the
+/// children's next objects of that size go: its header page, which the
+/// parent now has, copied by each of them. Full, it is passed over, and
+/// their objects start a pool of their own.
+///
+/// # Safety
+/// GIL held.
+unsafe fn finish_pool(p: usize, size: usize) -> usize {
+    let pool = p & !(POOL_SIZE - 1);
+    let Some(index) = (p - pool).checked_sub(POOL_HEADER).map(|o| o / size) else {
+        return 0;
+    };
+    let capacity = (POOL_SIZE - POOL_HEADER) / size;
+    let mut taken = 0;
+    for _ in index + 1..capacity {
+        // SAFETY: GIL held (the contract); the block is kept, never used.
+        let q = unsafe { ffi::PyObject_Malloc(size) } as usize;
+        if q == 0 {
+            // SAFETY: GIL held.
+            unsafe { ffi::PyErr_Clear() };
+            break;
+        }
+        taken += size;
+        // Another pool: the geometry was not as assumed; stop (a bound).
+        if q & !(POOL_SIZE - 1) != pool {
+            break;
+        }
+    }
+    taken
+}
+
+/// Largest free malloc chunk size tried (bytes), and how many chunks at most
+/// are taken in all (bounds time and memory).
+const CHUNK_MAX: usize = 64 << 10;
+const CHUNK_MAX_COUNT: usize = 1 << 16;
+
+/// Returns the parent's wholly free heap pages to the system, then takes,
+/// and keeps for ever, the free malloc chunks left on pages still in memory;
+/// returns the bytes taken. What CPython allocates beyond pymalloc's 512
+/// bytes (dict tables, list arrays, code objects, large strings) and the
+/// worker's own buffers come from malloc; a child's would land in the free
+/// chunks imports left between live ones, copying those pages. Sizes are
+/// tried from large to small, each until malloc hands out memory that was
+/// not in memory (the top of the heap, or a trimmed page): best fit gives
+/// each size the free chunks that fit it, and splits the rest for smaller
+/// ones. glibc only (`malloc_trim`); elsewhere nothing is done.
+///
+/// # Safety
+/// GIL held (no other thread of the interpreter allocates meanwhile).
+unsafe fn take_free_chunks() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free memory; the chunks taken are
+        // never written, read or freed.
+        unsafe {
+            libc::malloc_trim(0);
+            let resident = Residency::of_anonymous_memory();
+            let (mut taken, mut count) = (0usize, 0usize);
+            let mut size = CHUNK_MAX;
+            while size >= 16 && count < CHUNK_MAX_COUNT {
+                while count < CHUNK_MAX_COUNT {
+                    let p = libc::malloc(size) as usize;
+                    if p == 0 {
+                        break;
+                    }
+                    count += 1;
+                    // Kept either way: freeing it would make it reusable again.
+                    if !(resident.has(p - 2 * std::mem::size_of::<usize>())
+                        && resident.has(p + size - 1))
+                    {
+                        break;
+                    }
+                    taken += size;
+                }
+                size = if size > 1024 { size / 2 } else { size - 16 };
+            }
+            taken
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0
 }
 
 /// Which pages of the process's private anonymous mappings (pymalloc's

@@ -36,6 +36,31 @@ BULK = ["bulk-%d" % i for i in range(int(os.environ.get("IMMORTAL_TEST_BULK", "0
 SPARSE = ["sparse-%08d" % i for i in range(int(os.environ.get("IMMORTAL_TEST_SPARSE", "0")))][::2]
 # What /alloc makes in a child (the list itself is the parent's).
 KEPT = []
+# Classes changed after their creation, which resets their version tag: the
+# first attribute lookup assigns a new one, writing the class object.
+CLASSES = [type("C%d" % i, (), {}) for i in range(int(os.environ.get("IMMORTAL_TEST_CLASSES", "0")))]
+for _c in CLASSES:
+    _c.x = 1
+
+
+# Classes to look names up on: the attribute cache's slot for a lookup
+# depends on the class's version tag and the name's address, so many
+# classes spread the names over all of its slots.
+PROBES = [type("P%d" % i, (), {}) for i in range(256)]
+
+
+def cache_names(n, tag):
+    # n lookups of fresh names (not interned, 97 characters: the attribute
+    # cache keeps names of up to 100): its slots end up holding a few
+    # thousand of them, which nothing else holds.
+    for i in range(n):
+        getattr(PROBES[i % len(PROBES)], "%s-%090d" % (tag, i), None)
+
+
+cache_names(int(os.environ.get("IMMORTAL_TEST_CACHE_NAMES", "0")), "parent")
+# Every second one of many 2 000-byte bytes objects (malloc'd, above
+# pymalloc's 512) freed again: free chunks between live ones on the heap.
+HOLES = [bytes(2000) for _ in range(int(os.environ.get("IMMORTAL_TEST_HOLES", "0")))][::2]
 
 
 def immortal(o):
@@ -108,6 +133,19 @@ def application(environ, start_response):
         # As many new 64-byte strings as SPARSE lost, kept.
         KEPT.extend("new-%012d" % i for i in range(len(SPARSE)))
         lines.append("kept=%d" % len(KEPT))
+    elif path == "/classes":
+        lines.append("classes=%d" % sum(c.x for c in CLASSES))
+    elif path == "/names":
+        n = 4 * int(os.environ.get("IMMORTAL_TEST_CACHE_NAMES", "0"))
+        cache_names(n, "child")
+        lines.append("kept=%d" % n)
+    elif path == "/bigalloc":
+        # As many new 2 000-byte objects as HOLES lost, kept.
+        KEPT.extend(bytes(2000) for _ in range(len(HOLES)))
+        lines.append("kept=%d" % len(KEPT))
+    elif path == "/hash":
+        # Hashes every BULK string: CPython caches a str's hash in the object.
+        lines.append("hashed=%d" % sum(hash(s) & 1 for s in BULK))
     elif path == "/touch":
         # Reads every BULK string: on a mortal heap each read writes a count.
         lines.append("bulk=%d" % sum(len(s) for s in BULK))
