@@ -603,6 +603,9 @@ fn footprint(b: &Binary, soak: bool, explain: bool) -> BTreeMap<String, f64> {
             let kids = children(gpid);
             let group: u64 = memory_kb(gpid).2 + kids.iter().map(|&p| memory_kb(p).2).sum::<u64>();
             out.insert(format!("{site} preloaded group USS kB"), group as f64);
+            // All the group's memory, shared pages divided among their users.
+            let pss: u64 = memory_kb(gpid).1 + kids.iter().map(|&p| memory_kb(p).1).sum::<u64>();
+            out.insert(format!("{site} preloaded group PSS kB"), pss as f64);
             // The same without file-backed pages: library text only this
             // group touched counts as its private memory unless another
             // process on the machine maps it too, which varies from run to run.
