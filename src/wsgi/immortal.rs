@@ -86,9 +86,10 @@ pub fn immortalize_heap(enabled: bool) -> Outcome {
         };
         let (objects, code) = mark_reachable(&roots);
         drop(roots);
-        // Its entries hold the names looked up, some held by nothing else: a
-        // child replacing an entry would free one. Freed here instead, before
-        // the free blocks are taken. (Clears the cache only: versions stay.)
+        // The interpreter's attribute cache holds the names looked up, some
+        // held by nothing else: a child replacing an entry would free one.
+        // Freed here instead, before the free blocks are taken. (Clears the
+        // cache only: version tags stay.)
         ffi::PyType_ClearCache();
         let filled_kb = fill_pools() / 1024;
         let chunks_kb = take_free_chunks() / 1024;
