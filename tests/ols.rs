@@ -500,6 +500,31 @@ fn common_checks(ols: &Ols, site: &str, multiprocess: bool, f: &mut Failures) {
         ),
     );
 
+    // Responses without any header, which the server used to answer with
+    // its own 500 ("Premature end of response header").
+    let r = curl(&format!("{app}/bare"), &[], 30);
+    f.check(
+        "a response without headers",
+        r.status == 200 && r.text() == "bare body\n" && r.header("Status").is_none(),
+        format!(
+            "{} {:?} Status: {:?}",
+            r.status,
+            r.text(),
+            r.header("Status")
+        ),
+    );
+    let r = curl(&format!("{app}/bare?204"), &[], 30);
+    f.check(
+        "a 204 without headers",
+        r.status == 204 && r.text().is_empty() && r.header("Status").is_none(),
+        format!(
+            "{} {:?} Status: {:?}",
+            r.status,
+            r.text(),
+            r.header("Status")
+        ),
+    );
+
     let r = curl(
         &format!("{app}/env/a/b%20c?x=1&y=%20z"),
         &[

@@ -137,7 +137,29 @@ impl ResponseHead {
     }
 
     /// Fills in the packet header, count and status. Call after the last push.
+    ///
+    /// A response with no header at all gets one, the CGI `Status` line
+    /// with the same code: OpenLiteSpeed completes a response header only
+    /// when it carries at least one line (without, it answers 500 "Premature
+    /// end of response header"), and it consumes `Status` rather than
+    /// forwarding it.
     pub fn finish(&mut self, status: u16) {
+        if self.count == 0 {
+            let mut digits = [0u8; 5];
+            let mut n = status;
+            let mut at = digits.len();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            // A token name and a short value into an empty head: never refused.
+            let pushed = self.push(b"Status", &digits[at..]);
+            debug_assert!(pushed.is_ok());
+        }
         let order = ByteOrder::NATIVE;
         let len = self.total_len();
         self.prefix[..HEADER_LEN].copy_from_slice(&PacketHeader::encode(

@@ -37,6 +37,12 @@ def application(environ, start_response):
         environ["wsgi.errors"].write("e" * n + "\n")
         environ["wsgi.errors"].write("ols test: %d bytes to wsgi.errors\n" % n)
         return reply(start_response, b"logged\n")
+    if path == "/bare":
+        # No header at all (a raw app's 204, say): the server must still see
+        # a complete response header.
+        status = {"204": "204 No Content"}.get(query, "200 OK")
+        start_response(status, [])
+        return [] if query == "204" else [b"bare body\n"]
     if path == "/pid":
         return reply(start_response, ("%d\n" % os.getpid()).encode())
     if path == "/raise":
