@@ -1592,6 +1592,19 @@ fn asgi_behind_openlitespeed(server: Server) {
     std::fs::write(&upload, &data).unwrap();
     let sha = common::sha256_hex(&data);
     let at_upload = format!("@{}", upload.display());
+    // POSTs the 3 MiB file as an octet stream.
+    let post_file = |url: &str| {
+        curl(
+            url,
+            &[
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &at_upload,
+            ],
+            60,
+        )
+    };
     for site in ["asgiw", "asgipg"] {
         let base = ols.base(site);
         let fa = format!("{base}/asgi/fastapi.wsgi");
@@ -1630,16 +1643,7 @@ fn asgi_behind_openlitespeed(server: Server) {
             r.status == 200 && r.text() == "line 0\nline 1\nline 2\nline 3\nline 4\n",
             format!("{} {:?}", r.status, r.text()),
         );
-        let r = curl(
-            &format!("{fa}/upload"),
-            &[
-                "-H",
-                "Content-Type: application/octet-stream",
-                "--data-binary",
-                &at_upload,
-            ],
-            60,
-        );
+        let r = post_file(&format!("{fa}/upload"));
         f.check(
             &format!("{site}: FastAPI 3 MiB upload read in pieces"),
             r.status == 200
@@ -1664,16 +1668,7 @@ fn asgi_behind_openlitespeed(server: Server) {
                 && json_field(&r.text(), "path").as_deref() == Some("/asgi/starlette.wsgi/"),
             format!("{} {}", r.status, r.text()),
         );
-        let r = curl(
-            &format!("{st}/pieces"),
-            &[
-                "-H",
-                "Content-Type: application/octet-stream",
-                "--data-binary",
-                &at_upload,
-            ],
-            60,
-        );
+        let r = post_file(&format!("{st}/pieces"));
         f.check(
             &format!("{site}: Starlette request.stream() upload"),
             r.status == 200 && json_field(&r.text(), "sha256").as_deref() == Some(sha.as_str()),

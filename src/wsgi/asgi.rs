@@ -12,7 +12,7 @@
 //! protocol; see its ASGI section for what happens to background tasks.
 
 use super::objects::{is_live, make_type, new_object, none, read_body_bytes, rebind, stale};
-use super::py::{self, bytes_of, ffi, intern, latin1, raise, str_latin1, Obj};
+use super::py::{self, bytes_of, ffi, intern, latin1, only_argument, raise, str_latin1, Obj};
 use super::response::State;
 use super::{ctx, log_request_error, Ctx};
 use crate::config::AppInterface;
@@ -496,10 +496,9 @@ unsafe extern "C" fn send_call(
     // type this slot belongs to, so is_live may read it; the connection is
     // reached only in with_conn closures that call no Python.
     unsafe {
-        if ffi::PyTuple_GET_SIZE(args) != 1 || !kwargs.is_null() && ffi::PyDict_Size(kwargs) != 0 {
+        let Some(msg) = only_argument(args, kwargs) else {
             return raise(ffi::PyExc_TypeError, "send(message) takes one dict");
-        }
-        let msg = ffi::PyTuple_GET_ITEM(args, 0);
+        };
         if ffi::PyDict_Check(msg) == 0 {
             return raise(ffi::PyExc_TypeError, "an ASGI message must be a dict");
         }

@@ -10,7 +10,7 @@
 //! errors write to fd 2.
 
 use super::ctx;
-use super::py::{self, bytes_of, ffi, raise, str_latin1};
+use super::py::{self, bytes_of, ffi, only_argument, raise, str_latin1};
 use lswsgi::conn::ConnError;
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -770,10 +770,9 @@ unsafe extern "C" fn write_call(
     // type this slot belongs to, so is_live may read it; the connection is
     // reached only in with_conn closures that call no Python.
     unsafe {
-        if ffi::PyTuple_GET_SIZE(args) != 1 || !kwargs.is_null() && ffi::PyDict_Size(kwargs) != 0 {
+        let Some(data) = only_argument(args, kwargs) else {
             return raise(ffi::PyExc_TypeError, "write(data) takes one bytes argument");
-        }
-        let data = ffi::PyTuple_GET_ITEM(args, 0);
+        };
         if ffi::PyBytes_Check(data) == 0 {
             return raise(ffi::PyExc_TypeError, "write() argument must be bytes");
         }

@@ -215,6 +215,23 @@ pub unsafe fn raise(exc: *mut ffi::PyObject, msg: &str) -> *mut ffi::PyObject {
     }
 }
 
+/// The one positional argument of a call slot's `(args, kwargs)`, or None
+/// when there are more, fewer or keyword arguments.
+///
+/// # Safety
+/// GIL held; `args` is a live tuple, `kwargs` null or a live dict (as
+/// CPython passes them to tp_call).
+pub unsafe fn only_argument(
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> Option<*mut ffi::PyObject> {
+    // SAFETY: live tuple and dict (the contract); item 0 exists when the size is 1.
+    unsafe {
+        let keywords = !kwargs.is_null() && ffi::PyDict_Size(kwargs) != 0;
+        (ffi::PyTuple_GET_SIZE(args) == 1 && !keywords).then(|| ffi::PyTuple_GET_ITEM(args, 0))
+    }
+}
+
 /// `str(o)` as a Rust string (lossy), for log lines.
 ///
 /// # Safety
